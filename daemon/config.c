@@ -1,0 +1,656 @@
+#include "config.h"
+
+#include <arpa/inet.h>
+#include <curl/curl.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <yaml.h>
+
+#include "duration.h"
+#include "util.h"
+
+#define CONFIG_MAX_SIZE      (1024 * 1024)
+#define MAX_PARALLEL_LIMIT   256
+#define MIN_POLL_INTERVAL_MS 100
+#define MIN_TIMEOUT_MS       100
+
+struct parser {
+        const char *path;
+        yaml_document_t *doc;
+        FILE *err;
+        size_t n_errors;
+        bool oom;
+};
+
+static const char *const top_keys[] = {
+        "gateway", "poll_interval", "state_file", "dry_run", "max_closes_per_cycle",
+        "protect", "policies",      NULL,
+};
+static const char *const gateway_keys[] = {
+        "url", "appkey", "accesstoken_file", "ca_file", "timeout", "max_parallel", NULL,
+};
+static const char *const protect_keys[] = { "user_ids", "session_ids", NULL };
+static const char *const policy_keys[] = { "name", "kind", "after", "user_ids", NULL };
+
+static const char *const kind_names[] = {
+        [POLICY_FAILED] = "failed",
+        [POLICY_NOT_STARTED] = "not_started",
+        [POLICY_MAX_AGE] = "max_age",
+};
+
+const char *policy_kind_to_string(enum policy_kind k) {
+        return (size_t) k < ELEMENTSOF(kind_names) ? kind_names[k] : "unknown";
+}
+
+static void diag_at(struct parser *p, yaml_mark_t mark, const char *fmt, ...)
+        __attribute__((format(printf, 3, 4)));
+
+/* libyaml marks count from zero; people count from one. */
+static void diag_at(struct parser *p, yaml_mark_t mark, const char *fmt, ...) {
+        va_list ap;
+
+        fprintf(p->err, "%s:%zu:%zu: ", p->path, mark.line + 1, mark.column + 1);
+        va_start(ap, fmt);
+        vfprintf(p->err, fmt, ap);
+        va_end(ap);
+        fputc('\n', p->err);
+        p->n_errors++;
+}
+
+#define diag(p, node, ...) diag_at((p), (node)->start_mark, __VA_ARGS__)
+
+static yaml_node_t *node_get(struct parser *p, int id) {
+        return yaml_document_get_node(p->doc, id);
+}
+
+static const char *scalar(const yaml_node_t *n) {
+        return n->type == YAML_SCALAR_NODE ? (const char *) n->data.scalar.value : NULL;
+}
+
+static bool is_null(const yaml_node_t *n) {
+        const char *s = scalar(n);
+
+        if (!s || n->data.scalar.style != YAML_PLAIN_SCALAR_STYLE)
+                return false;
+        return *s == '\0' || strcmp(s, "~") == 0 || strcmp(s, "null") == 0 || strcmp(s, "Null") == 0 ||
+               strcmp(s, "NULL") == 0;
+}
+
+static const char *node_type_name(const yaml_node_t *n) {
+        switch (n->type) {
+        case YAML_MAPPING_NODE:
+                return "a mapping";
+        case YAML_SEQUENCE_NODE:
+                return "a list";
+        default:
+                return is_null(n) ? "nothing (null)" : "a scalar";
+        }
+}
+
+/* Edit distance, for suggesting the key an operator probably meant. */
+static size_t edit_distance(const char *a, const char *b) {
+        size_t la = strlen(a), lb = strlen(b), prev[64], cur[64];
+
+        if (la >= ELEMENTSOF(prev) || lb >= ELEMENTSOF(prev))
+                return SIZE_MAX;
+        for (size_t j = 0; j <= lb; j++)
+                prev[j] = j;
+        for (size_t i = 1; i <= la; i++) {
+                cur[0] = i;
+                for (size_t j = 1; j <= lb; j++) {
+                        size_t sub = prev[j - 1] + (a[i - 1] != b[j - 1]);
+                        size_t del = prev[j] + 1, ins = cur[j - 1] + 1;
+                        cur[j] = sub < del ? (sub < ins ? sub : ins) : (del < ins ? del : ins);
+                }
+                memcpy(prev, cur, (lb + 1) * sizeof prev[0]);
+        }
+        return prev[lb];
+}
+
+static const char *nearest_key(const char *key, const char *const *keys) {
+        const char *best = NULL;
+        size_t best_d = SIZE_MAX, limit = strlen(key) / 3 + 2;
+
+        for (; *keys; keys++) {
+                size_t d = edit_distance(key, *keys);
+                if (d < best_d) {
+                        best_d = d;
+                        best = *keys;
+                }
+        }
+        return best_d <= limit ? best : NULL;
+}
+
+static char *key_list(const char *const *keys, char *buf, size_t n) {
+        size_t off = 0;
+
+        buf[0] = '\0';
+        for (; *keys && off < n; keys++)
+                off += (size_t) snprintf(buf + off, n - off, "%s%s", off ? ", " : "", *keys);
+        return buf;
+}
+
+typedef void (*key_fn)(struct parser *p, const char *key, yaml_node_t *value, void *userdata);
+
+/* Walks a mapping node: rejects non-scalar, duplicate and unknown keys (with a
+ * suggestion), and calls fn for every known one. */
+static void walk_mapping(struct parser *p, const char *where, yaml_node_t *map, const char *const *keys,
+                         key_fn fn, void *userdata) {
+        yaml_node_pair_t *pair, *other;
+
+        if (map->type != YAML_MAPPING_NODE) {
+                diag(p, map, "%s: expected a mapping, got %s", where, node_type_name(map));
+                return;
+        }
+        for (pair = map->data.mapping.pairs.start; pair < map->data.mapping.pairs.top; pair++) {
+                yaml_node_t *k = node_get(p, pair->key), *v = node_get(p, pair->value);
+                const char *key = k ? scalar(k) : NULL;
+                const char *const *known;
+                bool dup = false;
+
+                if (!key || !v) {
+                        diag(p, k ? k : map, "%s: keys must be plain strings", where);
+                        continue;
+                }
+                for (other = map->data.mapping.pairs.start; other < pair; other++) {
+                        const char *okey = scalar(node_get(p, other->key));
+                        if (okey && strcmp(okey, key) == 0)
+                                dup = true;
+                }
+                if (dup) {
+                        diag(p, k, "%s: duplicate key '%s'", where, key);
+                        continue;
+                }
+                for (known = keys; *known && strcmp(*known, key) != 0; known++)
+                        ;
+                if (!*known) {
+                        const char *near = nearest_key(key, keys);
+                        char all[256];
+
+                        if (near)
+                                diag(p, k, "%s: unknown key '%s', did you mean '%s'?", where, key, near);
+                        else
+                                diag(p, k, "%s: unknown key '%s' (valid keys: %s)", where, key,
+                                     key_list(keys, all, sizeof all));
+                        continue;
+                }
+                fn(p, key, v, userdata);
+        }
+}
+
+static bool has_key(struct parser *p, yaml_node_t *map, const char *key) {
+        if (map->type != YAML_MAPPING_NODE)
+                return true; /* already reported */
+        for (yaml_node_pair_t *pair = map->data.mapping.pairs.start; pair < map->data.mapping.pairs.top;
+             pair++) {
+                const char *k = scalar(node_get(p, pair->key));
+                if (k && strcmp(k, key) == 0)
+                        return true;
+        }
+        return false;
+}
+
+static void require_keys(struct parser *p, const char *where, yaml_node_t *map,
+                         const char *const *required) {
+        for (; *required; required++)
+                if (!has_key(p, map, *required))
+                        diag(p, map, "%s: missing required key '%s'", where, *required);
+}
+
+static char *xstrdup(struct parser *p, const char *s) {
+        char *d = strdup(s);
+        if (!d)
+                p->oom = true;
+        return d;
+}
+
+/* A string value; null is accepted only when allow_null (then *dst = NULL). */
+static void get_string(struct parser *p, const char *where, yaml_node_t *n, bool allow_null, char **dst) {
+        const char *s = scalar(n);
+
+        if (allow_null && is_null(n)) {
+                free(*dst);
+                *dst = NULL;
+                return;
+        }
+        if (!s || is_null(n)) {
+                diag(p, n, "%s: expected a string, got %s", where, node_type_name(n));
+                return;
+        }
+        if (*s == '\0') {
+                diag(p, n, "%s: must not be empty", where);
+                return;
+        }
+        free(*dst);
+        *dst = xstrdup(p, s);
+}
+
+static void get_duration(struct parser *p, const char *where, yaml_node_t *n, uint64_t min_ms,
+                         uint64_t *dst) {
+        const char *s = scalar(n), *problem = NULL;
+        uint64_t ms;
+        char buf[32];
+
+        if (!s || is_null(n)) {
+                diag(p, n, "%s: expected a duration such as 30s or 10m, got %s", where, node_type_name(n));
+                return;
+        }
+        if (duration_parse(s, &ms, &problem) < 0) {
+                diag(p, n, "%s: invalid duration '%s': %s", where, s, problem);
+                return;
+        }
+        if (ms < min_ms) {
+                diag(p, n, "%s: must be at least %s", where, duration_format(min_ms, buf, sizeof buf));
+                return;
+        }
+        *dst = ms;
+}
+
+static void get_uint(struct parser *p, const char *where, yaml_node_t *n, unsigned min, unsigned max,
+                     unsigned *dst) {
+        const char *s = scalar(n);
+        unsigned long long v = 0;
+
+        if (!s || is_null(n) || n->data.scalar.style != YAML_PLAIN_SCALAR_STYLE) {
+                diag(p, n, "%s: expected a whole number, got %s", where,
+                     s && !is_null(n) ? "a quoted string" : node_type_name(n));
+                return;
+        }
+        if (*s == '\0' || strspn(s, "0123456789") != strlen(s) || strlen(s) > 10) {
+                diag(p, n, "%s: expected a whole number from %u to %u, got '%s'", where, min, max, s);
+                return;
+        }
+        v = strtoull(s, NULL, 10);
+        if (v < min || v > max) {
+                diag(p, n, "%s: must be from %u to %u, got %llu", where, min, max, v);
+                return;
+        }
+        *dst = (unsigned) v;
+}
+
+static void get_bool(struct parser *p, const char *where, yaml_node_t *n, bool *dst) {
+        static const char *const yes[] = { "true", "yes", "on" }, *const no[] = { "false", "no", "off" };
+        const char *s = scalar(n);
+
+        if (s && n->data.scalar.style == YAML_PLAIN_SCALAR_STYLE) {
+                for (size_t i = 0; i < ELEMENTSOF(yes); i++) {
+                        if (strcasecmp(s, yes[i]) == 0) {
+                                *dst = true;
+                                return;
+                        }
+                        if (strcasecmp(s, no[i]) == 0) {
+                                *dst = false;
+                                return;
+                        }
+                }
+        }
+        diag(p, n, "%s: expected true or false, got %s%s%s", where,
+             s && !is_null(n) ? "'" : node_type_name(n), s && !is_null(n) ? s : "",
+             s && !is_null(n) ? "'" : "");
+}
+
+static void glob_list_free(struct glob_list *l) {
+        for (size_t i = 0; i < l->n; i++)
+                free(l->items[i]);
+        free(l->items);
+        l->items = NULL;
+        l->n = 0;
+}
+
+static void get_glob_list(struct parser *p, const char *where, yaml_node_t *n, struct glob_list *dst) {
+        size_t count;
+
+        glob_list_free(dst);
+        if (is_null(n))
+                return;
+        if (n->type != YAML_SEQUENCE_NODE) {
+                diag(p, n, "%s: expected a list of glob patterns such as [\"vip-*\"], got %s", where,
+                     node_type_name(n));
+                return;
+        }
+        count = (size_t) (n->data.sequence.items.top - n->data.sequence.items.start);
+        if (count == 0)
+                return;
+        dst->items = calloc(count, sizeof(char *));
+        if (!dst->items) {
+                p->oom = true;
+                return;
+        }
+        for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top; it++) {
+                yaml_node_t *item = node_get(p, *it);
+                const char *s = item ? scalar(item) : NULL;
+
+                if (!s || is_null(item) || *s == '\0') {
+                        diag(p, item ? item : n, "%s: each entry must be a non-empty string, got %s", where,
+                             item && s && !is_null(item) ? "an empty string"
+                                                         : node_type_name(item ? item : n));
+                        continue;
+                }
+                dst->items[dst->n] = xstrdup(p, s);
+                if (dst->items[dst->n])
+                        dst->n++;
+        }
+}
+
+bool config_host_is_loopback(const char *host) {
+        struct in_addr a4;
+        struct in6_addr a6;
+        char buf[64];
+        size_t len;
+
+        if (!host)
+                return false;
+        if (strcasecmp(host, "localhost") == 0)
+                return true;
+        if (inet_pton(AF_INET, host, &a4) == 1)
+                return (ntohl(a4.s_addr) >> 24) == 127;
+        len = strlen(host);
+        if (len >= 2 && host[0] == '[' && host[len - 1] == ']' && len - 2 < sizeof buf) {
+                memcpy(buf, host + 1, len - 2);
+                buf[len - 2] = '\0';
+                host = buf;
+        }
+        return inet_pton(AF_INET6, host, &a6) == 1 && IN6_IS_ADDR_LOOPBACK(&a6);
+}
+
+/* https://host[:port][/path], or http:// for loopback hosts only. */
+static void check_url(struct parser *p, yaml_node_t *n, const char *url) {
+        CURLU *u = curl_url();
+        char *scheme = NULL, *host = NULL, *query = NULL, *fragment = NULL, *user = NULL;
+
+        if (!u) {
+                p->oom = true;
+                return;
+        }
+        if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK) {
+                diag(p, n, "gateway.url: '%s' is not a valid URL", url);
+                goto out;
+        }
+        curl_url_get(u, CURLUPART_SCHEME, &scheme, 0);
+        curl_url_get(u, CURLUPART_HOST, &host, 0);
+        curl_url_get(u, CURLUPART_QUERY, &query, 0);
+        curl_url_get(u, CURLUPART_FRAGMENT, &fragment, 0);
+        curl_url_get(u, CURLUPART_USER, &user, 0);
+        if (!scheme || (strcasecmp(scheme, "https") != 0 && strcasecmp(scheme, "http") != 0))
+                diag(p, n, "gateway.url: scheme must be https (http only for loopback)");
+        else if (strcasecmp(scheme, "http") == 0 && !config_host_is_loopback(host))
+                diag(p, n, "gateway.url: plain http is refused for non-loopback host '%s'; use https",
+                     host ? host : "");
+        if (query || fragment || user)
+                diag(p, n, "gateway.url: must not carry credentials, a query or a fragment");
+out:
+        curl_free(scheme);
+        curl_free(host);
+        curl_free(query);
+        curl_free(fragment);
+        curl_free(user);
+        curl_url_cleanup(u);
+}
+
+static void gateway_key(struct parser *p, const char *key, yaml_node_t *v, void *userdata) {
+        struct gateway_config *g = userdata;
+        char where[64];
+
+        snprintf(where, sizeof where, "gateway.%s", key);
+        if (strcmp(key, "url") == 0) {
+                size_t before = p->n_errors;
+
+                get_string(p, where, v, false, &g->url);
+                if (g->url && p->n_errors == before) {
+                        size_t len = strlen(g->url);
+                        while (len > 0 && g->url[len - 1] == '/')
+                                g->url[--len] = '\0';
+                        check_url(p, v, g->url);
+                }
+        } else if (strcmp(key, "appkey") == 0) {
+                const char *s = scalar(v);
+                get_string(p, where, v, false, &g->appkey);
+                if (s && !is_null(v) && *s &&
+                    strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.") !=
+                            strlen(s))
+                        diag(p, v, "gateway.appkey: may contain only letters, digits, '-', '_' and '.'");
+        } else if (strcmp(key, "accesstoken_file") == 0) {
+                get_string(p, where, v, true, &g->accesstoken_file);
+        } else if (strcmp(key, "ca_file") == 0) {
+                get_string(p, where, v, true, &g->ca_file);
+        } else if (strcmp(key, "timeout") == 0) {
+                get_duration(p, where, v, MIN_TIMEOUT_MS, &g->timeout_ms);
+        } else if (strcmp(key, "max_parallel") == 0) {
+                get_uint(p, where, v, 1, MAX_PARALLEL_LIMIT, &g->max_parallel);
+        }
+}
+
+static void protect_key(struct parser *p, const char *key, yaml_node_t *v, void *userdata) {
+        struct config *c = userdata;
+
+        if (strcmp(key, "user_ids") == 0)
+                get_glob_list(p, "protect.user_ids", v, &c->protect_user_ids);
+        else if (strcmp(key, "session_ids") == 0)
+                get_glob_list(p, "protect.session_ids", v, &c->protect_session_ids);
+}
+
+struct policy_ctx {
+        struct policy *pol;
+        char where[64];
+};
+
+static void policy_key(struct parser *p, const char *key, yaml_node_t *v, void *userdata) {
+        struct policy_ctx *ctx = userdata;
+        char where[128];
+
+        snprintf(where, sizeof where, "%s.%s", ctx->where, key);
+        if (strcmp(key, "name") == 0) {
+                const char *s = scalar(v);
+                get_string(p, where, v, false, &ctx->pol->name);
+                if (s && !is_null(v) && *s &&
+                    strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.") !=
+                            strlen(s))
+                        diag(p, v, "%s: may contain only letters, digits, '-', '_' and '.'", where);
+                else if (s && (strcmp(s, "keep") == 0 || strcmp(s, "protected") == 0))
+                        diag(p, v, "%s: '%s' is reserved for --plan output; choose another name", where, s);
+        } else if (strcmp(key, "kind") == 0) {
+                const char *s = scalar(v);
+                size_t i;
+
+                for (i = 0; s && i < ELEMENTSOF(kind_names); i++)
+                        if (strcmp(s, kind_names[i]) == 0)
+                                break;
+                if (!s || i == ELEMENTSOF(kind_names)) {
+                        diag(p, v, "%s: expected one of failed, not_started, max_age, got %s%s%s", where,
+                             s ? "'" : node_type_name(v), s ? s : "", s ? "'" : "");
+                        return;
+                }
+                ctx->pol->kind = (enum policy_kind) i;
+        } else if (strcmp(key, "after") == 0) {
+                get_duration(p, where, v, 0, &ctx->pol->after_ms);
+        } else if (strcmp(key, "user_ids") == 0) {
+                get_glob_list(p, where, v, &ctx->pol->user_ids);
+        }
+}
+
+static void parse_policies(struct parser *p, yaml_node_t *n, struct config *c) {
+        static const char *const required[] = { "name", "kind", "after", NULL };
+        size_t count;
+
+        if (n->type != YAML_SEQUENCE_NODE) {
+                diag(p, n, "policies: expected a list of policies, got %s", node_type_name(n));
+                return;
+        }
+        count = (size_t) (n->data.sequence.items.top - n->data.sequence.items.start);
+        if (count == 0)
+                return;
+        c->policies = calloc(count, sizeof(struct policy));
+        if (!c->policies) {
+                p->oom = true;
+                return;
+        }
+        for (size_t i = 0; i < count; i++) {
+                yaml_node_t *item = node_get(p, n->data.sequence.items.start[i]);
+                struct policy_ctx ctx = { .pol = &c->policies[c->n_policies] };
+
+                if (!item)
+                        continue;
+                c->n_policies++;
+                snprintf(ctx.where, sizeof ctx.where, "policies[%zu]", i);
+                walk_mapping(p, ctx.where, item, policy_keys, policy_key, &ctx);
+                require_keys(p, ctx.where, item, required);
+                if (!ctx.pol->name)
+                        continue;
+                for (size_t j = 0; j + 1 < c->n_policies; j++)
+                        if (c->policies[j].name && strcmp(c->policies[j].name, ctx.pol->name) == 0)
+                                diag(p, item, "%s: policy name '%s' is already used by policies[%zu]",
+                                     ctx.where, ctx.pol->name, j);
+        }
+}
+
+static void top_key(struct parser *p, const char *key, yaml_node_t *v, void *userdata) {
+        struct config *c = userdata;
+
+        if (strcmp(key, "gateway") == 0) {
+                static const char *const required[] = { "appkey", NULL };
+                walk_mapping(p, "gateway", v, gateway_keys, gateway_key, &c->gateway);
+                require_keys(p, "gateway", v, required);
+        } else if (strcmp(key, "poll_interval") == 0)
+                get_duration(p, key, v, MIN_POLL_INTERVAL_MS, &c->poll_interval_ms);
+        else if (strcmp(key, "state_file") == 0)
+                get_string(p, key, v, false, &c->state_file);
+        else if (strcmp(key, "dry_run") == 0)
+                get_bool(p, key, v, &c->dry_run);
+        else if (strcmp(key, "max_closes_per_cycle") == 0)
+                get_uint(p, key, v, 1, 1000000, &c->max_closes_per_cycle);
+        else if (strcmp(key, "protect") == 0) {
+                if (!is_null(v))
+                        walk_mapping(p, "protect", v, protect_keys, protect_key, c);
+        } else if (strcmp(key, "policies") == 0)
+                parse_policies(p, v, c);
+}
+
+static int config_defaults(struct config *c, const char *path) {
+        c->path = strdup(path);
+        c->gateway.url = strdup(CONFIG_DEFAULT_URL);
+        c->state_file = strdup(CONFIG_DEFAULT_STATE_FILE);
+        c->gateway.timeout_ms = 10 * 1000;
+        c->gateway.max_parallel = 16;
+        c->poll_interval_ms = 30 * 1000;
+        c->max_closes_per_cycle = 100;
+        return c->path && c->gateway.url && c->state_file ? 0 : -ENOMEM;
+}
+
+static void parse_document(struct parser *p, struct config *c) {
+        static const char *const required[] = { "gateway", "policies", NULL };
+        yaml_node_t *root = yaml_document_get_root_node(p->doc);
+
+        if (!root) {
+                yaml_mark_t start = { 0 };
+                diag_at(p, start, "the file is empty; expected a mapping with 'gateway' and 'policies'");
+                return;
+        }
+        walk_mapping(p, "top level", root, top_keys, top_key, c);
+        require_keys(p, "top level", root, required);
+}
+
+static int load_yaml(struct parser *p, const char *data, size_t size, struct config *c) {
+        yaml_parser_t parser;
+        yaml_document_t doc, extra;
+        int r = 0;
+
+        if (!yaml_parser_initialize(&parser))
+                return -ENOMEM;
+        yaml_parser_set_input_string(&parser, (const unsigned char *) data, size);
+        if (!yaml_parser_load(&parser, &doc)) {
+                if (parser.error == YAML_MEMORY_ERROR)
+                        r = -ENOMEM;
+                else
+                        diag_at(p, parser.problem_mark, "YAML syntax error: %s%s%s",
+                                parser.problem ? parser.problem : "unknown problem",
+                                parser.context ? " " : "", parser.context ? parser.context : "");
+                yaml_parser_delete(&parser);
+                return r;
+        }
+        p->doc = &doc;
+        parse_document(p, c);
+
+        /* A second document would be silently ignored; refuse it instead. */
+        if (yaml_parser_load(&parser, &extra)) {
+                yaml_node_t *root = yaml_document_get_root_node(&extra);
+                if (root)
+                        diag(p, root, "only one YAML document is allowed in the file");
+                yaml_document_delete(&extra);
+        } else if (parser.error != YAML_NO_ERROR) {
+                diag_at(p, parser.problem_mark, "YAML syntax error: %s",
+                        parser.problem ? parser.problem : "unknown problem");
+        }
+        p->doc = NULL;
+        yaml_document_delete(&doc);
+        yaml_parser_delete(&parser);
+        return r;
+}
+
+int config_load(const char *path, struct config **ret_config, char **ret_errors) {
+        struct parser p = { .path = path };
+        struct config *c = NULL;
+        char *data = NULL, *errors = NULL;
+        size_t size = 0, errors_len = 0;
+        int r;
+
+        *ret_errors = NULL;
+        p.err = open_memstream(&errors, &errors_len);
+        if (!p.err)
+                return -ENOMEM;
+
+        r = read_file_full(path, CONFIG_MAX_SIZE, &data, &size);
+        if (r < 0) {
+                fprintf(p.err, "%s: cannot read configuration: %s\n", path,
+                        r == -EFBIG ? "file larger than 1 MiB" : strerror(-r));
+                goto out;
+        }
+        c = calloc(1, sizeof *c);
+        if (!c || config_defaults(c, path) < 0) {
+                r = -ENOMEM;
+                goto out;
+        }
+        r = load_yaml(&p, data, size, c);
+        if (r >= 0 && p.oom)
+                r = -ENOMEM;
+        if (r >= 0 && p.n_errors > 0)
+                r = -EINVAL;
+        if (r < 0)
+                goto out;
+
+        *ret_config = c;
+        c = NULL;
+out:
+        if (r == -ENOMEM)
+                fprintf(p.err, "%s: out of memory while loading configuration\n", path);
+        fclose(p.err);
+        if (r < 0)
+                *ret_errors = errors;
+        else
+                free(errors);
+        config_free(c);
+        free(data);
+        return r;
+}
+
+void config_free(struct config *c) {
+        if (!c)
+                return;
+        free(c->path);
+        free(c->gateway.url);
+        free(c->gateway.appkey);
+        free(c->gateway.accesstoken_file);
+        free(c->gateway.ca_file);
+        free(c->state_file);
+        glob_list_free(&c->protect_user_ids);
+        glob_list_free(&c->protect_session_ids);
+        for (size_t i = 0; i < c->n_policies; i++) {
+                free(c->policies[i].name);
+                glob_list_free(&c->policies[i].user_ids);
+        }
+        free(c->policies);
+        free(c);
+}

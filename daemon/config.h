@@ -1,0 +1,65 @@
+/* The operator's policy file: YAML -> struct config, with every error
+ * reported as FILE:LINE:COLUMN and the whole file refused on any error. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define CONFIG_DEFAULT_PATH       "/etc/ivh-reclaimd/policy.yaml"
+#define CONFIG_DEFAULT_URL        "https://gw-sg.tvs.qq.com"
+#define CONFIG_DEFAULT_STATE_FILE "/var/lib/ivh-reclaimd/state.json"
+
+struct glob_list {
+        char **items;
+        size_t n;
+};
+
+enum policy_kind {
+        POLICY_FAILED,      /* SessionStatus 4 */
+        POLICY_NOT_STARTED, /* IsSessionStarted false, status 1 or 3 */
+        POLICY_MAX_AGE,     /* status 1 or 3 */
+};
+
+struct policy {
+        char *name;
+        enum policy_kind kind;
+        uint64_t after_ms;
+        struct glob_list user_ids; /* empty: every user */
+};
+
+struct gateway_config {
+        char *url; /* no trailing slash */
+        char *appkey;
+        char *accesstoken_file; /* NULL: credentials directory, then environment */
+        char *ca_file;          /* NULL: the system trust store */
+        uint64_t timeout_ms;
+        unsigned max_parallel;
+};
+
+struct config {
+        char *path;
+        struct gateway_config gateway;
+        uint64_t poll_interval_ms;
+        char *state_file;
+        bool dry_run;
+        unsigned max_closes_per_cycle;
+        struct glob_list protect_user_ids;
+        struct glob_list protect_session_ids;
+        struct policy *policies;
+        size_t n_policies;
+};
+
+/* Loads and validates path. On success returns 0 and *ret_config. On a
+ * configuration error returns -EINVAL and *ret_errors holds one line
+ * "FILE:LINE:COLUMN: message" per problem (the caller frees it). Other
+ * negative errnos: the file could not be read (also described in
+ * *ret_errors) or memory ran out. */
+int config_load(const char *path, struct config **ret_config, char **ret_errors);
+
+void config_free(struct config *c);
+
+const char *policy_kind_to_string(enum policy_kind k);
+
+/* Whether host names the local machine: localhost, 127.0.0.0/8 or ::1. */
+bool config_host_is_loopback(const char *host);

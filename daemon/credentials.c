@@ -1,0 +1,139 @@
+#include "credentials.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "util.h"
+
+#define TOKEN_MAX_SIZE 4096
+
+/* Accepts the token with surrounding white space trimmed; it must then be
+ * non-empty printable ASCII without spaces. */
+static int token_take(char *raw, char **ret) {
+        char *start = raw, *end;
+        char *tok;
+
+        while (*start == ' ' || *start == '\t' || *start == '\n' || *start == '\r')
+                start++;
+        end = start + strlen(start);
+        while (end > start && (end[-1] == ' ' || end[-1] == '\t' || end[-1] == '\n' || end[-1] == '\r'))
+                end--;
+        if (end == start)
+                return -ENODATA;
+        for (const char *c = start; c < end; c++)
+                if (*c <= 0x20 || *c >= 0x7f)
+                        return -EBADMSG;
+        tok = strndup(start, (size_t) (end - start));
+        if (!tok)
+                return -ENOMEM;
+        *ret = tok;
+        return 0;
+}
+
+static int load_file(const char *path, struct credentials *c, char *errbuf, size_t errlen) {
+        struct stat st;
+        char *raw = NULL;
+        size_t size = 0;
+        int r;
+
+        if (stat(path, &st) < 0) {
+                r = -errno;
+                snprintf(errbuf, errlen, "access token file %s: %s", path, strerror(errno));
+                return r;
+        }
+        if (st.st_mode & S_IROTH) {
+                snprintf(errbuf, errlen,
+                         "access token file %s is readable by others (mode %04o); refusing it: "
+                         "run 'chmod o-r %s'",
+                         path, (unsigned) (st.st_mode & 07777), path);
+                return -EPERM;
+        }
+        r = read_file_full(path, TOKEN_MAX_SIZE, &raw, &size);
+        if (r < 0) {
+                snprintf(errbuf, errlen, "access token file %s: %s", path,
+                         r == -EFBIG ? "larger than 4 KiB" : strerror(-r));
+                return r;
+        }
+        r = token_take(raw, &c->token);
+        explicit_bzero(raw, size);
+        free(raw);
+        if (r < 0) {
+                snprintf(errbuf, errlen, "access token file %s: %s", path,
+                         r == -ENODATA   ? "is empty"
+                         : r == -EBADMSG ? "contains white space or non-printable characters"
+                                         : strerror(-r));
+                return r;
+        }
+        snprintf(c->source, sizeof c->source, "file %s", path);
+        return 0;
+}
+
+int credentials_load(const struct gateway_config *g, struct credentials **ret, char *errbuf, size_t errlen) {
+        struct credentials *c;
+        const char *dir;
+        char *env;
+        int r;
+
+        c = calloc(1, sizeof *c);
+        if (!c)
+                return -ENOMEM;
+
+        dir = getenv("CREDENTIALS_DIRECTORY");
+        env = getenv("IVH_ACCESS_TOKEN");
+        if (g->accesstoken_file) {
+                r = load_file(g->accesstoken_file, c, errbuf, errlen);
+        } else if (dir && *dir) {
+                char path[PATH_MAX];
+
+                snprintf(path, sizeof path, "%s/accesstoken", dir);
+                r = load_file(path, c, errbuf, errlen);
+        } else if (env) {
+                size_t len = strlen(env);
+                char *raw = strdup(env);
+
+                r = raw ? token_take(raw, &c->token) : -ENOMEM;
+                if (raw) {
+                        explicit_bzero(raw, len);
+                        free(raw);
+                }
+                if (r < 0)
+                        snprintf(errbuf, errlen, "IVH_ACCESS_TOKEN: %s",
+                                 r == -ENODATA ? "is empty"
+                                               : "contains white space or non-printable characters");
+                else
+                        snprintf(c->source, sizeof c->source, "environment variable IVH_ACCESS_TOKEN");
+        } else {
+                snprintf(errbuf, errlen,
+                         "no access token: set gateway.accesstoken_file, provide the credential "
+                         "'accesstoken' (LoadCredential=), or set IVH_ACCESS_TOKEN");
+                r = -ENOKEY;
+        }
+        /* Keep the token out of /proc/PID/environ (which shows the original
+         * environment block, so wipe it in place) and out of any child. */
+        if (env) {
+                explicit_bzero(env, strlen(env));
+                unsetenv("IVH_ACCESS_TOKEN");
+        }
+        if (r < 0) {
+                credentials_free(c);
+                return r;
+        }
+        *ret = c;
+        return 0;
+}
+
+void credentials_free(struct credentials *c) {
+        if (!c)
+                return;
+        if (c->token) {
+                explicit_bzero(c->token, strlen(c->token));
+                free(c->token);
+        }
+        free(c);
+}

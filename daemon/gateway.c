@@ -1,0 +1,352 @@
+#include "gateway.h"
+
+#include <cjson/cJSON.h>
+#include <curl/curl.h>
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <search.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "util.h"
+
+int gateway_signature(const char *appkey, const char *token, const char *timestamp,
+                      char ret_signature[GATEWAY_SIGNATURE_LEN + 1]) {
+        unsigned char md[EVP_MAX_MD_SIZE];
+        unsigned int md_len = 0;
+        char msg[512];
+        int n;
+
+        /* The signed string is every query parameter but the signature, sorted
+         * by name: appkey < timestamp. */
+        n = snprintf(msg, sizeof msg, "appkey=%s&timestamp=%s", appkey, timestamp);
+        if (n < 0 || (size_t) n >= sizeof msg)
+                return -EINVAL;
+        if (!HMAC(EVP_sha256(), token, (int) strlen(token), (const unsigned char *) msg, (size_t) n, md,
+                  &md_len) ||
+            md_len != 32)
+                return -EIO;
+        if (EVP_EncodeBlock((unsigned char *) ret_signature, md, (int) md_len) != GATEWAY_SIGNATURE_LEN)
+                return -EIO;
+        explicit_bzero(md, sizeof md);
+        return 0;
+}
+
+int gateway_build_url(const char *base, const char *endpoint, const char *appkey, const char *token,
+                      time_t now, char **ret_url) {
+        char ts[32], sig[GATEWAY_SIGNATURE_LEN + 1];
+        char *escaped, *url = NULL;
+        int r;
+
+        snprintf(ts, sizeof ts, "%lld", (long long) now);
+        r = gateway_signature(appkey, token, ts, sig);
+        if (r < 0)
+                return r;
+        escaped = curl_easy_escape(NULL, sig, 0);
+        if (!escaped)
+                return -ENOMEM;
+        if (asprintf(&url, "%s" GATEWAY_PATH_PREFIX "%s?appkey=%s&timestamp=%s&signature=%s", base, endpoint,
+                     appkey, ts, escaped) < 0)
+                url = NULL;
+        curl_free(escaped);
+        if (!url)
+                return -ENOMEM;
+        *ret_url = url;
+        return 0;
+}
+
+int gateway_new_reqid(char ret[GATEWAY_REQID_LEN + 1]) {
+        static const char hex[] = "0123456789abcdef";
+        unsigned char raw[GATEWAY_REQID_LEN / 2];
+        size_t got = 0;
+
+        while (got < sizeof raw) {
+                ssize_t n = getrandom(raw + got, sizeof raw - got, 0);
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                got += (size_t) n;
+        }
+        for (size_t i = 0; i < sizeof raw; i++) {
+                ret[2 * i] = hex[raw[i] >> 4];
+                ret[2 * i + 1] = hex[raw[i] & 0xf];
+        }
+        ret[GATEWAY_REQID_LEN] = '\0';
+        return 0;
+}
+
+int gateway_build_body(const char *reqid, const char *session_id, char **ret_body) {
+        cJSON *root = cJSON_CreateObject(), *payload;
+        char *body = NULL;
+
+        if (!root)
+                return -ENOMEM;
+        if (!cJSON_AddObjectToObject(root, "Header"))
+                goto out;
+        payload = cJSON_AddObjectToObject(root, "Payload");
+        if (!payload || !cJSON_AddStringToObject(payload, "ReqId", reqid))
+                goto out;
+        if (session_id && !cJSON_AddStringToObject(payload, "SessionId", session_id))
+                goto out;
+        body = cJSON_PrintUnformatted(root);
+out:
+        cJSON_Delete(root);
+        if (!body)
+                return -ENOMEM;
+        *ret_body = body;
+        return 0;
+}
+
+static int fail(struct gateway_error *err, enum gateway_failure kind, const char *fmt, ...)
+        __attribute__((format(printf, 3, 4)));
+
+static int fail(struct gateway_error *err, enum gateway_failure kind, const char *fmt, ...) {
+        va_list ap;
+
+        err->kind = kind;
+        va_start(ap, fmt);
+        vsnprintf(err->message, sizeof err->message, fmt, ap);
+        va_end(ap);
+        return -EPROTO;
+}
+
+cJSON *json_parse_exact(const char *text, size_t len) {
+        const char *end = NULL;
+        cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, false);
+
+        /* Anything but white space after the value makes the text invalid. */
+        for (const char *p = end; root && p && p < text + len; p++)
+                if (!strchr(" \t\r\n", *p) || *p == '\0') {
+                        cJSON_Delete(root);
+                        return NULL;
+                }
+        return root;
+}
+
+/* Checks the envelope. On Code 0 returns 0 and hands over the parsed tree. */
+static int parse_envelope(const char *body, size_t len, cJSON **ret_root, struct gateway_error *err) {
+        cJSON *root, *header, *code, *message;
+        int r;
+
+        memset(err, 0, sizeof *err);
+        root = json_parse_exact(body, len);
+        if (!root)
+                return fail(err, GATEWAY_BAD_RESPONSE, "response is not valid JSON");
+        header = cJSON_GetObjectItemCaseSensitive(root, "Header");
+        if (!cJSON_IsObject(root) || !cJSON_IsObject(header)) {
+                r = fail(err, GATEWAY_BAD_RESPONSE, "response has no Header object");
+                goto bad;
+        }
+        code = cJSON_GetObjectItemCaseSensitive(header, "Code");
+        if (!cJSON_IsNumber(code) || !isfinite(code->valuedouble) ||
+            code->valuedouble != floor(code->valuedouble)) {
+                r = fail(err, GATEWAY_BAD_RESPONSE, "Header.Code is not an integer");
+                goto bad;
+        }
+        if (code->valuedouble != 0) {
+                message = cJSON_GetObjectItemCaseSensitive(header, "Message");
+                r = fail(err, GATEWAY_API_ERROR, "%s", cJSON_IsString(message) ? message->valuestring : "");
+                err->code = code->valuedouble > (double) LONG_MAX   ? LONG_MAX
+                            : code->valuedouble < (double) LONG_MIN ? LONG_MIN
+                                                                    : (long) code->valuedouble;
+                goto bad;
+        }
+        *ret_root = root;
+        return 0;
+bad:
+        cJSON_Delete(root);
+        return r;
+}
+
+static int get_int(const cJSON *v, int *ret) {
+        if (cJSON_IsNumber(v) && isfinite(v->valuedouble) && v->valuedouble == floor(v->valuedouble) &&
+            v->valuedouble >= -1e9 && v->valuedouble <= 1e9) {
+                *ret = (int) v->valuedouble;
+                return 0;
+        }
+        /* The documentation is inconsistent about numbers sent as strings. */
+        if (cJSON_IsString(v) && v->valuestring[0] && strlen(v->valuestring) <= 9 &&
+            strspn(v->valuestring, "0123456789") == strlen(v->valuestring)) {
+                *ret = atoi(v->valuestring);
+                return 0;
+        }
+        return -EINVAL;
+}
+
+static int get_tristate(const cJSON *v, enum tristate *ret) {
+        if (!v || cJSON_IsNull(v))
+                *ret = TRISTATE_UNKNOWN;
+        else if (cJSON_IsBool(v))
+                *ret = cJSON_IsTrue(v) ? TRISTATE_TRUE : TRISTATE_FALSE;
+        else if (cJSON_IsNumber(v) && (v->valuedouble == 0 || v->valuedouble == 1))
+                *ret = v->valuedouble == 1 ? TRISTATE_TRUE : TRISTATE_FALSE;
+        else if (cJSON_IsString(v) &&
+                 (strcmp(v->valuestring, "true") == 0 || strcmp(v->valuestring, "false") == 0))
+                *ret = v->valuestring[0] == 't' ? TRISTATE_TRUE : TRISTATE_FALSE;
+        else
+                return -EINVAL;
+        return 0;
+}
+
+static int parse_session(const cJSON *item, size_t idx, struct session *s, struct gateway_error *err) {
+        const cJSON *id, *user, *status;
+
+        if (!cJSON_IsObject(item))
+                return fail(err, GATEWAY_BAD_RESPONSE, "Sessions[%zu] is not an object", idx);
+        id = cJSON_GetObjectItemCaseSensitive(item, "SessionId");
+        user = cJSON_GetObjectItemCaseSensitive(item, "UserId");
+        status = cJSON_GetObjectItemCaseSensitive(item, "SessionStatus");
+        if (!cJSON_IsString(id) || !id->valuestring[0])
+                return fail(err, GATEWAY_BAD_RESPONSE, "Sessions[%zu].SessionId is not a non-empty string",
+                            idx);
+        if (!cJSON_IsString(user))
+                return fail(err, GATEWAY_BAD_RESPONSE, "Sessions[%zu].UserId is not a string", idx);
+        if (get_int(status, &s->status) < 0)
+                return fail(err, GATEWAY_BAD_RESPONSE, "Sessions[%zu].SessionStatus is not an integer", idx);
+        if (get_tristate(cJSON_GetObjectItemCaseSensitive(item, "IsSessionStarted"), &s->started) < 0)
+                return fail(err, GATEWAY_BAD_RESPONSE, "Sessions[%zu].IsSessionStarted is not a boolean",
+                            idx);
+        s->session_id = strdup(id->valuestring);
+        s->user_id = strdup(user->valuestring);
+        if (!s->session_id || !s->user_id)
+                return -ENOMEM;
+        return 0;
+}
+
+static int compare_str(const void *a, const void *b) {
+        return strcmp(a, b);
+}
+
+static void free_nothing(void *p) {
+        (void) p;
+}
+
+int gateway_parse_list(const char *body, size_t len, struct session_list **ret_list,
+                       struct gateway_error *err) {
+        struct session_list *l = NULL;
+        cJSON *root = NULL, *payload, *sessions;
+        void *seen = NULL;
+        size_t count;
+        int r;
+
+        r = parse_envelope(body, len, &root, err);
+        if (r < 0)
+                return r;
+        payload = cJSON_GetObjectItemCaseSensitive(root, "Payload");
+        if (!cJSON_IsObject(payload)) {
+                r = fail(err, GATEWAY_BAD_RESPONSE, "response has no Payload object");
+                goto out;
+        }
+        sessions = cJSON_GetObjectItemCaseSensitive(payload, "Sessions");
+        if (sessions && !cJSON_IsNull(sessions) && !cJSON_IsArray(sessions)) {
+                r = fail(err, GATEWAY_BAD_RESPONSE, "Payload.Sessions is not a list");
+                goto out;
+        }
+        l = calloc(1, sizeof *l);
+        if (!l) {
+                r = -ENOMEM;
+                goto out;
+        }
+        count = cJSON_IsArray(sessions) ? (size_t) cJSON_GetArraySize(sessions) : 0;
+        if (count > 0) {
+                l->items = calloc(count, sizeof *l->items);
+                if (!l->items) {
+                        r = -ENOMEM;
+                        goto out;
+                }
+        }
+        for (size_t i = 0; i < count; i++) {
+                struct session *s = &l->items[l->n];
+                void *node;
+
+                r = parse_session(cJSON_GetArrayItem(sessions, (int) i), i, s, err);
+                l->n++; /* so that session_list_free() sees partial entries */
+                if (r < 0)
+                        goto out;
+                node = tsearch(s->session_id, &seen, compare_str);
+                if (!node) {
+                        r = -ENOMEM;
+                        goto out;
+                }
+                if (*(char **) node != s->session_id) {
+                        /* The same SessionId twice: keep the first entry. */
+                        l->n--;
+                        free(s->session_id);
+                        free(s->user_id);
+                        memset(s, 0, sizeof *s);
+                        l->n_duplicates++;
+                }
+        }
+        *ret_list = l;
+        l = NULL;
+        r = 0;
+out:
+        tdestroy(seen, free_nothing);
+        session_list_free(l);
+        cJSON_Delete(root);
+        return r;
+}
+
+int gateway_parse_ack(const char *body, size_t len, struct gateway_error *err) {
+        cJSON *root = NULL;
+        int r = parse_envelope(body, len, &root, err);
+
+        cJSON_Delete(root);
+        return r;
+}
+
+int gateway_parse_stat(const char *body, size_t len, struct stat_result *ret, struct gateway_error *err) {
+        cJSON *root = NULL, *payload;
+        struct stat_result res;
+        int r;
+
+        r = parse_envelope(body, len, &root, err);
+        if (r < 0)
+                return r;
+        payload = cJSON_GetObjectItemCaseSensitive(root, "Payload");
+        if (!cJSON_IsObject(payload))
+                r = fail(err, GATEWAY_BAD_RESPONSE, "response has no Payload object");
+        else if (get_int(cJSON_GetObjectItemCaseSensitive(payload, "SessionStatus"), &res.status) < 0)
+                r = fail(err, GATEWAY_BAD_RESPONSE, "Payload.SessionStatus is not an integer");
+        else if (get_tristate(cJSON_GetObjectItemCaseSensitive(payload, "IsSessionStarted"), &res.started) <
+                 0)
+                r = fail(err, GATEWAY_BAD_RESPONSE, "Payload.IsSessionStarted is not a boolean");
+        else
+                *ret = res;
+        cJSON_Delete(root);
+        return r;
+}
+
+void session_list_free(struct session_list *l) {
+        if (!l)
+                return;
+        for (size_t i = 0; i < l->n; i++) {
+                free(l->items[i].session_id);
+                free(l->items[i].user_id);
+        }
+        free(l->items);
+        free(l);
+}
+
+const char *session_status_to_string(int status) {
+        switch (status) {
+        case SESSION_IN_PROGRESS:
+                return "in_progress";
+        case SESSION_CLOSED:
+                return "closed";
+        case SESSION_PREPARING:
+                return "preparing";
+        case SESSION_STREAM_FAILED:
+                return "stream_failed";
+        default:
+                return "unknown";
+        }
+}

@@ -1,0 +1,86 @@
+/* The IVH session-manager API: request signing, request bodies and response
+ * parsing. No I/O and no loop code lives here. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#define GATEWAY_PATH_PREFIX   "/v2/ivh/sessionmanager/sessionmanagerservice/"
+#define GATEWAY_REQID_LEN     32
+#define GATEWAY_SIGNATURE_LEN 44 /* base64 of a 32-byte HMAC-SHA256 */
+
+enum session_status {
+        SESSION_IN_PROGRESS = 1,
+        SESSION_CLOSED = 2,
+        SESSION_PREPARING = 3,
+        SESSION_STREAM_FAILED = 4,
+};
+
+enum tristate { TRISTATE_UNKNOWN = -1, TRISTATE_FALSE = 0, TRISTATE_TRUE = 1 };
+
+struct session {
+        char *session_id;
+        char *user_id;
+        int status;            /* SessionStatus as sent; other values are kept and never acted on */
+        enum tristate started; /* IsSessionStarted; unknown when absent */
+};
+
+struct session_list {
+        struct session *items;
+        size_t n;
+        size_t n_duplicates; /* entries dropped because their SessionId came twice */
+};
+
+/* What a response said when it was not a success. */
+enum gateway_failure {
+        GATEWAY_OK = 0,
+        GATEWAY_API_ERROR,    /* well-formed, Header.Code != 0 */
+        GATEWAY_BAD_RESPONSE, /* not the documented shape */
+};
+
+struct gateway_error {
+        enum gateway_failure kind;
+        long code;         /* Header.Code for GATEWAY_API_ERROR */
+        char message[256]; /* Header.Message, or what was wrong with the shape */
+};
+
+struct stat_result {
+        int status;
+        enum tristate started;
+};
+
+/* base64(HMAC-SHA256(token, "appkey=<appkey>&timestamp=<timestamp>")).
+ * Returns 0 or -EIO. */
+int gateway_signature(const char *appkey, const char *token, const char *timestamp,
+                      char ret_signature[GATEWAY_SIGNATURE_LEN + 1]);
+
+/* <base><prefix><endpoint>?appkey=..&timestamp=..&signature=<url-escaped>. */
+int gateway_build_url(const char *base, const char *endpoint, const char *appkey, const char *token,
+                      time_t now, char **ret_url);
+
+/* A fresh request id: 32 lowercase hex digits from getrandom(). */
+int gateway_new_reqid(char ret[GATEWAY_REQID_LEN + 1]);
+
+/* {"Header":{},"Payload":{"ReqId":..., "SessionId":...}}; session_id may be NULL. */
+int gateway_build_body(const char *reqid, const char *session_id, char **ret_body);
+
+/* Parses a listsessionofuin reply. Returns 0 with *ret_list, -EPROTO with err
+ * filled in for an API error or a malformed reply, or -ENOMEM. */
+int gateway_parse_list(const char *body, size_t len, struct session_list **ret_list,
+                       struct gateway_error *err);
+
+/* Parses a closesession (or any payload-less) reply: 0 on Code 0, -EPROTO otherwise. */
+int gateway_parse_ack(const char *body, size_t len, struct gateway_error *err);
+
+/* Parses a statsession reply. */
+int gateway_parse_stat(const char *body, size_t len, struct stat_result *ret, struct gateway_error *err);
+
+void session_list_free(struct session_list *l);
+
+struct cJSON;
+/* cJSON_ParseWithLength() that also refuses anything after the value. */
+struct cJSON *json_parse_exact(const char *text, size_t len);
+
+const char *session_status_to_string(int status);

@@ -1,0 +1,46 @@
+/* libcurl's multi interface bound to a libev loop: socket and timer
+ * callbacks, per-request buffers, completion callbacks. Nothing about the
+ * IVH API lives here. */
+#pragma once
+
+#include <curl/curl.h>
+#include <ev.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+struct http;
+
+struct http_options {
+        const char *ca_file; /* NULL: the system trust store */
+        long timeout_ms;     /* whole transfer */
+        long connect_timeout_ms;
+        size_t max_response_size;
+        long max_connections; /* connections kept and opened at most */
+};
+
+struct http_response {
+        CURLcode result;  /* CURLE_OK when a response arrived */
+        long status;      /* HTTP status, 0 when none */
+        const char *body; /* NUL-terminated, valid during the callback only */
+        size_t body_len;
+        bool too_large;    /* the body exceeded max_response_size */
+        const char *error; /* human-readable transport error, "" if none */
+        double total_s;
+};
+
+typedef void (*http_done_fn)(const struct http_response *resp, void *userdata);
+
+int http_new(struct ev_loop *loop, const struct http_options *opt, struct http **ret);
+
+/* Frees the multi handle. In-flight requests are cancelled without their
+ * callbacks being called. Must run while the loop still exists. */
+void http_free(struct http *h);
+
+/* Starts an asynchronous POST of a JSON body. done is called exactly once,
+ * from the loop, unless the request is cancelled by http_free(). */
+int http_post_json(struct http *h, const char *url, const char *body, http_done_fn done, void *userdata);
+
+size_t http_in_flight(const struct http *h);
+
+/* Number of TCP connections curl opened so far (for statistics). */
+unsigned long http_connections_opened(const struct http *h);

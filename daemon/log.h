@@ -1,0 +1,53 @@
+/* Logging: structured journald entries, or one logfmt line per entry on
+ * stderr. Nothing secret is ever passed in here. */
+#pragma once
+
+#include <stddef.h>
+#include <syslog.h>
+
+/* Every reclaim decision (whatever its outcome) carries this MESSAGE_ID. */
+#define MESSAGE_ID_RECLAIM "99f9654f605e424185666fe382c90fb6"
+/* The summary that ends every cycle. */
+#define MESSAGE_ID_CYCLE "e28e9acd311d441a9e1e0a1a36189eb0"
+/* A cycle whose session list could not be fetched or parsed. */
+#define MESSAGE_ID_CYCLE_FAILED "f8e2aad76f6749b7a1433345838414f1"
+/* max_closes_per_cycle held back sessions that were due. */
+#define MESSAGE_ID_FUSE "7790a43c50c9428f9d94329cc7e5e131"
+
+enum log_target {
+        LOG_TARGET_AUTO,
+        LOG_TARGET_JOURNAL,
+        LOG_TARGET_CONSOLE,
+};
+
+struct log_field {
+        const char *name; /* journal field name, e.g. "IVH_SESSION_ID" */
+        const char *value;
+};
+
+/* Returns 0 or -EINVAL for an unknown name. */
+int log_target_from_string(const char *s, enum log_target *ret);
+
+/* Resolves "auto": the journal when stderr is connected to it
+ * ($JOURNAL_STREAM), the console otherwise. */
+void log_open(enum log_target target);
+enum log_target log_get_target(void);
+void log_set_max_level(int priority);
+
+void log_struct(int priority, const char *message_id, const struct log_field *fields, size_t n_fields,
+                const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
+#define log_full(prio, ...) log_struct((prio), NULL, NULL, 0, __VA_ARGS__)
+#define log_debug(...)      log_full(LOG_DEBUG, __VA_ARGS__)
+#define log_info(...)       log_full(LOG_INFO, __VA_ARGS__)
+#define log_notice(...)     log_full(LOG_NOTICE, __VA_ARGS__)
+#define log_warning(...)    log_full(LOG_WARNING, __VA_ARGS__)
+#define log_error(...)      log_full(LOG_ERR, __VA_ARGS__)
+
+/* Logs and returns r (a negative errno), so that callers can write
+ * `return log_error_errno(r, "Failed to ...: %s", strerror(-r));`. */
+#define log_error_errno(r, ...) (log_error(__VA_ARGS__), (r))
+
+/* Appends `key=value` to buf in logfmt, quoting and escaping as needed.
+ * Exposed for the tests. */
+void logfmt_append(char *buf, size_t size, size_t *off, const char *key, const char *value);

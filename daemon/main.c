@@ -1,0 +1,177 @@
+/* ivh-reclaimd: argv, exit codes and wiring; nothing else. */
+#include <curl/curl.h>
+#include <errno.h>
+#include <ev.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <systemd/sd-daemon.h>
+
+#include "config.h"
+#include "credentials.h"
+#include "log.h"
+#include "reclaimer.h"
+
+/* Exit codes (sysexits.h where one fits). */
+enum {
+        EXIT_OK = 0,
+        EXIT_FAIL = 1,    /* --once/--plan: the list call failed; or a runtime error */
+        EXIT_USAGE = 64,  /* bad command line */
+        EXIT_CONFIG = 78, /* invalid configuration or missing credentials */
+};
+
+static void help(FILE *out) {
+        fprintf(out,
+                "Usage: ivh-reclaimd [OPTION]...\n"
+                "Reclaims leaked Tencent Cloud IVH interactive sessions according to YAML policies.\n"
+                "\n"
+                "  -c, --config FILE        policy file (default " CONFIG_DEFAULT_PATH ")\n"
+                "      --once               run one cycle, wait for its closes, and exit\n"
+                "      --dry-run            decide and log everything, never call closesession\n"
+                "      --plan               list sessions once, print what would happen to each, close "
+                "nothing\n"
+                "      --check-config       validate the policy file and exit\n"
+                "      --log-target TARGET  auto, journal or console (default auto)\n"
+                "  -v, --verbose            also log debug messages\n"
+                "  -h, --help               show this help\n"
+                "      --version            show the version\n"
+                "\n"
+                "The access token is read from gateway.accesstoken_file, else\n"
+                "$CREDENTIALS_DIRECTORY/accesstoken, else $IVH_ACCESS_TOKEN.\n"
+                "\n"
+                "Exit status: 0 success; 1 the session list could not be fetched (--once, --plan)\n"
+                "or a runtime error; 64 usage error; 78 invalid configuration or missing credentials.\n");
+}
+
+int main(int argc, char **argv) {
+        enum { OPT_ONCE = 256, OPT_DRY_RUN, OPT_PLAN, OPT_CHECK, OPT_LOG_TARGET, OPT_VERSION };
+        static const struct option options[] = {
+                { "config", required_argument, NULL, 'c' },
+                { "once", no_argument, NULL, OPT_ONCE },
+                { "dry-run", no_argument, NULL, OPT_DRY_RUN },
+                { "plan", no_argument, NULL, OPT_PLAN },
+                { "check-config", no_argument, NULL, OPT_CHECK },
+                { "log-target", required_argument, NULL, OPT_LOG_TARGET },
+                { "verbose", no_argument, NULL, 'v' },
+                { "help", no_argument, NULL, 'h' },
+                { "version", no_argument, NULL, OPT_VERSION },
+                {},
+        };
+        struct reclaimer_options ropt = { .mode = RECLAIMER_DAEMON };
+        enum log_target target = LOG_TARGET_AUTO;
+        const char *config_path = CONFIG_DEFAULT_PATH;
+        struct config *config = NULL;
+        struct credentials *creds = NULL;
+        struct reclaimer *r = NULL;
+        struct ev_loop *loop;
+        bool check_only = false, verbose = false;
+        char *errors = NULL, errbuf[512];
+        int c, ret, status;
+
+        while ((c = getopt_long(argc, argv, "c:vh", options, NULL)) >= 0) {
+                switch (c) {
+                case 'c':
+                        config_path = optarg;
+                        break;
+                case OPT_ONCE:
+                        ropt.mode = RECLAIMER_ONCE;
+                        break;
+                case OPT_DRY_RUN:
+                        ropt.force_dry_run = true;
+                        break;
+                case OPT_PLAN:
+                        ropt.mode = RECLAIMER_PLAN;
+                        break;
+                case OPT_CHECK:
+                        check_only = true;
+                        break;
+                case OPT_LOG_TARGET:
+                        if (log_target_from_string(optarg, &target) < 0) {
+                                fprintf(stderr,
+                                        "ivh-reclaimd: --log-target must be auto, journal or console, not "
+                                        "'%s'\n",
+                                        optarg);
+                                return EXIT_USAGE;
+                        }
+                        break;
+                case 'v':
+                        verbose = true;
+                        break;
+                case 'h':
+                        help(stdout);
+                        return EXIT_OK;
+                case OPT_VERSION:
+                        printf("ivh-reclaimd %s\n", IVH_VERSION);
+                        return EXIT_OK;
+                default:
+                        help(stderr);
+                        return EXIT_USAGE;
+                }
+        }
+        if (optind < argc) {
+                fprintf(stderr, "ivh-reclaimd: unexpected argument '%s'\n", argv[optind]);
+                return EXIT_USAGE;
+        }
+
+        /* The access token lives in this process's memory: keep it out of core dumps. */
+        prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+
+        log_open(target);
+        if (verbose)
+                log_set_max_level(LOG_DEBUG);
+
+        ret = config_load(config_path, &config, &errors);
+        if (ret < 0) {
+                /* FILE:LINE:COLUMN lines go to stderr as they are, so editors can jump to them. */
+                fputs(errors ? errors : "", stderr);
+                if (!check_only && log_get_target() == LOG_TARGET_JOURNAL)
+                        log_error("Invalid configuration %s:\n%s", config_path, errors ? errors : "");
+                free(errors);
+                return ret == -ENOMEM ? EXIT_FAIL : EXIT_CONFIG;
+        }
+        if (check_only) {
+                printf("%s: OK (%zu policies)\n", config_path, config->n_policies);
+                config_free(config);
+                return EXIT_OK;
+        }
+
+        ret = credentials_load(&config->gateway, &creds, errbuf, sizeof errbuf);
+        if (ret < 0) {
+                log_error("%s", errbuf);
+                config_free(config);
+                return ret == -ENOMEM ? EXIT_FAIL : EXIT_CONFIG;
+        }
+
+        if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+                log_error("Failed to initialize libcurl");
+                config_free(config);
+                credentials_free(creds);
+                return EXIT_FAIL;
+        }
+        loop = ev_default_loop(EVFLAG_AUTO);
+        if (!loop) {
+                log_error("Failed to create the event loop");
+                config_free(config);
+                credentials_free(creds);
+                curl_global_cleanup();
+                return EXIT_FAIL;
+        }
+
+        ret = reclaimer_new(loop, config, creds, &ropt, &r);
+        if (ret >= 0)
+                ret = reclaimer_start(r);
+        if (ret < 0) {
+                status = EXIT_FAIL;
+        } else {
+                if (ropt.mode == RECLAIMER_DAEMON)
+                        sd_notify(0, "READY=1");
+                ev_run(loop, 0);
+                status = ropt.mode == RECLAIMER_DAEMON ? EXIT_OK : reclaimer_exit_status(r);
+        }
+        reclaimer_free(r);
+        ev_loop_destroy(loop);
+        curl_global_cleanup();
+        return status;
+}

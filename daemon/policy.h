@@ -1,0 +1,29 @@
+/* The reclaim decision: (config, session, first sight, now) -> decision.
+ * Pure: no I/O, no clock, no allocation. */
+#pragma once
+
+#include <stdint.h>
+
+#include "config.h"
+#include "gateway.h"
+
+enum decision_kind {
+        DECISION_KEEP,
+        DECISION_PROTECTED, /* a protect rule matches; no policy may touch it */
+        DECISION_CLOSE,
+};
+
+struct decision {
+        enum decision_kind kind;
+        /* The first policy, in file order, whose kind and selector match the
+         * session: the one that owns it. NULL when none does. For
+         * DECISION_KEEP with an owner, the session becomes due at
+         * owner->after_ms. */
+        const struct policy *policy;
+        uint64_t age_ms;
+};
+
+/* age_ms is the time since the daemon first saw the session. */
+void policy_decide(const struct config *c, const struct session *s, uint64_t age_ms, struct decision *ret);
+
+const char *decision_to_string(const struct decision *d);

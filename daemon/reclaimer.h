@@ -1,0 +1,39 @@
+/* The loop's owner: the poll timer, signals, and one cycle at a time:
+ * list -> decide -> close -> log -> state. */
+#pragma once
+
+#include <ev.h>
+#include <stdbool.h>
+#include <stdio.h>
+
+#include "config.h"
+#include "credentials.h"
+
+enum reclaimer_mode {
+        RECLAIMER_DAEMON, /* cycle every poll_interval until SIGTERM/SIGINT */
+        RECLAIMER_ONCE,   /* one cycle, wait for its closes, stop */
+        RECLAIMER_PLAN,   /* one list call, print the plan, touch nothing */
+};
+
+struct reclaimer_options {
+        enum reclaimer_mode mode;
+        bool force_dry_run; /* --dry-run: overrides dry_run: false in the file */
+        FILE *plan_out;
+};
+
+struct reclaimer;
+
+/* Takes ownership of config and creds, also on failure. */
+int reclaimer_new(struct ev_loop *loop, struct config *config, struct credentials *creds,
+                  const struct reclaimer_options *opt, struct reclaimer **ret);
+
+/* Loads the state, installs signal watchers and schedules the first cycle
+ * at once. Returns 0 or a negative errno (already logged). */
+int reclaimer_start(struct reclaimer *r);
+
+/* After the loop returns: 0 when every list call of the run succeeded,
+ * 1 otherwise (only meaningful for --once and --plan). */
+int reclaimer_exit_status(const struct reclaimer *r);
+
+/* Saves the state if it changed, cancels what is in flight. */
+void reclaimer_free(struct reclaimer *r);

@@ -1,0 +1,26 @@
+#!/bin/sh
+# The whole test suite: installs dependencies, checks formatting, builds with
+# -Werror, runs every test, then again under AddressSanitizer+UBSan.
+set -eu
+cd "$(dirname "$0")/.."
+
+./scripts/deps.sh
+
+echo "== clang-format"
+clang-format --dry-run --Werror daemon/*.c daemon/*.h tests/unit/*.c
+
+jobs=$(nproc)
+echo "== build (-Werror)"
+cmake -S . -B build -DIVH_WERROR=ON >/dev/null
+cmake --build build -j "$jobs"
+echo "== tests"
+ctest --test-dir build --output-on-failure
+
+echo "== build (ASan+UBSan, -Werror)"
+cmake -S . -B build-sanitize -DIVH_WERROR=ON -DIVH_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
+cmake --build build-sanitize -j "$jobs"
+echo "== tests under ASan+UBSan"
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=86 \
+UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+        ctest --test-dir build-sanitize --output-on-failure
+echo "== all tests passed (plain and sanitized builds)"

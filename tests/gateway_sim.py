@@ -1,0 +1,393 @@
+#!/usr/bin/env python3
+"""A simulator of the IVH session-manager gateway, standard library only.
+
+It behaves as ../shared/ivh-gateway-api.md describes and is no stricter than
+the documentation: it checks the signature, the 5-minute timestamp window,
+ReqId and the body shape; keeps sessions with their states; answers list,
+close, stat, create and start; records every call; counts TCP connections;
+and can serve HTTPS with a test CA.
+
+Used in-process by the integration tests (import Gateway, serve()) and as a
+program by the demo and the benchmarks (see --help). The gateway's real error
+codes are not published; the simulator uses its own, the E_* constants below.
+"""
+
+import argparse
+import base64
+import hashlib
+import hmac
+import json
+import re
+import ssl
+import sys
+import threading
+import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+PREFIX = "/v2/ivh/sessionmanager/sessionmanagerservice/"
+ENDPOINTS = ("listsessionofuin", "listsessionofprojectid", "closesession",
+             "statsession", "createsession", "startsession")
+
+# The simulator's own error codes (the real ones are not published).
+E_AUTH = 10001          # missing or wrong appkey / signature
+E_TIMESTAMP = 10002     # timestamp outside the 5-minute window
+E_BAD_REQUEST = 10003   # body or ReqId not as documented
+E_NO_SESSION = 10004    # unknown SessionId
+E_CLOSED = 10005        # session already closed
+E_FAULT = 19999         # injected API error
+
+REQID_RE = re.compile(r"^[0-9a-f]{32}$")
+
+IN_PROGRESS, CLOSED, PREPARING, STREAM_FAILED = 1, 2, 3, 4
+
+
+def sign(appkey, token, timestamp):
+    msg = "appkey=%s&timestamp=%s" % (appkey, timestamp)
+    mac = hmac.new(token.encode(), msg.encode(), hashlib.sha256).digest()
+    return base64.b64encode(mac).decode()
+
+
+class Gateway:
+    """Session store, request validation and the call log. Thread-safe."""
+
+    def __init__(self, appkey, token, latency=0.0, list_closed=False):
+        self.appkey = appkey
+        self.token = token
+        self.latency = latency            # seconds added to every call
+        self.list_closed = list_closed    # also list sessions with status 2
+        self.lock = threading.Lock()
+        self.sessions = {}                # SessionId -> dict as listed
+        self.calls = []                   # one dict per call, in arrival order
+        self.faults = []                  # see add_fault()
+        self.reqids = set()
+        self.connections = 0
+        self.in_flight = {}               # endpoint -> current
+        self.max_in_flight = {}           # endpoint -> highest seen
+        self.next_id = 1
+
+    # -- state -------------------------------------------------------------
+    def add_session(self, user_id, status=IN_PROGRESS, started=True, session_id=None,
+                    driver_type=1, project_id="proj-1", **extra):
+        with self.lock:
+            if session_id is None:
+                session_id = "s%06d" % self.next_id
+                self.next_id += 1
+            s = {"UserId": user_id, "SessionId": session_id, "SessionStatus": status,
+                 "DriverType": driver_type, "IsSessionStarted": started,
+                 "_project": project_id}
+            if status == IN_PROGRESS:
+                s["PlayStreamAddr"] = "rtmp://live.example/live/%s" % session_id
+            s.update(extra)
+            self.sessions[session_id] = s
+            return session_id
+
+    def status_of(self, session_id):
+        with self.lock:
+            s = self.sessions.get(session_id)
+            return s["SessionStatus"] if s else None
+
+    def closed_ids(self):
+        """SessionIds that a successful closesession closed, in order."""
+        with self.lock:
+            return [c["session_id"] for c in self.calls
+                    if c["endpoint"] == "closesession" and c["outcome"] == "closed"]
+
+    def calls_to(self, endpoint):
+        with self.lock:
+            return [c for c in self.calls if c["endpoint"] == endpoint]
+
+    def rejected_calls(self):
+        with self.lock:
+            return [c for c in self.calls if c["code"] in (E_AUTH, E_TIMESTAMP, E_BAD_REQUEST)]
+
+    def add_fault(self, endpoint, kind, count=1, session_id=None, **params):
+        """Makes the next `count` matching calls misbehave.
+
+        kind: "http_status" (status=), "api_error" (code=, message=),
+        "hang" (seconds=), "garbage" (body=), "vanish" (closesession only:
+        the session disappears just before the call, as if its client closed
+        it, and the call answers E_NO_SESSION).
+        """
+        with self.lock:
+            self.faults.append(dict(endpoint=endpoint, kind=kind, count=count,
+                                    session_id=session_id, **params))
+
+    def _take_fault(self, endpoint, session_id):
+        for f in self.faults:
+            if f["endpoint"] == endpoint and f["count"] > 0 and \
+                    (f["session_id"] is None or f["session_id"] == session_id):
+                f["count"] -= 1
+                return f
+        return None
+
+    # -- requests ----------------------------------------------------------
+    def handle(self, path, query, headers, body):
+        """Returns (http_status, response_bytes, delay_seconds)."""
+        endpoint = path[len(PREFIX):] if path.startswith(PREFIX) else None
+        record = {"endpoint": endpoint or path, "time": time.time(), "session_id": None,
+                  "code": None, "outcome": None, "http_status": 200}
+        delay = self.latency
+
+        def reply(code, message="", payload=None, http_status=200, raw=None):
+            record["code"] = code
+            record["http_status"] = http_status
+            if raw is not None:
+                return http_status, raw, delay
+            doc = {"Header": {"Code": code, "Message": message, "RequestID": "sim-%d" % len(self.calls)},
+                   "Payload": payload if payload is not None else {}}
+            return http_status, json.dumps(doc).encode(), delay
+
+        with self.lock:
+            self.calls.append(record)
+            if endpoint not in ENDPOINTS:
+                return reply(None, raw=b"not found", http_status=404)
+            ctype = headers.get("Content-Type", "")
+            if not ctype.lower().startswith("application/json"):
+                return reply(E_BAD_REQUEST, "Content-Type must be application/json")
+
+            q = urllib.parse.parse_qs(query, keep_blank_values=True)
+            params = {k: v[0] for k, v in q.items()}
+            if any(len(v) != 1 for v in q.values()) or \
+                    not {"appkey", "timestamp", "signature"} <= params.keys():
+                return reply(E_AUTH, "appkey, timestamp and signature are required")
+            if params["appkey"] != self.appkey:
+                return reply(E_AUTH, "unknown appkey")
+            signed = "&".join("%s=%s" % (k, params[k]) for k in sorted(params) if k != "signature")
+            want = base64.b64encode(hmac.new(self.token.encode(), signed.encode(),
+                                             hashlib.sha256).digest()).decode()
+            if not hmac.compare_digest(want, params["signature"]):
+                return reply(E_AUTH, "signature mismatch")
+            try:
+                ts = int(params["timestamp"])
+            except ValueError:
+                return reply(E_TIMESTAMP, "timestamp is not a number")
+            if abs(time.time() - ts) > 300:
+                return reply(E_TIMESTAMP, "timestamp expired")
+
+            try:
+                doc = json.loads(body)
+            except ValueError:
+                return reply(E_BAD_REQUEST, "body is not JSON")
+            if not isinstance(doc, dict) or doc.get("Header") != {} or \
+                    not isinstance(doc.get("Payload"), dict):
+                return reply(E_BAD_REQUEST, "body must be {\"Header\": {}, \"Payload\": {...}}")
+            payload = doc["Payload"]
+            reqid = payload.get("ReqId")
+            if not isinstance(reqid, str) or not REQID_RE.match(reqid):
+                return reply(E_BAD_REQUEST, "ReqId must be 32 lowercase hex digits")
+            if reqid in self.reqids:
+                return reply(E_BAD_REQUEST, "ReqId already used")
+            self.reqids.add(reqid)
+            sid = payload.get("SessionId")
+            record["session_id"] = sid
+
+            fault = self._take_fault(endpoint, sid)
+            if fault:
+                record["fault"] = fault["kind"]
+                if fault["kind"] == "http_status":
+                    return reply(None, raw=b'{"error":"injected"}', http_status=fault["status"])
+                if fault["kind"] == "api_error":
+                    record["outcome"] = "error"
+                    return reply(fault.get("code", E_FAULT), fault.get("message", "injected error"),
+                                 {"ReqId": reqid})
+                if fault["kind"] == "hang":
+                    delay += fault["seconds"]
+                    if endpoint == "closesession":
+                        record["outcome"] = "hung"
+                        return reply(0, "", {"ReqId": reqid})
+                elif fault["kind"] == "garbage":
+                    return reply(None, raw=fault.get("body", b"{\"Header\": {\"Co"))
+                elif fault["kind"] == "vanish":
+                    self.sessions.pop(sid, None)
+
+            return self._dispatch(endpoint, payload, reqid, record, reply)
+
+    def _dispatch(self, endpoint, payload, reqid, record, reply):
+        sid = payload.get("SessionId")
+        if endpoint in ("listsessionofuin", "listsessionofprojectid"):
+            project = payload.get("VirtualmanProjectId")
+            if endpoint == "listsessionofprojectid" and not isinstance(project, str):
+                return reply(E_BAD_REQUEST, "VirtualmanProjectId is required")
+            out = []
+            for s in self.sessions.values():
+                if s["SessionStatus"] == CLOSED and not self.list_closed:
+                    continue
+                if project is not None and s["_project"] != project:
+                    continue
+                out.append({k: v for k, v in s.items() if not k.startswith("_")})
+            record["outcome"] = "listed"
+            record["listed"] = len(out)
+            return reply(0, "", {"ReqId": reqid, "Sessions": out})
+
+        if endpoint == "createsession":
+            user = payload.get("UserId")
+            if not isinstance(user, str) or not isinstance(payload.get("VirtualmanProjectId"), str):
+                return reply(E_BAD_REQUEST, "UserId and VirtualmanProjectId are required")
+            # A new session for a UserId closes that user's older one.
+            for s in self.sessions.values():
+                if s["UserId"] == user and s["SessionStatus"] != CLOSED:
+                    s["SessionStatus"] = CLOSED
+            new_id = "s%06d" % self.next_id
+            self.next_id += 1
+            self.sessions[new_id] = {"UserId": user, "SessionId": new_id, "SessionStatus": PREPARING,
+                                     "DriverType": payload.get("DriverType", 1),
+                                     "IsSessionStarted": False,
+                                     "_project": payload["VirtualmanProjectId"]}
+            record["outcome"] = "created"
+            return reply(0, "", {"ReqId": reqid, "SessionId": new_id, "SessionStatus": PREPARING})
+
+        if not isinstance(sid, str) or not sid:
+            return reply(E_BAD_REQUEST, "SessionId is required")
+        s = self.sessions.get(sid)
+        if s is None:
+            record["outcome"] = "unknown"
+            return reply(E_NO_SESSION, "session not found")
+
+        if endpoint == "closesession":
+            if s["SessionStatus"] == CLOSED:
+                record["outcome"] = "already_closed"
+                return reply(E_CLOSED, "session already closed")
+            s["SessionStatus"] = CLOSED
+            s.pop("PlayStreamAddr", None)
+            record["outcome"] = "closed"
+            return reply(0, "", {"ReqId": reqid})
+        if endpoint == "statsession":
+            record["outcome"] = "stat"
+            return reply(0, "", {"ReqId": reqid, "SessionStatus": s["SessionStatus"],
+                                 "PlayStreamAddr": s.get("PlayStreamAddr", ""), "SpeakStatus": 0,
+                                 "IsSessionStarted": s["IsSessionStarted"]})
+        # startsession
+        if s["SessionStatus"] == CLOSED:
+            return reply(E_CLOSED, "session already closed")
+        s["IsSessionStarted"] = True
+        s["SessionStatus"] = IN_PROGRESS
+        record["outcome"] = "started"
+        return reply(0, "", {"ReqId": reqid})
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"   # keep-alive, as the real gateway
+    server_version = "ivh-gateway-sim"
+
+    def setup(self):
+        gw = self.server.gateway
+        with gw.lock:
+            gw.connections += 1
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.settimeout(10)
+            try:
+                self.request.do_handshake()
+            except (ssl.SSLError, OSError):
+                pass  # the client refused our certificate; reading fails next
+        super().setup()
+
+    def log_message(self, fmt, *args):
+        pass
+
+    def do_POST(self):
+        gw = self.server.gateway
+        url = urllib.parse.urlsplit(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length > 0 else b""
+        endpoint = url.path[len(PREFIX):]
+        with gw.lock:
+            gw.in_flight[endpoint] = gw.in_flight.get(endpoint, 0) + 1
+            gw.max_in_flight[endpoint] = max(gw.max_in_flight.get(endpoint, 0), gw.in_flight[endpoint])
+        try:
+            status, data, delay = gw.handle(url.path, url.query, self.headers, body)
+            if delay > 0:
+                time.sleep(delay)
+        finally:
+            with gw.lock:
+                gw.in_flight[endpoint] -= 1
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json;charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except OSError:
+            pass
+
+    do_GET = do_POST
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+
+def serve(gateway, host="127.0.0.1", port=0, cert=None, key=None):
+    """Starts serving in a thread. Returns the server; server.server_address[1] is the port."""
+    server = _Server((host, port), _Handler)
+    server.gateway = gateway
+    if cert:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+        server.socket = ctx.wrap_socket(server.socket, server_side=True,
+                                        do_handshake_on_connect=False)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    return server
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--appkey", required=True)
+    ap.add_argument("--token-file", required=True, help="file holding the access token")
+    ap.add_argument("--cert")
+    ap.add_argument("--key")
+    ap.add_argument("--latency-ms", type=float, default=0)
+    ap.add_argument("--seed", help="JSON file: a list of {UserId, SessionStatus, IsSessionStarted[, SessionId]}")
+    ap.add_argument("--port-file", help="write the port here once listening")
+    ap.add_argument("--stats-file", help="on SIGTERM/SIGINT write call statistics here as JSON")
+    ap.add_argument("--verbose", action="store_true", help="print every call on stdout")
+    args = ap.parse_args()
+
+    with open(args.token_file) as f:
+        token = f.read().strip()
+    gw = Gateway(args.appkey, token, latency=args.latency_ms / 1000.0)
+    if args.seed:
+        with open(args.seed) as f:
+            for s in json.load(f):
+                gw.add_session(s["UserId"], s.get("SessionStatus", IN_PROGRESS),
+                               s.get("IsSessionStarted", True), s.get("SessionId"))
+    server = serve(gw, port=args.port, cert=args.cert, key=args.key)
+    port = server.server_address[1]
+    if args.port_file:
+        with open(args.port_file + ".tmp", "w") as f:
+            f.write("%d\n" % port)
+        import os
+        os.rename(args.port_file + ".tmp", args.port_file)
+    print("gateway simulator listening on %s://127.0.0.1:%d with %d sessions"
+          % ("https" if args.cert else "http", port, len(gw.sessions)), flush=True)
+
+    import signal
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *a: stop.set())
+    signal.signal(signal.SIGINT, lambda *a: stop.set())
+    seen = 0
+    while not stop.wait(0.1):
+        if args.verbose:
+            with gw.lock:
+                new, seen = gw.calls[seen:], len(gw.calls)
+            for c in new:
+                print("gateway: %-16s %-10s code=%s %s" % (c["endpoint"], c["session_id"] or "",
+                                                           c["code"], c["outcome"] or ""), flush=True)
+    if args.stats_file:
+        with gw.lock:
+            stats = {"connections": gw.connections, "calls": len(gw.calls),
+                     "closed": sum(1 for c in gw.calls if c["outcome"] == "closed"),
+                     "max_in_flight": gw.max_in_flight,
+                     "rejected": sum(1 for c in gw.calls if c["code"] in (E_AUTH, E_TIMESTAMP, E_BAD_REQUEST))}
+        with open(args.stats_file, "w") as f:
+            json.dump(stats, f)
+    server.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

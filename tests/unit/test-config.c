@@ -1,0 +1,316 @@
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "config.h"
+#include "util.h"
+
+static char path[64];
+
+static int setup(void **state) {
+        int fd;
+
+        (void) state;
+        strcpy(path, "/tmp/ivh-test-config-XXXXXX");
+        fd = mkstemp(path);
+        if (fd < 0)
+                return -1;
+        close(fd);
+        return 0;
+}
+
+static int teardown(void **state) {
+        (void) state;
+        unlink(path);
+        return 0;
+}
+
+/* Loads text; returns the error text (caller frees) or NULL on success. */
+static char *load(const char *text, struct config **ret) {
+        struct config *c = NULL;
+        char *errors = NULL;
+        FILE *f = fopen(path, "w");
+        int r;
+
+        assert_non_null(f);
+        fputs(text, f);
+        fclose(f);
+        r = config_load(path, &c, &errors);
+        if (r < 0) {
+                assert_int_equal(r, -EINVAL);
+                assert_null(c);
+                assert_non_null(errors);
+                return errors;
+        }
+        assert_null(errors);
+        if (ret)
+                *ret = c;
+        else
+                config_free(c);
+        return NULL;
+}
+
+/* Asserts that errors holds "PATH:LINE:COL: ...needle..." */
+static void assert_error_at(const char *errors, unsigned line, unsigned col, const char *needle) {
+        char prefix[128];
+
+        snprintf(prefix, sizeof prefix, "%s:%u:%u: ", path, line, col);
+        for (const char *p = errors; *p;) {
+                const char *eol = strchr(p, '\n'), *hit;
+                size_t len = eol ? (size_t) (eol - p) : strlen(p);
+
+                hit = strstr(p, needle);
+                if (strncmp(p, prefix, strlen(prefix)) == 0 && hit && hit < p + len)
+                        return;
+                p += len + (eol ? 1 : 0);
+        }
+        fail_msg("expected '%s...%s' in:\n%s", prefix, needle, errors);
+}
+
+static size_t count_lines(const char *s) {
+        size_t n = 0;
+        for (; *s; s++)
+                n += *s == '\n';
+        return n;
+}
+
+static void test_example_file_loads(void **state) {
+        struct config *c = NULL;
+        char *errors = NULL;
+
+        (void) state;
+        assert_int_equal(config_load(IVH_SOURCE_DIR "/config/policy.yaml", &c, &errors), 0);
+        assert_string_equal(c->gateway.url, "https://gw-sg.tvs.qq.com");
+        assert_string_equal(c->gateway.appkey, "e38267c0e86411ebb02aed82acb0ed99");
+        assert_int_equal(c->gateway.timeout_ms, 10000);
+        assert_int_equal(c->gateway.max_parallel, 16);
+        assert_int_equal(c->poll_interval_ms, 30000);
+        assert_false(c->dry_run);
+        assert_int_equal(c->max_closes_per_cycle, 100);
+        assert_int_equal(c->protect_user_ids.n, 1);
+        assert_string_equal(c->protect_user_ids.items[0], "vip-*");
+        assert_int_equal(c->n_policies, 3);
+        assert_string_equal(c->policies[0].name, "failed-streams");
+        assert_int_equal(c->policies[0].kind, POLICY_FAILED);
+        assert_int_equal(c->policies[0].after_ms, 60000);
+        assert_int_equal(c->policies[1].kind, POLICY_NOT_STARTED);
+        assert_int_equal(c->policies[2].kind, POLICY_MAX_AGE);
+        assert_int_equal(c->policies[2].after_ms, 7200000);
+        assert_string_equal(c->policies[2].user_ids.items[0], "booth-*");
+        config_free(c);
+}
+
+static void test_minimal_defaults(void **state) {
+        struct config *c = NULL;
+
+        (void) state;
+        assert_null(load("gateway:\n  appkey: k\npolicies: []\n", &c));
+        assert_string_equal(c->gateway.url, CONFIG_DEFAULT_URL);
+        assert_string_equal(c->state_file, CONFIG_DEFAULT_STATE_FILE);
+        assert_null(c->gateway.accesstoken_file);
+        assert_null(c->gateway.ca_file);
+        assert_int_equal(c->n_policies, 0);
+        config_free(c);
+
+        assert_null(load("gateway: {appkey: k, url: 'http://127.0.0.1:8080/', ca_file: ~}\n"
+                         "poll_interval: 1h30m\ndry_run: yes\nprotect:\npolicies:\n"
+                         "  - {name: a, kind: failed, after: 0s}\n",
+                         &c));
+        assert_string_equal(c->gateway.url, "http://127.0.0.1:8080");
+        assert_int_equal(c->poll_interval_ms, 5400000);
+        assert_true(c->dry_run);
+        config_free(c);
+}
+
+static void test_syntax_error_position(void **state) {
+        char *e;
+
+        (void) state;
+        e = load("gateway:\n  appkey: k\npolicies:\n  - name: a\n   kind: failed\n", NULL);
+        assert_error_at(e, 5, 4, "YAML syntax error: did not find expected '-' indicator");
+        free(e);
+
+        e = load("gateway: {appkey: k\n", NULL);
+        assert_non_null(strstr(e, "YAML syntax error"));
+        free(e);
+}
+
+static void test_unknown_key_suggestion(void **state) {
+        char *e;
+
+        (void) state;
+        e = load("gateway:\n  appkey: k\n  max_paralel: 4\npoll_intervall: 30s\npolicies:\n"
+                 "  - name: a\n    kind: failed\n    afterr: 1m\n    user_id: [x]\n",
+                 NULL);
+        assert_error_at(e, 3, 3, "unknown key 'max_paralel', did you mean 'max_parallel'?");
+        assert_error_at(e, 4, 1, "unknown key 'poll_intervall', did you mean 'poll_interval'?");
+        assert_error_at(e, 8, 5, "did you mean 'after'?");
+        assert_error_at(e, 9, 5, "did you mean 'user_ids'?");
+        /* after is then missing, reported at the policy's mapping */
+        assert_error_at(e, 6, 5, "missing required key 'after'");
+        free(e);
+
+        e = load("gateway:\n  appkey: k\nzzzzzz: 1\npolicies: []\n", NULL);
+        assert_error_at(e, 3, 1, "unknown key 'zzzzzz' (valid keys: gateway, poll_interval");
+        free(e);
+}
+
+static void test_wrong_types(void **state) {
+        char *e;
+
+        (void) state;
+        e = load("gateway:\n"
+                 "  appkey: [k]\n"
+                 "  timeout: 10\n"
+                 "  max_parallel: '16'\n"
+                 "poll_interval: soon\n"
+                 "dry_run: maybe\n"
+                 "max_closes_per_cycle: -1\n"
+                 "protect:\n"
+                 "  user_ids: vip-*\n"
+                 "policies:\n"
+                 "  - name: a\n"
+                 "    kind: forever\n"
+                 "    after: 1m\n"
+                 "  - just a string\n",
+                 NULL);
+        assert_error_at(e, 2, 11, "gateway.appkey: expected a string, got a list");
+        assert_error_at(e, 3, 12, "gateway.timeout: invalid duration '10': missing unit");
+        assert_error_at(e, 4, 17, "gateway.max_parallel: expected a whole number, got a quoted string");
+        assert_error_at(e, 5, 16, "poll_interval: invalid duration 'soon'");
+        assert_error_at(e, 6, 10, "dry_run: expected true or false, got 'maybe'");
+        assert_error_at(e, 7, 23,
+                        "max_closes_per_cycle: expected a whole number from 1 to 1000000, got '-1'");
+        assert_error_at(e, 9, 13, "protect.user_ids: expected a list of glob patterns");
+        assert_error_at(e, 12, 11,
+                        "policies[0].kind: expected one of failed, not_started, max_age, got 'forever'");
+        assert_error_at(e, 14, 5, "policies[1]: expected a mapping, got a scalar");
+        /* Every error is collected, one per line. */
+        assert_int_equal(count_lines(e), 9);
+        free(e);
+}
+
+static void test_rules(void **state) {
+        char *e;
+
+        (void) state;
+        e = load("gateway:\n  url: http://gw.example.com\n  appkey: k\n  max_parallel: 0\n"
+                 "poll_interval: 50ms\npolicies:\n"
+                 "  - {name: a, kind: failed, after: 1m}\n"
+                 "  - {name: a, kind: max_age, after: 1m}\n"
+                 "  - {name: keep, kind: max_age, after: 1m}\n"
+                 "  - {name: 'a b', kind: max_age, after: 1m}\n",
+                 NULL);
+        assert_error_at(e, 2, 8, "plain http is refused for non-loopback host 'gw.example.com'");
+        assert_error_at(e, 4, 17, "must be from 1 to 256, got 0");
+        assert_error_at(e, 5, 16, "poll_interval: must be at least 100ms");
+        assert_error_at(e, 8, 5, "policy name 'a' is already used by policies[0]");
+        assert_error_at(e, 9, 12, "'keep' is reserved");
+        assert_error_at(e, 10, 12, "may contain only letters");
+        free(e);
+
+        e = load("gateway:\n  appkey: k\n  appkey: j\npolicies: []\n", NULL);
+        assert_error_at(e, 3, 3, "duplicate key 'appkey'");
+        free(e);
+
+        e = load("gateway:\n  url: ftp://127.0.0.1\n  appkey: k\npolicies: []\n", NULL);
+        assert_error_at(e, 2, 8, "scheme must be https");
+        free(e);
+}
+
+static void test_missing_and_empty(void **state) {
+        char *e;
+
+        (void) state;
+        e = load("", NULL);
+        assert_error_at(e, 1, 1, "the file is empty");
+        free(e);
+
+        e = load("poll_interval: 30s\n", NULL);
+        assert_error_at(e, 1, 1, "missing required key 'gateway'");
+        assert_error_at(e, 1, 1, "missing required key 'policies'");
+        free(e);
+
+        e = load("gateway:\n  url: https://x\npolicies: []\n", NULL);
+        assert_error_at(e, 2, 3, "gateway: missing required key 'appkey'");
+        free(e);
+
+        e = load("- a\n- b\n", NULL);
+        assert_error_at(e, 1, 1, "top level: expected a mapping, got a list");
+        free(e);
+
+        e = load("gateway:\n  appkey: k\npolicies: []\n---\nfoo: 1\n", NULL);
+        assert_error_at(e, 5, 1, "only one YAML document");
+        free(e);
+}
+
+static void test_unreadable(void **state) {
+        struct config *c = NULL;
+        char *errors = NULL;
+
+        (void) state;
+        assert_int_equal(config_load("/nonexistent/policy.yaml", &c, &errors), -ENOENT);
+        assert_non_null(strstr(errors, "/nonexistent/policy.yaml: cannot read configuration"));
+        free(errors);
+}
+
+static void test_junk(void **state) {
+        /* Nothing here may crash or leak; each must be refused. */
+        static const char *const junk[] = {
+                "\x00\x01\x02",
+                "{{{{",
+                "[",
+                "&a [*a]",
+                "gateway: *x",
+                "!!binary AAAA",
+                "gateway:\n  appkey: !!int k\npolicies: [ {name: [], kind: {}, after: []} ]\n",
+                "gateway: &g {appkey: k}\npolicies: [*g]\n",
+                "\xef\xbb\xbf:\n",
+                "? [a]\n: b\n",
+                "gateway:\n  appkey: \"\\xff\"\npolicies: 7\n",
+        };
+
+        (void) state;
+        for (size_t i = 0; i < ELEMENTSOF(junk); i++) {
+                char *e = load(junk[i], NULL);
+                if (!e)
+                        fail_msg("accepted junk case %zu", i);
+                free(e);
+        }
+}
+
+static void test_loopback_hosts(void **state) {
+        (void) state;
+        assert_true(config_host_is_loopback("localhost"));
+        assert_true(config_host_is_loopback("127.0.0.1"));
+        assert_true(config_host_is_loopback("127.3.2.1"));
+        assert_true(config_host_is_loopback("[::1]"));
+        assert_false(config_host_is_loopback("128.0.0.1"));
+        assert_false(config_host_is_loopback("127.0.0.1.example.com"));
+        assert_false(config_host_is_loopback("[::2]"));
+        assert_false(config_host_is_loopback(NULL));
+}
+
+int main(void) {
+        const struct CMUnitTest tests[] = {
+                cmocka_unit_test(test_example_file_loads),
+                cmocka_unit_test_setup_teardown(test_minimal_defaults, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_syntax_error_position, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_unknown_key_suggestion, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_wrong_types, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_rules, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_missing_and_empty, setup, teardown),
+                cmocka_unit_test(test_unreadable),
+                cmocka_unit_test_setup_teardown(test_junk, setup, teardown),
+                cmocka_unit_test(test_loopback_hosts),
+        };
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,240 @@
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "gateway.h"
+#include "util.h"
+
+/* The known-answer vector from the API documentation. */
+#define KAT_APPKEY    "e38267c0e86411ebb02aed82acb0ed99"
+#define KAT_TOKEN     "f68f2d10ae9e4604b76fb05cf46bccec"
+#define KAT_TIMESTAMP 1646636485
+
+static void test_signature_vector(void **state) {
+        char sig[GATEWAY_SIGNATURE_LEN + 1];
+
+        (void) state;
+        assert_int_equal(gateway_signature(KAT_APPKEY, KAT_TOKEN, "1646636485", sig), 0);
+        assert_string_equal(sig, "BfWuaC9kmaicCggXc693uK+sZQ8qe88O4HVQNTdwZuo=");
+}
+
+static void test_build_url(void **state) {
+        char *url = NULL;
+
+        (void) state;
+        assert_int_equal(gateway_build_url("https://gw-sg.tvs.qq.com", "listsessionofuin", KAT_APPKEY,
+                                           KAT_TOKEN, KAT_TIMESTAMP, &url),
+                         0);
+        assert_string_equal(url, "https://gw-sg.tvs.qq.com/v2/ivh/sessionmanager/sessionmanagerservice/"
+                                 "listsessionofuin?appkey=" KAT_APPKEY "&timestamp=1646636485"
+                                 "&signature=BfWuaC9kmaicCggXc693uK%2BsZQ8qe88O4HVQNTdwZuo%3D");
+        /* The token itself never appears in the URL. */
+        assert_null(strstr(url, KAT_TOKEN));
+        free(url);
+}
+
+static void test_reqid(void **state) {
+        char a[GATEWAY_REQID_LEN + 1], b[GATEWAY_REQID_LEN + 1];
+
+        (void) state;
+        assert_int_equal(gateway_new_reqid(a), 0);
+        assert_int_equal(gateway_new_reqid(b), 0);
+        assert_int_equal(strlen(a), 32);
+        assert_int_equal(strspn(a, "0123456789abcdef"), 32);
+        assert_string_not_equal(a, b);
+}
+
+static void test_build_body(void **state) {
+        char *body = NULL;
+
+        (void) state;
+        assert_int_equal(gateway_build_body("d7aa08da33dd4a662ad5be508c5b77cf", NULL, &body), 0);
+        assert_string_equal(body,
+                            "{\"Header\":{},\"Payload\":{\"ReqId\":\"d7aa08da33dd4a662ad5be508c5b77cf\"}}");
+        free(body);
+        assert_int_equal(gateway_build_body("d7aa08da33dd4a662ad5be508c5b77cf", "m\"1", &body), 0);
+        assert_string_equal(body,
+                            "{\"Header\":{},\"Payload\":{\"ReqId\":\"d7aa08da33dd4a662ad5be508c5b77cf\","
+                            "\"SessionId\":\"m\\\"1\"}}");
+        free(body);
+}
+
+static struct session_list *parse_ok(const char *json) {
+        struct session_list *l = NULL;
+        struct gateway_error err;
+
+        assert_int_equal(gateway_parse_list(json, strlen(json), &l, &err), 0);
+        assert_non_null(l);
+        return l;
+}
+
+static void test_parse_list_sample(void **state) {
+        /* The documented sample, minus the documentation's trailing commas,
+         * plus an unknown field that must be ignored. */
+        struct session_list *l =
+                parse_ok("{\"Header\":{\"Code\":0,\"Message\":\"\",\"RequestID\":\"123\"},"
+                         "\"Payload\":{\"ReqId\":\"d7aa08da33dd4a662ad5be508c5b77cf\",\"Sessions\":["
+                         "{\"UserId\":\"abc\",\"SessionId\":\"m123\",\"SessionStatus\":1,"
+                         "\"PlayStreamAddr\":\"rtmp://live.qq.com/live/m789\",\"DriverType\":1,"
+                         "\"IsSessionStarted\":true,\"NewField\":{\"x\":[1,2]}},"
+                         "{\"UserId\":\"\",\"SessionId\":\"m124\",\"SessionStatus\":3,\"DriverType\":\"3\","
+                         "\"IsSessionStarted\":false}]}}");
+
+        (void) state;
+        assert_int_equal(l->n, 2);
+        assert_string_equal(l->items[0].session_id, "m123");
+        assert_string_equal(l->items[0].user_id, "abc");
+        assert_int_equal(l->items[0].status, 1);
+        assert_int_equal(l->items[0].started, TRISTATE_TRUE);
+        assert_string_equal(l->items[1].user_id, "");
+        assert_int_equal(l->items[1].status, 3);
+        assert_int_equal(l->items[1].started, TRISTATE_FALSE);
+        session_list_free(l);
+}
+
+static void test_parse_list_empty_forms(void **state) {
+        static const char *const cases[] = {
+                "{\"Header\":{\"Code\":0},\"Payload\":{\"ReqId\":\"x\"}}",
+                "{\"Header\":{\"Code\":0},\"Payload\":{\"Sessions\":null}}",
+                "{\"Header\":{\"Code\":0},\"Payload\":{\"Sessions\":[]}}",
+        };
+
+        (void) state;
+        for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
+                struct session_list *l = parse_ok(cases[i]);
+                assert_int_equal(l->n, 0);
+                session_list_free(l);
+        }
+}
+
+static void test_parse_list_duplicates_and_unknown_started(void **state) {
+        struct session_list *l = parse_ok(
+                "{\"Header\":{\"Code\":0},\"Payload\":{\"Sessions\":["
+                "{\"UserId\":\"a\",\"SessionId\":\"x\",\"SessionStatus\":1,\"IsSessionStarted\":true},"
+                "{\"UserId\":\"b\",\"SessionId\":\"y\",\"SessionStatus\":\"4\"},"
+                "{\"UserId\":\"c\",\"SessionId\":\"x\",\"SessionStatus\":4,\"IsSessionStarted\":false}]}}");
+
+        (void) state;
+        assert_int_equal(l->n, 2);
+        assert_int_equal(l->n_duplicates, 1);
+        assert_string_equal(l->items[0].user_id, "a"); /* the first entry wins */
+        assert_int_equal(l->items[1].started, TRISTATE_UNKNOWN);
+        assert_int_equal(l->items[1].status, 4);
+        session_list_free(l);
+}
+
+static void test_parse_list_api_error(void **state) {
+        const char *json = "{\"Header\":{\"Code\":10001,\"Message\":\"signature mismatch\"},\"Payload\":{}}";
+        struct session_list *l = NULL;
+        struct gateway_error err;
+
+        (void) state;
+        assert_int_equal(gateway_parse_list(json, strlen(json), &l, &err), -EPROTO);
+        assert_null(l);
+        assert_int_equal(err.kind, GATEWAY_API_ERROR);
+        assert_int_equal(err.code, 10001);
+        assert_string_equal(err.message, "signature mismatch");
+}
+
+static void test_parse_list_junk(void **state) {
+        static const char *const junk[] = {
+                "",
+                "null",
+                "[]",
+                "\"Header\"",
+                "{",
+                "{\"Header\":{\"Code\":0,},\"Payload\":{}}", /* the documentation's trailing comma */
+                "{\"Header\":{},\"Payload\":{}}",
+                "{\"Header\":{\"Code\":\"0\"},\"Payload\":{}}",
+                "{\"Header\":{\"Code\":0.5},\"Payload\":{}}",
+                "{\"Header\":{\"Code\":0}}",
+                "{\"Header\":{\"Code\":0},\"Payload\":[]}",
+                "{\"Header\":{\"Code\":0},\"Payload\":{\"Sessions\":{}}}",
+                "{\"Header\":{\"Code\":0},\"Payload\":{\"Sessions\":[1]}}",
+                "{\"Header\":{\"Code\":0},\"Payload\":{\"Sessions\":[{}]}}",
+                "{\"Header\":{\"Code\":0},\"Payload\":{\"Sessions\":[{\"SessionId\":\"\",\"UserId\":\"a\","
+                "\"SessionStatus\":1}]}}",
+                "{\"Header\":{\"Code\":0},\"Payload\":{\"Sessions\":[{\"SessionId\":5,\"UserId\":\"a\","
+                "\"SessionStatus\":1}]}}",
+                "{\"Header\":{\"Code\":0},\"Payload\":{\"Sessions\":[{\"SessionId\":\"x\",\"SessionStatus\":"
+                "1}]}}",
+                "{\"Header\":{\"Code\":0},\"Payload\":{\"Sessions\":[{\"SessionId\":\"x\",\"UserId\":\"a\","
+                "\"SessionStatus\":1.5}]}}",
+                "{\"Header\":{\"Code\":0},\"Payload\":{\"Sessions\":[{\"SessionId\":\"x\",\"UserId\":\"a\","
+                "\"SessionStatus\":\"in progress\"}]}}",
+                "{\"Header\":{\"Code\":0},\"Payload\":{\"Sessions\":[{\"SessionId\":\"x\",\"UserId\":\"a\","
+                "\"SessionStatus\":1,\"IsSessionStarted\":\"maybe\"}]}}",
+                /* a good entry followed by a bad one: the whole list is refused */
+                "{\"Header\":{\"Code\":0},\"Payload\":{\"Sessions\":[{\"SessionId\":\"x\",\"UserId\":\"a\","
+                "\"SessionStatus\":1},7]}}",
+                "{\"Header\":{\"Code\":0},\"Payload\":{\"Sessions\":[]}} trailing",
+        };
+
+        (void) state;
+        for (size_t i = 0; i < ELEMENTSOF(junk); i++) {
+                struct session_list *l = NULL;
+                struct gateway_error err;
+
+                assert_int_equal(gateway_parse_list(junk[i], strlen(junk[i]), &l, &err), -EPROTO);
+                assert_null(l);
+                assert_int_equal(err.kind, GATEWAY_BAD_RESPONSE);
+                assert_true(err.message[0] != '\0');
+        }
+}
+
+static void test_parse_ack_and_stat(void **state) {
+        const char *ok = "{\"Header\":{\"Code\":0,\"Message\":\"\"},\"Payload\":{\"ReqId\":\"x\"}}";
+        const char *gone = "{\"Header\":{\"Code\":10004,\"Message\":\"session not found\"},\"Payload\":{}}";
+        const char *stat =
+                "{\"Header\":{\"Code\":0},\"Payload\":{\"SessionStatus\":2,\"IsSessionStarted\":true}}";
+        struct gateway_error err;
+        struct stat_result st;
+
+        (void) state;
+        assert_int_equal(gateway_parse_ack(ok, strlen(ok), &err), 0);
+        assert_int_equal(gateway_parse_ack(gone, strlen(gone), &err), -EPROTO);
+        assert_int_equal(err.kind, GATEWAY_API_ERROR);
+        assert_int_equal(err.code, 10004);
+        assert_int_equal(gateway_parse_ack("<html>", 6, &err), -EPROTO);
+        assert_int_equal(err.kind, GATEWAY_BAD_RESPONSE);
+        assert_int_equal(gateway_parse_stat(stat, strlen(stat), &st, &err), 0);
+        assert_int_equal(st.status, 2);
+        assert_int_equal(st.started, TRISTATE_TRUE);
+        assert_int_equal(gateway_parse_stat(ok, strlen(ok), &st, &err), -EPROTO);
+}
+
+static void test_parse_not_nul_terminated(void **state) {
+        /* The parser must honour the length and never read past it. */
+        const char text[] = "{\"Header\":{\"Code\":0},\"Payload\":{}}";
+        char *copy = malloc(sizeof text - 1);
+        struct gateway_error err;
+
+        (void) state;
+        memcpy(copy, text, sizeof text - 1);
+        assert_int_equal(gateway_parse_ack(copy, sizeof text - 1, &err), 0);
+        assert_int_equal(gateway_parse_ack(copy, 10, &err), -EPROTO);
+        free(copy);
+}
+
+int main(void) {
+        const struct CMUnitTest tests[] = {
+                cmocka_unit_test(test_signature_vector),
+                cmocka_unit_test(test_build_url),
+                cmocka_unit_test(test_reqid),
+                cmocka_unit_test(test_build_body),
+                cmocka_unit_test(test_parse_list_sample),
+                cmocka_unit_test(test_parse_list_empty_forms),
+                cmocka_unit_test(test_parse_list_duplicates_and_unknown_started),
+                cmocka_unit_test(test_parse_list_api_error),
+                cmocka_unit_test(test_parse_list_junk),
+                cmocka_unit_test(test_parse_ack_and_stat),
+                cmocka_unit_test(test_parse_not_nul_terminated),
+        };
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}
