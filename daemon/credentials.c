@@ -74,7 +74,8 @@ static int load_file(const char *path, struct credentials *c, char *errbuf, size
         return 0;
 }
 
-int credentials_load(const struct gateway_config *g, struct credentials **ret, char *errbuf, size_t errlen) {
+int credentials_load(const struct gateway_config *g, const struct credentials *previous,
+                     struct credentials **ret, char *errbuf, size_t errlen) {
         struct credentials *c;
         const char *dir;
         char *env;
@@ -106,8 +107,15 @@ int credentials_load(const struct gateway_config *g, struct credentials **ret, c
                         snprintf(errbuf, errlen, "IVH_ACCESS_TOKEN: %s",
                                  r == -ENODATA ? "is empty"
                                                : "contains white space or non-printable characters");
-                else
+                else {
                         snprintf(c->source, sizeof c->source, "environment variable IVH_ACCESS_TOKEN");
+                        c->from_env = true;
+                }
+        } else if (previous && previous->from_env) {
+                c->token = strdup(previous->token);
+                r = c->token ? 0 : -ENOMEM;
+                memcpy(c->source, previous->source, sizeof c->source);
+                c->from_env = true;
         } else {
                 snprintf(errbuf, errlen,
                          "no access token: set gateway.accesstoken_file, provide the credential "

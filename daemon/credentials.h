@@ -1,18 +1,25 @@
 /* The gateway access token: where it comes from and how it is kept. */
 #pragma once
 
+#include <stdbool.h>
+#include <stddef.h>
+
 #include "config.h"
 
 struct credentials {
         char *token;      /* wiped on free */
         char source[256]; /* human-readable origin, never the token */
+        bool from_env;
 };
 
 /* Looks for the token in gateway.accesstoken_file, then
  * $CREDENTIALS_DIRECTORY/accesstoken, then $IVH_ACCESS_TOKEN (which is then
- * removed from the environment). A token file readable by others is refused.
+ * wiped from the environment). A token file readable by others is refused.
+ * On reload, pass the running credentials as previous: a token that came from
+ * the (since wiped) environment is then carried over when no file names one.
  * Returns 0, or a negative errno with a message (never containing the token)
  * written to errbuf. */
-int credentials_load(const struct gateway_config *g, struct credentials **ret, char *errbuf, size_t errlen);
+int credentials_load(const struct gateway_config *g, const struct credentials *previous,
+                     struct credentials **ret, char *errbuf, size_t errlen);
 
 void credentials_free(struct credentials *c);

@@ -137,7 +137,7 @@ int main(int argc, char **argv) {
                 return EXIT_OK;
         }
 
-        ret = credentials_load(&config->gateway, &creds, errbuf, sizeof errbuf);
+        ret = credentials_load(&config->gateway, NULL, &creds, errbuf, sizeof errbuf);
         if (ret < 0) {
                 log_error("%s", errbuf);
                 config_free(config);

@@ -10,6 +10,7 @@
 
 #include "duration.h"
 #include "gateway.h"
+#include "health.h"
 #include "http.h"
 #include "log.h"
 #include "plan.h"
@@ -60,20 +61,39 @@ struct reclaimer {
         struct ev_loop *loop;
         struct config *config;
         struct credentials *creds;
+        /* A reloaded configuration waiting for the running cycle to end. */
+        struct config *pending_config;
+        struct credentials *pending_creds;
         struct reclaimer_options opt;
         struct http *http;
         struct state *state;
         struct cycle *cycle; /* NULL between cycles */
+        int64_t last_cycle_started_ms;
         ev_timer poll_timer;
         ev_timer grace_timer;
-        ev_signal sig_term, sig_int;
+        ev_timer watchdog_timer;
+        ev_signal sig_term, sig_int, sig_hup;
         bool stopping;
         bool any_list_failed;
+        bool unhealthy_logged;
         unsigned long cycles;
+        size_t total_reclaimed;
 };
 
 static void cycle_finish(struct cycle *c);
 static void dispatch(struct cycle *c);
+static void apply_pending(struct reclaimer *r);
+
+static struct http_options http_options_for(const struct config *c) {
+        return (struct http_options){
+                .ca_file = c->gateway.ca_file,
+                .timeout_ms = (long) c->gateway.timeout_ms,
+                .connect_timeout_ms = (long) c->gateway.timeout_ms,
+                .max_response_size = MAX_RESPONSE_SIZE,
+                /* closes in flight, plus the list call and a spare */
+                .max_connections = (long) c->gateway.max_parallel + 2,
+        };
+}
 
 static bool dry_run(const struct reclaimer *r) {
         return r->opt.force_dry_run || r->config->dry_run;
@@ -383,17 +403,38 @@ static void list_done(const struct http_response *resp, void *userdata) {
         dispatch(c);
 }
 
-static void schedule_next(struct reclaimer *r, int64_t started_mono_ms) {
+static void schedule_next(struct reclaimer *r, int64_t started_mono_ms, bool after_cycle) {
         int64_t now = now_mono_ms(), next = started_mono_ms + (int64_t) r->config->poll_interval_ms;
         double delay = next > now ? (double) (next - now) / 1000.0 : 0.;
 
-        if (next <= now)
+        if (next <= now && after_cycle)
                 log_warning("The cycle took longer than poll_interval (%" PRIu64
                             " ms); starting the next one now",
                             r->config->poll_interval_ms);
         ev_timer_stop(r->loop, &r->poll_timer);
         ev_timer_set(&r->poll_timer, delay, 0.);
         ev_timer_start(r->loop, &r->poll_timer);
+}
+
+/* STATUS= for `systemctl status`: one line about the last cycle. */
+static void notify_status(struct reclaimer *r, size_t listed, size_t reclaimed, size_t failed,
+                          bool list_failed) {
+        char next[32], when[32];
+        time_t t = time(NULL) + (time_t) (ev_timer_remaining(r->loop, &r->poll_timer) + 0.5);
+        struct tm tm;
+
+        localtime_r(&t, &tm);
+        strftime(when, sizeof when, "%H:%M:%S", &tm);
+        duration_format(r->config->poll_interval_ms, next, sizeof next);
+        if (list_failed)
+                sd_notifyf(0,
+                           "STATUS=Last poll failed (see journal); %zu reclaimed in total, next poll at %s",
+                           r->total_reclaimed, when);
+        else
+                sd_notifyf(0,
+                           "STATUS=%zu sessions listed, %zu reclaimed, %zu failed%s; next poll at %s (every "
+                           "%s)",
+                           listed, reclaimed, failed, dry_run(r) ? " (dry run)" : "", when, next);
 }
 
 static void save_state(struct reclaimer *r) {
@@ -411,6 +452,8 @@ static void save_state(struct reclaimer *r) {
 static void cycle_finish(struct cycle *c) {
         struct reclaimer *r = c->r;
         int64_t started = c->started_mono_ms, duration = now_mono_ms() - started;
+        size_t closed_total, failed_total;
+        bool list_failed_now;
         size_t listed = c->list ? c->list->n : 0;
         char f_listed[24], f_due[24], f_closed[24], f_already[24], f_failed[24], f_deferred[24],
                 f_protected[24], f_dry[24], f_dur[24];
@@ -433,6 +476,7 @@ static void cycle_finish(struct cycle *c) {
         snprintf(f_dur, sizeof f_dur, "%" PRId64, duration);
 
         r->cycles++;
+        r->total_reclaimed += c->n_closed + c->n_already;
         if (c->list_failed)
                 r->any_list_failed = true;
         if (r->opt.mode != RECLAIMER_PLAN) {
@@ -441,9 +485,6 @@ static void cycle_finish(struct cycle *c) {
                            "protected=%s dry_run=%s duration=%sms",
                            c->list_failed ? "failed" : "done", f_listed, f_due, f_closed, f_already,
                            f_failed, f_deferred, f_protected, f_dry, f_dur);
-                sd_notifyf(0, "STATUS=%s: %s listed, %zu reclaimed, %zu failed%s",
-                           c->list_failed ? "list failed" : "ok", f_listed, c->n_closed + c->n_already,
-                           c->n_failed, dry_run(r) ? " (dry run)" : "");
         }
         if (c->n_not_started > 0)
                 log_warning(
@@ -452,6 +493,9 @@ static void cycle_finish(struct cycle *c) {
         if (!c->list_failed)
                 save_state(r);
 
+        closed_total = c->n_closed + c->n_already;
+        failed_total = c->n_failed;
+        list_failed_now = c->list_failed;
         r->cycle = NULL;
         session_list_free(c->list);
         free(c->jobs);
@@ -461,7 +505,9 @@ static void cycle_finish(struct cycle *c) {
                 ev_break(r->loop, EVBREAK_ALL);
                 return;
         }
-        schedule_next(r, started);
+        apply_pending(r);
+        schedule_next(r, started, true);
+        notify_status(r, listed, closed_total, failed_total, list_failed_now);
 }
 
 static void cycle_start(struct reclaimer *r) {
@@ -475,12 +521,13 @@ static void cycle_start(struct reclaimer *r) {
         c = calloc(1, sizeof *c);
         if (!c) {
                 log_error("Out of memory starting a cycle; retrying next cycle");
-                schedule_next(r, now_mono_ms());
+                schedule_next(r, now_mono_ms(), false);
                 return;
         }
         c->r = r;
         c->config = r->config;
         c->started_mono_ms = now_mono_ms();
+        r->last_cycle_started_ms = c->started_mono_ms;
         r->cycle = c;
         ret = post(r, "listsessionofuin", NULL, list_done, c);
         if (ret < 0) {
@@ -494,6 +541,127 @@ static void poll_cb(struct ev_loop *loop, ev_timer *w, int revents) {
         (void) loop;
         (void) revents;
         cycle_start(w->data);
+}
+
+/* Swaps in a reloaded configuration; only between cycles, so that a cycle
+ * runs from start to end with one configuration. */
+static void apply_pending(struct reclaimer *r) {
+        struct http_options old_opt, new_opt;
+        struct http *http = NULL;
+        int ret;
+
+        if (!r->pending_config || r->cycle)
+                return;
+        old_opt = http_options_for(r->config);
+        new_opt = http_options_for(r->pending_config);
+        if (old_opt.timeout_ms != new_opt.timeout_ms || old_opt.max_connections != new_opt.max_connections ||
+            !!old_opt.ca_file != !!new_opt.ca_file ||
+            (old_opt.ca_file && strcmp(old_opt.ca_file, new_opt.ca_file) != 0)) {
+                ret = http_new(r->loop, &new_opt, &http);
+                if (ret < 0) {
+                        log_error("Failed to apply the reloaded configuration: %s; keeping the previous one",
+                                  strerror(-ret));
+                        config_free(r->pending_config);
+                        credentials_free(r->pending_creds);
+                        r->pending_config = NULL;
+                        r->pending_creds = NULL;
+                        return;
+                }
+                http_free(r->http); /* nothing is in flight between cycles */
+                r->http = http;
+        }
+        config_free(r->config);
+        credentials_free(r->creds);
+        r->config = r->pending_config;
+        r->creds = r->pending_creds;
+        r->pending_config = NULL;
+        r->pending_creds = NULL;
+        log_info("The reloaded configuration is now in effect: %zu policies, polling every %" PRIu64 " ms%s",
+                 r->config->n_policies, r->config->poll_interval_ms, dry_run(r) ? ", dry run" : "");
+}
+
+static void log_lines(int priority, const char *text) {
+        while (text && *text) {
+                const char *eol = strchr(text, '\n');
+                int len = eol ? (int) (eol - text) : (int) strlen(text);
+
+                log_full(priority, "%.*s", len, text);
+                text += len + (eol ? 1 : 0);
+        }
+}
+
+/* SIGHUP: load the file again. A valid file takes effect from the next cycle;
+ * on any error the running configuration stays, untouched. */
+static void reload(struct reclaimer *r) {
+        struct config *c = NULL;
+        struct credentials *creds = NULL;
+        char *errors = NULL, errbuf[512];
+        int ret;
+
+        sd_notify(0, "RELOADING=1");
+        log_info("Reloading %s", r->config->path);
+        ret = config_load(r->config->path, &c, &errors);
+        if (ret < 0) {
+                log_lines(LOG_ERR, errors);
+                log_error("Reload failed: %s is not valid; the previous configuration stays in effect",
+                          r->config->path);
+                free(errors);
+                goto done;
+        }
+        if (strcmp(c->state_file, r->config->state_file) != 0) {
+                log_error("Reload failed: state_file changed from %s to %s, which needs a restart; the "
+                          "previous "
+                          "configuration stays in effect",
+                          r->config->state_file, c->state_file);
+                config_free(c);
+                goto done;
+        }
+        ret = credentials_load(&c->gateway, r->creds, &creds, errbuf, sizeof errbuf);
+        if (ret < 0) {
+                log_error("Reload failed: %s; the previous configuration stays in effect", errbuf);
+                config_free(c);
+                goto done;
+        }
+        config_free(r->pending_config);
+        credentials_free(r->pending_creds);
+        r->pending_config = c;
+        r->pending_creds = creds;
+        if (r->cycle)
+                log_info("Reloaded %s; it takes effect when the running cycle ends", r->config->path);
+        else {
+                apply_pending(r);
+                /* A new poll_interval counts from the start of the last cycle. */
+                if (ev_is_active(&r->poll_timer))
+                        schedule_next(r, r->last_cycle_started_ms, false);
+        }
+done:
+        sd_notify(0, "READY=1");
+}
+
+/* Pings the systemd watchdog, but only while cycles keep happening. */
+static void watchdog_cb(struct ev_loop *loop, ev_timer *w, int revents) {
+        struct reclaimer *r = w->data;
+        struct health_input in = {
+                .now_ms = now_mono_ms(),
+                .stopping = r->stopping,
+                .cycle_running = r->cycle != NULL,
+                .cycle_started_ms = r->cycle ? r->cycle->started_mono_ms : 0,
+                .next_cycle_scheduled = ev_is_active(&r->poll_timer),
+        };
+        const char *reason = NULL;
+
+        (void) loop;
+        (void) revents;
+        if (health_ok(&in, health_cycle_budget_ms(r->config), &reason)) {
+                sd_notify(0, "WATCHDOG=1");
+                r->unhealthy_logged = false;
+        } else if (!r->unhealthy_logged) {
+                log_error("Reclaiming has stalled: %s; withholding the watchdog ping so that systemd "
+                          "restarts the "
+                          "service",
+                          reason);
+                r->unhealthy_logged = true;
+        }
 }
 
 static void grace_cb(struct ev_loop *loop, ev_timer *w, int revents) {
@@ -510,6 +678,11 @@ static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents) {
         struct reclaimer *r = w->data;
 
         (void) revents;
+        if (w->signum == SIGHUP) {
+                if (!r->stopping)
+                        reload(r);
+                return;
+        }
         if (r->stopping)
                 return;
         r->stopping = true;
@@ -567,6 +740,10 @@ int reclaimer_new(struct ev_loop *loop, struct config *config, struct credential
         r->sig_term.data = r;
         ev_signal_init(&r->sig_int, signal_cb, SIGINT);
         r->sig_int.data = r;
+        ev_signal_init(&r->sig_hup, signal_cb, SIGHUP);
+        r->sig_hup.data = r;
+        ev_init(&r->watchdog_timer, watchdog_cb);
+        r->watchdog_timer.data = r;
         *ret = r;
         return 0;
 }
@@ -583,9 +760,19 @@ int reclaimer_start(struct reclaimer *r) {
                 log_warning("%s", warning);
                 free(warning);
         }
+        /* SIGTERM and SIGINT stop gracefully in every mode. */
+        ev_signal_start(r->loop, &r->sig_term);
+        ev_signal_start(r->loop, &r->sig_int);
         if (r->opt.mode == RECLAIMER_DAEMON) {
-                ev_signal_start(r->loop, &r->sig_term);
-                ev_signal_start(r->loop, &r->sig_int);
+                uint64_t usec = 0;
+
+                ev_signal_start(r->loop, &r->sig_hup);
+                if (sd_watchdog_enabled(0, &usec) > 0 && usec > 0) {
+                        /* Ping at twice the rate systemd expects. */
+                        ev_timer_set(&r->watchdog_timer, 0., (double) usec / 2e6);
+                        ev_timer_again(r->loop, &r->watchdog_timer);
+                        log_debug("Watchdog enabled: pinging every %.3f s", (double) usec / 2e6);
+                }
                 log_info("Started: polling %s every %" PRIu64
                          " ms with %zu policies, %zu known sessions, token from %s%s",
                          r->config->gateway.url, r->config->poll_interval_ms, r->config->n_policies,
@@ -609,8 +796,10 @@ void reclaimer_free(struct reclaimer *r) {
                 save_state(r);
         ev_timer_stop(r->loop, &r->poll_timer);
         ev_timer_stop(r->loop, &r->grace_timer);
+        ev_timer_stop(r->loop, &r->watchdog_timer);
         ev_signal_stop(r->loop, &r->sig_term);
         ev_signal_stop(r->loop, &r->sig_int);
+        ev_signal_stop(r->loop, &r->sig_hup);
         /* Cancels what is still in flight; no callback runs. */
         http_free(r->http);
         if (r->cycle) {
@@ -623,5 +812,7 @@ void reclaimer_free(struct reclaimer *r) {
         state_free(r->state);
         config_free(r->config);
         credentials_free(r->creds);
+        config_free(r->pending_config);
+        credentials_free(r->pending_creds);
         free(r);
 }

@@ -11,13 +11,13 @@ clang-format --dry-run --Werror daemon/*.c daemon/*.h tests/unit/*.c
 
 jobs=$(nproc)
 echo "== build (-Werror)"
-cmake -S . -B build -DIVH_WERROR=ON >/dev/null
+cmake -S . -B build -DIVH_WERROR=ON -DIVH_SANITIZE=OFF -DIVH_BUILD_TESTS=ON >/dev/null
 cmake --build build -j "$jobs"
 echo "== tests"
 ctest --test-dir build --output-on-failure
 
 echo "== build (ASan+UBSan, -Werror)"
-cmake -S . -B build-sanitize -DIVH_WERROR=ON -DIVH_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
+cmake -S . -B build-sanitize -DIVH_WERROR=ON -DIVH_SANITIZE=ON -DIVH_BUILD_TESTS=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
 cmake --build build-sanitize -j "$jobs"
 echo "== tests under ASan+UBSan"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=86 \
