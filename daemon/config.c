@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <curl/curl.h>
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,7 +16,7 @@
 
 #define CONFIG_MAX_SIZE      (1024 * 1024)
 #define MAX_PARALLEL_LIMIT   256
-#define MIN_POLL_INTERVAL_MS 100
+#define MIN_POLL_INTERVAL_MS 10
 #define MIN_TIMEOUT_MS       100
 
 struct parser {
@@ -27,9 +28,10 @@ struct parser {
 };
 
 static const char *const top_keys[] = {
-        "gateway", "poll_interval", "state_file", "dry_run", "max_closes_per_cycle",
-        "protect", "policies",      NULL,
+        "gateway",  "poll_interval", "state_file",           "dry_run", "max_closes_per_cycle", "protect",
+        "policies", "fuse",          "recheck_before_close", NULL,
 };
+static const char *const fuse_keys[] = { "max_share", "min_sessions", NULL };
 static const char *const gateway_keys[] = {
         "url", "appkey", "accesstoken_file", "ca_file", "timeout", "max_parallel", NULL,
 };
@@ -424,6 +426,39 @@ static void gateway_key(struct parser *p, const char *key, yaml_node_t *v, void 
         }
 }
 
+/* A share: "50%" or a fraction such as 0.5; 0 < share <= 1. */
+static void get_share(struct parser *p, const char *where, yaml_node_t *n, double *dst) {
+        const char *s = scalar(n);
+        char *end = NULL;
+        double v;
+
+        if (!s || is_null(n) || !*s) {
+                diag(p, n, "%s: expected a share such as 50%% or 0.5, got %s", where, node_type_name(n));
+                return;
+        }
+        v = strtod(s, &end);
+        if (end == s || (strcmp(end, "%") != 0 && *end != '\0') || isnan(v)) {
+                diag(p, n, "%s: expected a share such as 50%% or 0.5, got '%s'", where, s);
+                return;
+        }
+        if (*end == '%')
+                v /= 100.0;
+        if (!(v > 0.0 && v <= 1.0)) {
+                diag(p, n, "%s: must be above 0%% and at most 100%%, got '%s'", where, s);
+                return;
+        }
+        *dst = v;
+}
+
+static void fuse_key(struct parser *p, const char *key, yaml_node_t *v, void *userdata) {
+        struct fuse_config *f = userdata;
+
+        if (strcmp(key, "max_share") == 0)
+                get_share(p, "fuse.max_share", v, &f->max_share);
+        else if (strcmp(key, "min_sessions") == 0)
+                get_uint(p, "fuse.min_sessions", v, 0, 1000000, &f->min_sessions);
+}
+
 static void protect_key(struct parser *p, const char *key, yaml_node_t *v, void *userdata) {
         struct config *c = userdata;
 
@@ -520,7 +555,12 @@ static void top_key(struct parser *p, const char *key, yaml_node_t *v, void *use
                 get_string(p, key, v, false, &c->state_file);
         else if (strcmp(key, "dry_run") == 0)
                 get_bool(p, key, v, &c->dry_run);
-        else if (strcmp(key, "max_closes_per_cycle") == 0)
+        else if (strcmp(key, "recheck_before_close") == 0)
+                get_bool(p, key, v, &c->recheck_before_close);
+        else if (strcmp(key, "fuse") == 0) {
+                if (!is_null(v))
+                        walk_mapping(p, "fuse", v, fuse_keys, fuse_key, &c->fuse);
+        } else if (strcmp(key, "max_closes_per_cycle") == 0)
                 get_uint(p, key, v, 1, 1000000, &c->max_closes_per_cycle);
         else if (strcmp(key, "protect") == 0) {
                 if (!is_null(v))
@@ -537,6 +577,9 @@ static int config_defaults(struct config *c, const char *path) {
         c->gateway.max_parallel = 16;
         c->poll_interval_ms = 30 * 1000;
         c->max_closes_per_cycle = 100;
+        c->recheck_before_close = true;
+        c->fuse.max_share = 0.5;
+        c->fuse.min_sessions = 10;
         return c->path && c->gateway.url && c->state_file ? 0 : -ENOMEM;
 }
 

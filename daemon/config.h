@@ -37,13 +37,20 @@ struct gateway_config {
         unsigned max_parallel;
 };
 
+struct fuse_config {
+        double max_share;      /* of the live sessions, 0 < x <= 1 */
+        unsigned min_sessions; /* the fuse trips only above this many */
+};
+
 struct config {
         char *path;
         struct gateway_config gateway;
         uint64_t poll_interval_ms;
         char *state_file;
         bool dry_run;
+        bool recheck_before_close; /* statsession before not_started/max_age closes */
         unsigned max_closes_per_cycle;
+        struct fuse_config fuse;
         struct glob_list protect_user_ids;
         struct glob_list protect_session_ids;
         struct policy *policies;

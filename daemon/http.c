@@ -72,6 +72,13 @@ static void check_multi_info(struct http *h) {
                 curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **) &req);
                 curl_easy_getinfo(req->easy, CURLINFO_RESPONSE_CODE, &resp.status);
                 curl_easy_getinfo(req->easy, CURLINFO_TOTAL_TIME, &resp.total_s);
+                {
+                        curl_off_t retry_after = 0;
+
+                        if (curl_easy_getinfo(req->easy, CURLINFO_RETRY_AFTER, &retry_after) == CURLE_OK &&
+                            retry_after > 0)
+                                resp.retry_after_s = retry_after > 86400 ? 86400 : (long) retry_after;
+                }
                 if (curl_easy_getinfo(req->easy, CURLINFO_NUM_CONNECTS, &conns) == CURLE_OK && conns > 0)
                         h->connections += (unsigned long) conns;
                 curl_multi_remove_handle(h->multi, req->easy);

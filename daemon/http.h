@@ -23,8 +23,9 @@ struct http_response {
         long status;      /* HTTP status, 0 when none */
         const char *body; /* NUL-terminated, valid during the callback only */
         size_t body_len;
-        bool too_large;    /* the body exceeded max_response_size */
-        const char *error; /* human-readable transport error, "" if none */
+        bool too_large;     /* the body exceeded max_response_size */
+        const char *error;  /* human-readable transport error, "" if none */
+        long retry_after_s; /* the Retry-After header in seconds, 0 when absent */
         double total_s;
 };
 

@@ -13,6 +13,8 @@
 #define MESSAGE_ID_CYCLE_FAILED "f8e2aad76f6749b7a1433345838414f1"
 /* max_closes_per_cycle held back sessions that were due. */
 #define MESSAGE_ID_FUSE "7790a43c50c9428f9d94329cc7e5e131"
+/* The share fuse (fuse.max_share, fuse.min_sessions) held back every due live session. */
+#define MESSAGE_ID_SHARE_FUSE "fdd69b80db994344b2f08dde98cb05ea"
 
 enum log_target {
         LOG_TARGET_AUTO,

@@ -52,6 +52,14 @@ void policy_decide(const struct config *c, const struct session *s, uint64_t age
         *ret = d;
 }
 
+bool policy_session_is_live(const struct session *s) {
+        return is_live(s->status);
+}
+
+bool policy_share_fuse_trips(const struct fuse_config *fuse, size_t live_total, size_t due_live) {
+        return due_live > fuse->min_sessions && (double) due_live > fuse->max_share * (double) live_total;
+}
+
 const char *decision_to_string(const struct decision *d) {
         switch (d->kind) {
         case DECISION_CLOSE:

@@ -2,6 +2,8 @@
  * Pure: no I/O, no clock, no allocation. */
 #pragma once
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "config.h"
@@ -27,3 +29,10 @@ struct decision {
 void policy_decide(const struct config *c, const struct session *s, uint64_t age_ms, struct decision *ret);
 
 const char *decision_to_string(const struct decision *d);
+
+/* Whether a session counts as live for the share fuse: status 1 or 3. */
+bool policy_session_is_live(const struct session *s);
+
+/* The share fuse: true when closing due_live of live_total live sessions is
+ * more than fuse->max_share of them and more than fuse->min_sessions. */
+bool policy_share_fuse_trips(const struct fuse_config *fuse, size_t live_total, size_t due_live);

@@ -203,7 +203,7 @@ static void test_rules(void **state) {
 
         (void) state;
         e = load("gateway:\n  url: http://gw.example.com\n  appkey: k\n  max_parallel: 0\n"
-                 "poll_interval: 50ms\npolicies:\n"
+                 "poll_interval: 5ms\npolicies:\n"
                  "  - {name: a, kind: failed, after: 1m}\n"
                  "  - {name: a, kind: max_age, after: 1m}\n"
                  "  - {name: keep, kind: max_age, after: 1m}\n"
@@ -211,7 +211,7 @@ static void test_rules(void **state) {
                  NULL);
         assert_error_at(e, 2, 8, "plain http is refused for non-loopback host 'gw.example.com'");
         assert_error_at(e, 4, 17, "must be from 1 to 256, got 0");
-        assert_error_at(e, 5, 16, "poll_interval: must be at least 100ms");
+        assert_error_at(e, 5, 16, "poll_interval: must be at least 10ms");
         assert_error_at(e, 8, 5, "policy name 'a' is already used by policies[0]");
         assert_error_at(e, 9, 12, "'keep' is reserved");
         assert_error_at(e, 10, 12, "may contain only letters");

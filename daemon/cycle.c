@@ -1,0 +1,636 @@
+#include "cycle.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include "duration.h"
+#include "gateway.h"
+#include "log.h"
+#include "plan.h"
+#include "policy.h"
+#include "util.h"
+
+/* Failed closes back off from one poll interval up to this many. */
+#define RETRY_CAP_INTERVALS 64
+#define RETRY_CAP_MAX_MS    (3600 * 1000)
+
+enum outcome {
+        OUTCOME_CLOSED,
+        OUTCOME_ALREADY_CLOSED,
+        OUTCOME_FAILED,
+        OUTCOME_DRY_RUN,
+        OUTCOME_SKIPPED,
+};
+
+static const char *const outcome_names[] = {
+        [OUTCOME_CLOSED] = "closed",   [OUTCOME_ALREADY_CLOSED] = "already_closed",
+        [OUTCOME_FAILED] = "failed",   [OUTCOME_DRY_RUN] = "dry_run",
+        [OUTCOME_SKIPPED] = "skipped",
+};
+
+enum job_phase {
+        JOB_PRECHECK,  /* statsession: does the session still qualify? */
+        JOB_CLOSE,     /* closesession */
+        JOB_POSTCHECK, /* statsession after an API error: was it gone already? */
+};
+
+struct close_job {
+        struct cycle *cycle;
+        const struct session *session; /* borrowed from cycle->list */
+        const struct policy *policy;   /* borrowed from the config */
+        uint64_t age_ms;
+        enum job_phase phase;
+        struct gateway_error close_err;
+        int status_now; /* the status statsession reported, for the log */
+};
+
+struct cycle {
+        struct cycle_env env;
+        cycle_done_fn done;
+        void *userdata;
+        struct session_list *list;
+        struct close_job *jobs;
+        size_t n_jobs, next_job, in_flight;
+        ev_timer resume_timer; /* dispatch paused by a Retry-After */
+        bool stopping;
+        bool dispatching;
+        struct cycle_result res;
+};
+
+static void dispatch(struct cycle *c);
+
+static int post(struct cycle *c, const char *endpoint, const char *session_id, http_done_fn done,
+                void *userdata) {
+        const struct config *cfg = c->env.config;
+        char reqid[GATEWAY_REQID_LEN + 1];
+        char *url = NULL, *body = NULL;
+        int ret;
+
+        ret = gateway_new_reqid(reqid);
+        if (ret >= 0)
+                ret = gateway_build_url(cfg->gateway.url, endpoint, cfg->gateway.appkey, c->env.creds->token,
+                                        time(NULL), &url);
+        if (ret >= 0)
+                ret = gateway_build_body(reqid, session_id, &body);
+        if (ret >= 0)
+                ret = http_post_json(c->env.http, url, body, done, userdata);
+        /* The URL carries a signature derived from the token: wipe it. */
+        if (url)
+                explicit_bzero(url, strlen(url));
+        free(url);
+        free(body);
+        return ret;
+}
+
+/* Describes a transport-level failure; returns false when resp is a 200. */
+static bool transport_failed(const struct http_response *resp, char *buf, size_t n) {
+        if (resp->result != CURLE_OK) {
+                snprintf(buf, n, "%s", resp->error);
+                return true;
+        }
+        if (resp->status != 200) {
+                if (resp->retry_after_s > 0)
+                        snprintf(buf, n, "HTTP status %ld (Retry-After %lds)", resp->status,
+                                 resp->retry_after_s);
+                else
+                        snprintf(buf, n, "HTTP status %ld", resp->status);
+                return true;
+        }
+        return false;
+}
+
+static uint32_t random_u32(void) {
+        uint32_t v = 0;
+
+        if (getrandom(&v, sizeof v, GRND_NONBLOCK) != (ssize_t) sizeof v)
+                v = (uint32_t) now_mono_ms() * 2654435761u; /* jitter only; no secret */
+        return v;
+}
+
+static void log_reclaim(struct close_job *job, enum outcome outcome, const char *detail) {
+        const struct session *s = job->session;
+        char age[32], status[16], age_h[32], code[32], id[96], user[96];
+        struct log_field f[10];
+        size_t n = 0;
+
+        snprintf(age, sizeof age, "%" PRIu64, job->age_ms / 1000);
+        snprintf(status, sizeof status, "%d", s->status);
+        duration_format(job->age_ms - job->age_ms % 1000, age_h, sizeof age_h);
+        f[n++] = (struct log_field){ "IVH_SESSION_ID", s->session_id };
+        f[n++] = (struct log_field){ "IVH_USER_ID", s->user_id };
+        f[n++] = (struct log_field){ "IVH_POLICY", job->policy->name };
+        f[n++] = (struct log_field){ "IVH_POLICY_KIND", policy_kind_to_string(job->policy->kind) };
+        f[n++] = (struct log_field){ "IVH_AGE_SEC", age };
+        f[n++] = (struct log_field){ "IVH_SESSION_STATUS", status };
+        f[n++] = (struct log_field){ "IVH_OUTCOME", outcome_names[outcome] };
+        if (detail && *detail)
+                f[n++] = (struct log_field){ outcome == OUTCOME_SKIPPED ? "IVH_REASON" : "IVH_ERROR",
+                                             detail };
+        if (job->close_err.kind == GATEWAY_API_ERROR) {
+                snprintf(code, sizeof code, "%ld", job->close_err.code);
+                f[n++] = (struct log_field){ "IVH_API_CODE", code };
+        }
+        sanitize_printable(s->session_id, id, sizeof id);
+        sanitize_printable(s->user_id, user, sizeof user);
+
+        switch (outcome) {
+        case OUTCOME_CLOSED:
+                log_struct(LOG_NOTICE, MESSAGE_ID_RECLAIM, f, n,
+                           "Reclaimed session %s of user '%s' (policy %s, first seen %s ago)", id, user,
+                           job->policy->name, age_h);
+                break;
+        case OUTCOME_ALREADY_CLOSED:
+                log_struct(LOG_INFO, MESSAGE_ID_RECLAIM, f, n,
+                           "Session %s of user '%s' was already gone when policy %s closed it", id, user,
+                           job->policy->name);
+                break;
+        case OUTCOME_DRY_RUN:
+                log_struct(LOG_NOTICE, MESSAGE_ID_RECLAIM, f, n,
+                           "Would reclaim session %s of user '%s' (policy %s, first seen %s ago); dry run",
+                           id, user, job->policy->name, age_h);
+                break;
+        case OUTCOME_SKIPPED:
+                log_struct(LOG_INFO, MESSAGE_ID_RECLAIM, f, n,
+                           "Not reclaiming session %s of user '%s' after all: %s", id, user, detail);
+                break;
+        case OUTCOME_FAILED:
+                log_struct(LOG_WARNING, MESSAGE_ID_RECLAIM, f, n,
+                           "Failed to reclaim session %s of user '%s' (policy %s): %s; will retry", id, user,
+                           job->policy->name, detail ? detail : "unknown error");
+                break;
+        }
+}
+
+static void cycle_end(struct cycle *c) {
+        const struct cycle_result *res = &c->res;
+        char f_listed[24], f_due[24], f_closed[24], f_already[24], f_failed[24], f_deferred[24],
+                f_protected[24], f_dry[24], f_dur[24], f_skipped[24], f_backoff[24], f_fused[24];
+        struct log_field f[] = {
+                { "IVH_LISTED", f_listed },       { "IVH_DUE", f_due },
+                { "IVH_CLOSED", f_closed },       { "IVH_ALREADY_CLOSED", f_already },
+                { "IVH_FAILED", f_failed },       { "IVH_DEFERRED", f_deferred },
+                { "IVH_PROTECTED", f_protected }, { "IVH_DRY_RUN", f_dry },
+                { "IVH_DURATION_MS", f_dur },     { "IVH_SKIPPED", f_skipped },
+                { "IVH_BACKING_OFF", f_backoff }, { "IVH_FUSED", f_fused },
+        };
+
+        ev_timer_stop(c->env.loop, &c->resume_timer);
+        c->res.duration_ms = now_mono_ms() - c->res.started_ms;
+        snprintf(f_listed, sizeof f_listed, "%zu", res->listed);
+        snprintf(f_due, sizeof f_due, "%zu", res->due);
+        snprintf(f_closed, sizeof f_closed, "%zu", res->closed);
+        snprintf(f_already, sizeof f_already, "%zu", res->already_closed);
+        snprintf(f_failed, sizeof f_failed, "%zu", res->failed);
+        snprintf(f_deferred, sizeof f_deferred, "%zu", res->deferred);
+        snprintf(f_protected, sizeof f_protected, "%zu", res->protected_due);
+        snprintf(f_dry, sizeof f_dry, "%zu", res->dry_run);
+        snprintf(f_dur, sizeof f_dur, "%" PRId64, res->duration_ms);
+        snprintf(f_skipped, sizeof f_skipped, "%zu", res->skipped);
+        snprintf(f_backoff, sizeof f_backoff, "%zu", res->backing_off);
+        snprintf(f_fused, sizeof f_fused, "%zu", res->fused);
+        if (!c->env.plan_out)
+                log_struct(res->list_failed ? LOG_WARNING : LOG_INFO, MESSAGE_ID_CYCLE, f, ELEMENTSOF(f),
+                           "Cycle %s: listed=%s due=%s closed=%s already_closed=%s failed=%s skipped=%s "
+                           "deferred=%s backing_off=%s fused=%s protected=%s dry_run=%s duration=%sms",
+                           res->list_failed ? "failed" : "done", f_listed, f_due, f_closed, f_already,
+                           f_failed, f_skipped, f_deferred, f_backoff, f_fused, f_protected, f_dry, f_dur);
+        c->done(c, &c->res, c->userdata);
+}
+
+static void job_done(struct close_job *job, enum outcome outcome, const char *detail, long retry_after_s) {
+        struct cycle *c = job->cycle;
+        const struct config *cfg = c->env.config;
+        const char *id = job->session->session_id;
+
+        log_reclaim(job, outcome, detail);
+        switch (outcome) {
+        case OUTCOME_CLOSED:
+                c->res.closed++;
+                retry_forget(c->env.retries, id);
+                break;
+        case OUTCOME_ALREADY_CLOSED:
+                c->res.already_closed++;
+                retry_forget(c->env.retries, id);
+                break;
+        case OUTCOME_FAILED: {
+                uint64_t cap = cfg->poll_interval_ms * RETRY_CAP_INTERVALS;
+
+                c->res.failed++;
+                if (cap > RETRY_CAP_MAX_MS)
+                        cap = RETRY_CAP_MAX_MS > cfg->poll_interval_ms ? RETRY_CAP_MAX_MS
+                                                                       : cfg->poll_interval_ms;
+                if (retry_failed(c->env.retries, id, now_mono_ms(), cfg->poll_interval_ms, cap,
+                                 (uint64_t) retry_after_s * 1000, random_u32()) < 0)
+                        log_warning(
+                                "Out of memory recording a retry; the session is tried again next cycle");
+                break;
+        }
+        case OUTCOME_SKIPPED:
+                c->res.skipped++;
+                break;
+        case OUTCOME_DRY_RUN:
+                c->res.dry_run++;
+                break;
+        }
+        c->in_flight--;
+        /* The gateway asked us to slow down: hold back the remaining closes. */
+        if (retry_after_s > 0 && c->next_job < c->n_jobs && !c->stopping) {
+                uint64_t pause_ms = (uint64_t) retry_after_s * 1000;
+
+                if (pause_ms < cfg->poll_interval_ms && !ev_is_active(&c->resume_timer)) {
+                        log_info("The gateway asked for a pause of %lds; holding the remaining %zu closes",
+                                 retry_after_s, c->n_jobs - c->next_job);
+                        ev_timer_set(&c->resume_timer, (double) retry_after_s, 0.);
+                        ev_timer_start(c->env.loop, &c->resume_timer);
+                } else if (pause_ms >= cfg->poll_interval_ms) {
+                        log_info("The gateway asked for a pause of %lds; deferring the remaining %zu closes "
+                                 "to a "
+                                 "later cycle",
+                                 retry_after_s, c->n_jobs - c->next_job);
+                        c->res.deferred += c->n_jobs - c->next_job;
+                        c->next_job = c->n_jobs;
+                }
+        }
+        dispatch(c);
+}
+
+static void close_failed(struct close_job *job, const char *what, const char *detail, long retry_after_s) {
+        char msg[640];
+
+        snprintf(msg, sizeof msg, "%s: %s", what, detail);
+        job_done(job, OUTCOME_FAILED, msg, retry_after_s);
+}
+
+static void postcheck_done(const struct http_response *resp, void *userdata) {
+        struct close_job *job = userdata;
+        struct gateway_error err;
+        struct stat_result st;
+        char buf[512];
+        int r;
+
+        if (!transport_failed(resp, buf, sizeof buf)) {
+                r = gateway_parse_stat(resp->body, resp->body_len, &st, &err);
+                /* Gone if the gateway says the session is closed, or if it
+                 * answers statsession with the very error closesession gave:
+                 * both calls then agree that it does not know the session. */
+                if ((r >= 0 && st.status == SESSION_CLOSED) ||
+                    (r < 0 && err.kind == GATEWAY_API_ERROR && err.code == job->close_err.code)) {
+                        job_done(job, OUTCOME_ALREADY_CLOSED, NULL, 0);
+                        return;
+                }
+        }
+        snprintf(buf, sizeof buf, "API error %ld: %s", job->close_err.code, job->close_err.message);
+        close_failed(job, "closesession", buf, 0);
+}
+
+static void close_done(const struct http_response *resp, void *userdata) {
+        struct close_job *job = userdata;
+        char buf[512];
+
+        if (transport_failed(resp, buf, sizeof buf)) {
+                close_failed(job, "closesession", buf, resp->retry_after_s);
+                return;
+        }
+        if (gateway_parse_ack(resp->body, resp->body_len, &job->close_err) >= 0) {
+                job_done(job, OUTCOME_CLOSED, NULL, 0);
+                return;
+        }
+        if (job->close_err.kind == GATEWAY_API_ERROR) {
+                /* Maybe the session went away between the list and now. */
+                job->phase = JOB_POSTCHECK;
+                if (post(job->cycle, "statsession", job->session->session_id, postcheck_done, job) >= 0)
+                        return;
+        }
+        close_failed(job, "closesession", job->close_err.message, 0);
+}
+
+static void start_close(struct close_job *job) {
+        int ret;
+
+        job->phase = JOB_CLOSE;
+        ret = post(job->cycle, "closesession", job->session->session_id, close_done, job);
+        if (ret < 0)
+                close_failed(job, "closesession", strerror(-ret), 0);
+}
+
+/* The list can be a poll interval old: confirm that the session still
+ * qualifies before closing it. */
+static void precheck_done(const struct http_response *resp, void *userdata) {
+        struct close_job *job = userdata;
+        struct cycle *c = job->cycle;
+        struct session now;
+        struct gateway_error err;
+        struct stat_result st;
+        struct decision d;
+        char buf[512];
+
+        if (transport_failed(resp, buf, sizeof buf)) {
+                close_failed(job, "statsession before closing", buf, resp->retry_after_s);
+                return;
+        }
+        if (gateway_parse_stat(resp->body, resp->body_len, &st, &err) < 0) {
+                snprintf(
+                        buf, sizeof buf, "%s%s",
+                        err.kind == GATEWAY_API_ERROR ? "API error: " : "malformed response: ", err.message);
+                close_failed(job, "statsession before closing", buf, 0);
+                return;
+        }
+        if (st.status == SESSION_CLOSED) {
+                job_done(job, OUTCOME_ALREADY_CLOSED, NULL, 0);
+                return;
+        }
+        now = *job->session;
+        now.status = st.status;
+        now.started = st.started;
+        policy_decide(c->env.config, &now, job->age_ms, &d);
+        if (d.kind != DECISION_CLOSE || d.policy != job->policy) {
+                snprintf(buf, sizeof buf,
+                         "statsession now reports SessionStatus %d, IsSessionStarted %s: policy %s no "
+                         "longer applies",
+                         st.status,
+                         st.started == TRISTATE_TRUE    ? "true"
+                         : st.started == TRISTATE_FALSE ? "false"
+                                                        : "absent",
+                         job->policy->name);
+                job_done(job, OUTCOME_SKIPPED, buf, 0);
+                return;
+        }
+        start_close(job);
+}
+
+static bool needs_precheck(const struct cycle *c, const struct close_job *job) {
+        return c->env.config->recheck_before_close &&
+               (job->policy->kind == POLICY_NOT_STARTED || job->policy->kind == POLICY_MAX_AGE);
+}
+
+/* Starts jobs up to max_parallel. Never recursive: a job that fails at once
+ * calls job_done(), whose dispatch() returns here at once, and this loop
+ * carries on. Ends the cycle when nothing is left. */
+static void dispatch(struct cycle *c) {
+        if (c->dispatching)
+                return;
+        c->dispatching = true;
+        while (!c->stopping && !ev_is_active(&c->resume_timer) && c->next_job < c->n_jobs &&
+               c->in_flight < c->env.config->gateway.max_parallel) {
+                struct close_job *job = &c->jobs[c->next_job++];
+
+                c->in_flight++;
+                if (needs_precheck(c, job)) {
+                        int ret;
+
+                        job->phase = JOB_PRECHECK;
+                        ret = post(c, "statsession", job->session->session_id, precheck_done, job);
+                        if (ret < 0)
+                                close_failed(job, "statsession before closing", strerror(-ret), 0);
+                } else {
+                        start_close(job);
+                }
+        }
+        if (c->stopping && c->next_job < c->n_jobs) {
+                c->res.deferred += c->n_jobs - c->next_job;
+                c->next_job = c->n_jobs;
+        }
+        c->dispatching = false;
+        if (c->in_flight == 0 && c->next_job == c->n_jobs)
+                cycle_end(c);
+}
+
+static void resume_cb(struct ev_loop *loop, ev_timer *w, int revents) {
+        (void) loop;
+        (void) revents;
+        dispatch(w->data);
+}
+
+static int compare_job_age_desc(const void *a, const void *b) {
+        const struct close_job *x = a, *y = b;
+
+        return x->age_ms < y->age_ms ? 1 : x->age_ms > y->age_ms ? -1 : 0;
+}
+
+static void list_failed(struct cycle *c, const char *what, long code, long retry_after_s) {
+        struct log_field f[2];
+        char codebuf[32];
+        size_t n = 0;
+
+        f[n++] = (struct log_field){ "IVH_ERROR", what };
+        if (code) {
+                snprintf(codebuf, sizeof codebuf, "%ld", code);
+                f[n++] = (struct log_field){ "IVH_API_CODE", codebuf };
+        }
+        log_struct(LOG_ERR, MESSAGE_ID_CYCLE_FAILED, f, n,
+                   "Failed to list sessions: %s; no session is closed this cycle, retrying next cycle",
+                   what);
+        c->res.list_failed = true;
+        c->res.retry_after_ms = (uint64_t) retry_after_s * 1000;
+}
+
+/* The share fuse: a cycle that would close too large a share of the live
+ * sessions acts on none of them. A gateway that suddenly reports every
+ * session as unstarted must not empty the account. */
+static size_t apply_share_fuse(struct cycle *c, size_t n_due) {
+        const struct config *cfg = c->env.config;
+        size_t live = 0, due_live = 0, kept = 0;
+        char f_due[24], f_live[24], f_share[24], f_min[24];
+        struct log_field f[] = {
+                { "IVH_DUE_LIVE", f_due },
+                { "IVH_LIVE", f_live },
+                { "IVH_MAX_SHARE", f_share },
+                { "IVH_MIN_SESSIONS", f_min },
+        };
+
+        for (size_t i = 0; i < c->list->n; i++)
+                live += policy_session_is_live(&c->list->items[i]);
+        for (size_t i = 0; i < n_due; i++)
+                due_live += policy_session_is_live(c->jobs[i].session);
+        if (!policy_share_fuse_trips(&cfg->fuse, live, due_live))
+                return n_due;
+
+        for (size_t i = 0; i < n_due; i++)
+                if (!policy_session_is_live(c->jobs[i].session))
+                        c->jobs[kept++] = c->jobs[i];
+        c->res.fused = due_live;
+        snprintf(f_due, sizeof f_due, "%zu", due_live);
+        snprintf(f_live, sizeof f_live, "%zu", live);
+        snprintf(f_share, sizeof f_share, "%g%%", cfg->fuse.max_share * 100);
+        snprintf(f_min, sizeof f_min, "%u", cfg->fuse.min_sessions);
+        log_struct(
+                LOG_WARNING, MESSAGE_ID_SHARE_FUSE, f, ELEMENTSOF(f),
+                "Not closing any of %zu due live sessions: that is more than fuse.max_share (%s) of the %zu "
+                "live sessions and more than fuse.min_sessions (%u); check the policies and the gateway",
+                due_live, f_share, live, cfg->fuse.min_sessions);
+        return kept;
+}
+
+static void decide(struct cycle *c) {
+        const struct config *cfg = c->env.config;
+        int64_t now = now_mono_ms();
+        size_t n_due = 0, n_ready = 0;
+
+        for (size_t i = 0; i < c->list->n; i++) {
+                const struct session *s = &c->list->items[i];
+                struct decision d;
+
+                policy_decide(cfg, s, state_age_ms(c->env.state, s->session_id, now), &d);
+                if (d.kind == DECISION_PROTECTED && d.policy && d.age_ms >= d.policy->after_ms)
+                        c->res.protected_due++;
+                if (d.kind != DECISION_CLOSE)
+                        continue;
+                c->jobs[n_due++] = (struct close_job){
+                        .cycle = c,
+                        .session = s,
+                        .policy = d.policy,
+                        .age_ms = d.age_ms,
+                };
+        }
+        c->res.due = n_due;
+        n_due = apply_share_fuse(c, n_due);
+
+        /* Sessions that failed recently wait for their backoff to pass. */
+        for (size_t i = 0; i < n_due; i++) {
+                uint64_t wait_ms = 0;
+
+                if (retry_blocked(c->env.retries, c->jobs[i].session->session_id, now, &wait_ms)) {
+                        c->res.backing_off++;
+                        log_debug("Session %s is due but waits %" PRIu64 " ms after an earlier failure",
+                                  c->jobs[i].session->session_id, wait_ms);
+                        continue;
+                }
+                c->jobs[n_ready++] = c->jobs[i];
+        }
+        c->n_jobs = n_ready;
+
+        /* The fuse: close the oldest first, leave the rest for later cycles. */
+        if (n_ready > cfg->max_closes_per_cycle) {
+                char due[32], limit[32];
+                struct log_field f[2] = { { "IVH_DUE", due }, { "IVH_LIMIT", limit } };
+
+                qsort(c->jobs, n_ready, sizeof c->jobs[0], compare_job_age_desc);
+                c->n_jobs = cfg->max_closes_per_cycle;
+                c->res.deferred += n_ready - c->n_jobs;
+                snprintf(due, sizeof due, "%zu", n_ready);
+                snprintf(limit, sizeof limit, "%u", cfg->max_closes_per_cycle);
+                log_struct(LOG_WARNING, MESSAGE_ID_FUSE, f, 2,
+                           "%zu sessions are due but max_closes_per_cycle is %u: closing the %u oldest, "
+                           "deferring %zu to later cycles",
+                           n_ready, cfg->max_closes_per_cycle, cfg->max_closes_per_cycle,
+                           n_ready - c->n_jobs);
+        }
+}
+
+static void list_done(const struct http_response *resp, void *userdata) {
+        struct cycle *c = userdata;
+        struct gateway_error err;
+        char buf[512];
+        int ret;
+
+        if (transport_failed(resp, buf, sizeof buf)) {
+                list_failed(c, buf, 0, resp->retry_after_s);
+                cycle_end(c);
+                return;
+        }
+        ret = gateway_parse_list(resp->body, resp->body_len, &c->list, &err);
+        if (ret < 0) {
+                if (ret == -ENOMEM)
+                        snprintf(buf, sizeof buf, "out of memory while parsing the session list");
+                else
+                        snprintf(buf, sizeof buf, "%s%s",
+                                 err.kind == GATEWAY_API_ERROR ? "API error: " : "malformed response: ",
+                                 err.message);
+                list_failed(c, buf, ret != -ENOMEM && err.kind == GATEWAY_API_ERROR ? err.code : 0, 0);
+                cycle_end(c);
+                return;
+        }
+        c->res.listed = c->list->n;
+        if (c->list->n_duplicates > 0)
+                log_warning("The session list named %zu session(s) more than once; using the first entry of "
+                            "each",
+                            c->list->n_duplicates);
+
+        if (c->env.plan_out) {
+                plan_print(c->env.plan_out, c->env.config, c->list, c->env.state, now_mono_ms());
+                cycle_end(c);
+                return;
+        }
+        if (c->stopping) {
+                cycle_end(c);
+                return;
+        }
+
+        ret = state_sync(c->env.state, c->list, now_mono_ms());
+        if (ret >= 0 && c->list->n > 0) {
+                c->jobs = calloc(c->list->n, sizeof *c->jobs);
+                if (!c->jobs)
+                        ret = -ENOMEM;
+        }
+        if (ret < 0) {
+                list_failed(c, "out of memory while recording sessions", 0, 0);
+                cycle_end(c);
+                return;
+        }
+        retry_prune(c->env.retries, c->list);
+        decide(c);
+
+        if (c->env.dry_run) {
+                for (size_t i = 0; i < c->n_jobs; i++) {
+                        log_reclaim(&c->jobs[i], OUTCOME_DRY_RUN, NULL);
+                        c->res.dry_run++;
+                }
+                c->next_job = c->n_jobs;
+        }
+        dispatch(c);
+}
+
+int cycle_start(const struct cycle_env *env, cycle_done_fn done, void *userdata, struct cycle **ret) {
+        struct cycle *c = calloc(1, sizeof *c);
+        int r;
+
+        if (!c) {
+                log_struct(LOG_ERR, MESSAGE_ID_CYCLE_FAILED, NULL, 0,
+                           "Failed to start a cycle: out of memory; retrying next cycle");
+                return -ENOMEM;
+        }
+        c->env = *env;
+        c->done = done;
+        c->userdata = userdata;
+        c->res.started_ms = now_mono_ms();
+        ev_init(&c->resume_timer, resume_cb);
+        c->resume_timer.data = c;
+        r = post(c, "listsessionofuin", NULL, list_done, c);
+        if (r < 0) {
+                char buf[128];
+                struct log_field f[] = { { "IVH_ERROR", buf } };
+
+                snprintf(buf, sizeof buf, "cannot start request: %s", strerror(-r));
+                log_struct(LOG_ERR, MESSAGE_ID_CYCLE_FAILED, f, 1,
+                           "Failed to list sessions: %s; retrying next cycle", buf);
+                free(c);
+                return r;
+        }
+        *ret = c;
+        return 0;
+}
+
+void cycle_stop(struct cycle *c) {
+        c->stopping = true;
+        if (ev_is_active(&c->resume_timer)) {
+                ev_timer_stop(c->env.loop, &c->resume_timer);
+                dispatch(c); /* counts what was held back, and ends the cycle if idle */
+        }
+}
+
+int64_t cycle_started_ms(const struct cycle *c) {
+        return c->res.started_ms;
+}
+
+void cycle_free(struct cycle *c) {
+        if (!c)
+                return;
+        ev_timer_stop(c->env.loop, &c->resume_timer);
+        session_list_free(c->list);
+        free(c->jobs);
+        free(c);
+}
