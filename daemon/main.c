@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <ev.h>
 #include <getopt.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -114,6 +115,12 @@ int main(int argc, char **argv) {
                 fprintf(stderr, "ivh-reclaimd: unexpected argument '%s'\n", argv[optind]);
                 return EXIT_USAGE;
         }
+
+        /* Serve large buffers (a big session list) from mmap and give them back
+         * when freed. glibc would otherwise raise its threshold after the first
+         * big free and keep the memory in the heap: a long-running daemon
+         * should return to its steady-state size after a spike. */
+        mallopt(M_MMAP_THRESHOLD, 256 * 1024);
 
         /* The access token lives in this process's memory: keep it out of core dumps. */
         prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);

@@ -1,12 +1,16 @@
 #include "state.h"
 
 #include <cjson/cJSON.h>
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
 #include <math.h>
 #include <search.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "util.h"
 
@@ -123,6 +127,33 @@ out:
         return r;
 }
 
+/* Removes PATH.XXXXXX files that a write interrupted by a crash left behind. */
+static void remove_stale_temporaries(const char *path) {
+        char dirbuf[4096], basebuf[4096];
+        const char *base;
+        size_t base_len;
+        DIR *d;
+        struct dirent *de;
+
+        snprintf(dirbuf, sizeof dirbuf, "%s", path);
+        snprintf(basebuf, sizeof basebuf, "%s", path);
+        base = basename(basebuf);
+        base_len = strlen(base);
+        d = opendir(dirname(dirbuf));
+        if (!d)
+                return;
+        while ((de = readdir(d))) {
+                const char *suffix = de->d_name + base_len;
+
+                if (strncmp(de->d_name, base, base_len) != 0 || suffix[0] != '.' || strlen(suffix) != 7 ||
+                    strspn(suffix + 1, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") !=
+                            6)
+                        continue;
+                unlinkat(dirfd(d), de->d_name, 0);
+        }
+        closedir(d);
+}
+
 int state_load(struct state *s, int64_t now_wall_ms, int64_t now_mono_ms, bool read_only,
                char **ret_warning) {
         char *data = NULL, aside[4096];
@@ -130,6 +161,8 @@ int state_load(struct state *s, int64_t now_wall_ms, int64_t now_mono_ms, bool r
         int r;
 
         *ret_warning = NULL;
+        if (!read_only)
+                remove_stale_temporaries(s->path);
         r = read_file_full(s->path, STATE_MAX_SIZE, &data, &size);
         if (r == -ENOENT)
                 return 0;

@@ -18,7 +18,9 @@ import hashlib
 import hmac
 import json
 import re
+import socket
 import ssl
+import struct
 import sys
 import threading
 import time
@@ -62,9 +64,13 @@ class Gateway:
         self.faults = []                  # see add_fault()
         self.reqids = set()
         self.connections = 0
+        self.open_connections = 0
         self.in_flight = {}               # endpoint -> current
         self.max_in_flight = {}           # endpoint -> highest seen
         self.next_id = 1
+        self.clock_offset = 0.0           # seconds added to the simulator's clock (skew)
+        self.due_check = None             # callable(session) -> bool, see closes_of_undue()
+        self.undue_closes = []            # closes of sessions due_check refused
 
     # -- state -------------------------------------------------------------
     def add_session(self, user_id, status=IN_PROGRESS, started=True, session_id=None,
@@ -104,10 +110,18 @@ class Gateway:
     def add_fault(self, endpoint, kind, count=1, session_id=None, **params):
         """Makes the next `count` matching calls misbehave.
 
-        kind: "http_status" (status=), "api_error" (code=, message=),
-        "hang" (seconds=), "garbage" (body=), "vanish" (closesession only:
-        the session disappears just before the call, as if its client closed
-        it, and the call answers E_NO_SESSION).
+        kind: "http_status" (status=, retry_after=), "api_error" (code=,
+        message=), "hang" (seconds=), "garbage" (body=), "vanish" (the session
+        disappears just before the call, as if its client closed it),
+        "mutate" (updates=: fields set on the session before the call is
+        answered, e.g. a client starting it), "reset" (the connection is
+        reset without a response), "trickle" (seconds=: the real response,
+        sent a byte at a time over that long), "truncate" (the real response
+        cut in half, with a Content-Length that matches the cut),
+        "huge" (megabytes=: a valid list padded to that size),
+        "duplicate" (the list names every session twice), "null_sessions"
+        (the list says "Sessions": null), "wrong_types" (the list sends
+        SessionStatus as a list).
         """
         with self.lock:
             self.faults.append(dict(endpoint=endpoint, kind=kind, count=count,
@@ -123,20 +137,23 @@ class Gateway:
 
     # -- requests ----------------------------------------------------------
     def handle(self, path, query, headers, body):
-        """Returns (http_status, response_bytes, delay_seconds)."""
+        """Returns (http_status, response_bytes, delay_seconds, transport) where
+        transport is a dict of extra behaviour for the handler: "headers",
+        "reset", "trickle" (seconds)."""
         endpoint = path[len(PREFIX):] if path.startswith(PREFIX) else None
         record = {"endpoint": endpoint or path, "time": time.time(), "session_id": None,
                   "code": None, "outcome": None, "http_status": 200}
         delay = self.latency
+        transport = {}
 
         def reply(code, message="", payload=None, http_status=200, raw=None):
             record["code"] = code
             record["http_status"] = http_status
             if raw is not None:
-                return http_status, raw, delay
+                return http_status, raw, delay, transport
             doc = {"Header": {"Code": code, "Message": message, "RequestID": "sim-%d" % len(self.calls)},
                    "Payload": payload if payload is not None else {}}
-            return http_status, json.dumps(doc).encode(), delay
+            return http_status, json.dumps(doc).encode(), delay, transport
 
         with self.lock:
             self.calls.append(record)
@@ -162,7 +179,7 @@ class Gateway:
                 ts = int(params["timestamp"])
             except ValueError:
                 return reply(E_TIMESTAMP, "timestamp is not a number")
-            if abs(time.time() - ts) > 300:
+            if abs(time.time() + self.clock_offset - ts) > 300:
                 return reply(E_TIMESTAMP, "timestamp expired")
 
             try:
@@ -183,10 +200,21 @@ class Gateway:
             record["session_id"] = sid
 
             fault = self._take_fault(endpoint, sid)
+            post = None
             if fault:
                 record["fault"] = fault["kind"]
                 if fault["kind"] == "http_status":
+                    if fault.get("retry_after") is not None:
+                        transport["headers"] = {"Retry-After": str(fault["retry_after"])}
                     return reply(None, raw=b'{"error":"injected"}', http_status=fault["status"])
+                if fault["kind"] == "reset":
+                    transport["reset"] = True
+                    return reply(None, raw=b"", http_status=0)
+                if fault["kind"] == "mutate" and sid in self.sessions:
+                    self.sessions[sid].update(fault["updates"])
+                if fault["kind"] in ("trickle", "truncate", "huge", "duplicate", "null_sessions",
+                                     "wrong_types"):
+                    post = fault
                 if fault["kind"] == "api_error":
                     record["outcome"] = "error"
                     return reply(fault.get("code", E_FAULT), fault.get("message", "injected error"),
@@ -201,7 +229,31 @@ class Gateway:
                 elif fault["kind"] == "vanish":
                     self.sessions.pop(sid, None)
 
-            return self._dispatch(endpoint, payload, reqid, record, reply)
+            status, data, delay, transport = self._dispatch(endpoint, payload, reqid, record, reply)
+            if post:
+                data = self._spoil(post, data, transport)
+            return status, data, delay, transport
+
+    def _spoil(self, fault, data, transport):
+        kind = fault["kind"]
+        if kind == "trickle":
+            transport["trickle"] = fault.get("seconds", 5)
+            return data
+        if kind == "truncate":
+            return data[:len(data) // 2]
+        doc = json.loads(data)
+        sessions = doc["Payload"].get("Sessions")
+        if kind == "huge":
+            # A syntactically valid list that no sane gateway would send.
+            pad = "x" * 1024
+            doc["Payload"]["Padding"] = [pad] * (fault.get("megabytes", 32) * 1024)
+        elif kind == "duplicate" and sessions is not None:
+            doc["Payload"]["Sessions"] = sessions + [dict(s) for s in sessions]
+        elif kind == "null_sessions":
+            doc["Payload"]["Sessions"] = None
+        elif kind == "wrong_types" and sessions:
+            sessions[0]["SessionStatus"] = [sessions[0]["SessionStatus"]]
+        return json.dumps(doc).encode()
 
     def _dispatch(self, endpoint, payload, reqid, record, reply):
         sid = payload.get("SessionId")
@@ -248,6 +300,8 @@ class Gateway:
             if s["SessionStatus"] == CLOSED:
                 record["outcome"] = "already_closed"
                 return reply(E_CLOSED, "session already closed")
+            if self.due_check is not None and not self.due_check(s):
+                self.undue_closes.append(dict(s))
             s["SessionStatus"] = CLOSED
             s.pop("PlayStreamAddr", None)
             record["outcome"] = "closed"
@@ -274,6 +328,10 @@ class _Handler(BaseHTTPRequestHandler):
         gw = self.server.gateway
         with gw.lock:
             gw.connections += 1
+            gw.open_connections += 1
+        # Headers and body go out in two writes: without this, Nagle and the
+        # client's delayed ACK add 40 ms to every response.
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if isinstance(self.request, ssl.SSLSocket):
             self.request.settimeout(10)
             try:
@@ -281,6 +339,13 @@ class _Handler(BaseHTTPRequestHandler):
             except (ssl.SSLError, OSError):
                 pass  # the client refused our certificate; reading fails next
         super().setup()
+
+    def finish(self):
+        try:
+            super().finish()
+        finally:
+            with self.server.gateway.lock:
+                self.server.gateway.open_connections -= 1
 
     def log_message(self, fmt, *args):
         pass
@@ -295,20 +360,35 @@ class _Handler(BaseHTTPRequestHandler):
             gw.in_flight[endpoint] = gw.in_flight.get(endpoint, 0) + 1
             gw.max_in_flight[endpoint] = max(gw.max_in_flight.get(endpoint, 0), gw.in_flight[endpoint])
         try:
-            status, data, delay = gw.handle(url.path, url.query, self.headers, body)
+            status, data, delay, transport = gw.handle(url.path, url.query, self.headers, body)
             if delay > 0:
                 time.sleep(delay)
         finally:
             with gw.lock:
                 gw.in_flight[endpoint] -= 1
         try:
+            if transport.get("reset"):
+                # SO_LINGER 0: close() sends a RST instead of a FIN.
+                self.request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.close_connection = True
+                return
             self.send_response(status)
             self.send_header("Content-Type", "application/json;charset=utf-8")
             self.send_header("Content-Length", str(len(data)))
+            for k, v in transport.get("headers", {}).items():
+                self.send_header(k, v)
             self.end_headers()
-            self.wfile.write(data)
+            trickle = transport.get("trickle")
+            if trickle:
+                step = trickle / max(len(data), 1)
+                for i in range(len(data)):
+                    self.wfile.write(data[i:i + 1])
+                    self.wfile.flush()
+                    time.sleep(step)
+            else:
+                self.wfile.write(data)
         except OSError:
-            pass
+            self.close_connection = True
 
     do_GET = do_POST
 
@@ -317,6 +397,12 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128
+
+    def handle_error(self, request, client_address):
+        # Clients that time out or reset are part of the tests, not errors.
+        if isinstance(sys.exc_info()[1], (OSError, ssl.SSLError)):
+            return
+        super().handle_error(request, client_address)
 
 
 def serve(gateway, host="127.0.0.1", port=0, cert=None, key=None):

@@ -1,0 +1,41 @@
+/* libFuzzer target: the policy file loader, fed through a memfd so that it
+ * reads a real file as the daemon does. */
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "config.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+        struct config *c = NULL;
+        char path[64], *errors = NULL;
+        int fd, r;
+
+        fd = memfd_create("policy.yaml", MFD_CLOEXEC);
+        if (fd < 0)
+                return 0;
+        if (write(fd, data, size) != (ssize_t) size) {
+                close(fd);
+                return 0;
+        }
+        snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+        r = config_load(path, &c, &errors);
+        if (r == 0) {
+                if (errors || !c || !c->gateway.appkey || !c->gateway.url || !c->state_file)
+                        __builtin_trap();
+                for (size_t i = 0; i < c->n_policies; i++)
+                        if (!c->policies[i].name)
+                                __builtin_trap();
+        } else if (!errors || c) {
+                __builtin_trap(); /* every refusal says why, and returns nothing */
+        }
+        config_free(c);
+        free(errors);
+        close(fd);
+        return 0;
+}
