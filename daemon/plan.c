@@ -54,7 +54,7 @@ void plan_print(FILE *out, const struct config *c, const struct session_list *l,
                 int64_t now_mono_ms) {
         static const char *const head[] = { "SESSION_ID", "USER_ID",  "STATUS", "STARTED",
                                             "AGE",        "DECISION", "NOTE" };
-        size_t w[ELEMENTSOF(head)], n_close = 0, n_protected = 0;
+        size_t w[ELEMENTSOF(head)], n_close = 0, n_protected = 0, n_live = 0, n_due_live = 0;
         struct row row;
 
         for (size_t i = 0; i < ELEMENTSOF(head); i++)
@@ -78,6 +78,8 @@ void plan_print(FILE *out, const struct config *c, const struct session_list *l,
                         }
                         n_close += kind == DECISION_CLOSE;
                         n_protected += kind == DECISION_PROTECTED;
+                        n_live += policy_session_is_live(&l->items[i]);
+                        n_due_live += kind == DECISION_CLOSE && policy_session_is_live(&l->items[i]);
                         fprintf(out, "%-*s  %-*s  %-*s  %-*s  %-*s  %-*s  %s\n", (int) w[0], cols[0],
                                 (int) w[1], cols[1], (int) w[2], cols[2], (int) w[3], cols[3], (int) w[4],
                                 cols[4], (int) w[5], cols[5], cols[6]);
@@ -85,6 +87,12 @@ void plan_print(FILE *out, const struct config *c, const struct session_list *l,
         }
         fprintf(out, "\n%zu sessions: %zu to reclaim, %zu protected, %zu kept", l->n, n_close, n_protected,
                 l->n - n_close - n_protected);
+        if (policy_share_fuse_trips(&c->fuse, n_live, n_due_live)) {
+                fprintf(out,
+                        "; the share fuse would hold back all %zu live ones (more than %g%% of %zu live)",
+                        n_due_live, c->fuse.max_share * 100, n_live);
+                n_close -= n_due_live;
+        }
         if (n_close > c->max_closes_per_cycle)
                 fprintf(out, "; max_closes_per_cycle=%u would close the %u oldest this cycle",
                         c->max_closes_per_cycle, c->max_closes_per_cycle);

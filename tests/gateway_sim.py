@@ -190,6 +190,8 @@ class Gateway:
                     not isinstance(doc.get("Payload"), dict):
                 return reply(E_BAD_REQUEST, "body must be {\"Header\": {}, \"Payload\": {...}}")
             payload = doc["Payload"]
+            if isinstance(payload.get("SessionId"), str):
+                record["session_id"] = payload["SessionId"]
             reqid = payload.get("ReqId")
             if not isinstance(reqid, str) or not REQID_RE.match(reqid):
                 return reply(E_BAD_REQUEST, "ReqId must be 32 lowercase hex digits")
@@ -208,6 +210,10 @@ class Gateway:
                         transport["headers"] = {"Retry-After": str(fault["retry_after"])}
                     return reply(None, raw=b'{"error":"injected"}', http_status=fault["status"])
                 if fault["kind"] == "reset":
+                    # Dropped before it was processed: a client may send the
+                    # same request (same ReqId) again, as libcurl does on a
+                    # reused connection that died.
+                    self.reqids.discard(reqid)
                     transport["reset"] = True
                     return reply(None, raw=b"", http_status=0)
                 if fault["kind"] == "mutate" and sid in self.sessions:

@@ -75,7 +75,9 @@ class ListFaults(FaultTest):
     def test_connection_reset(self):
         self.gw.add_fault("listsessionofuin", "reset", count=2)
         run = self.reclaim()
-        self.assertEqual(len(self.list_failures(run)), 2)
+        # libcurl may resend once by itself on a reused connection.
+        self.assertIn(len(self.list_failures(run)), (1, 2))
+        self.assertGreaterEqual(len(self.gw.calls_to("listsessionofuin")), 3)
 
     def test_response_hangs_past_the_timeout(self):
         self.gw.add_fault("listsessionofuin", "hang", seconds=3)
@@ -169,7 +171,12 @@ class CloseFaults(FaultTest):
     def test_connection_reset(self):
         self.gw.add_fault("closesession", "reset", session_id=self.due[1])
         run = self.reclaim()
-        self.assertEqual(len(run.reclaims("failed")), 1)
+        # On a reused connection libcurl itself sends the request again; on a
+        # fresh one the daemon logs a failure and retries later. Either way
+        # the session is closed by a second call.
+        self.assertLessEqual(len(run.reclaims("failed")), 1)
+        self.assertGreaterEqual(len([c for c in self.gw.calls_to("closesession")
+                                     if c["session_id"] == self.due[1]]), 2)
 
     def test_hang_past_the_timeout(self):
         # The gateway closes the session but the answer never comes in time:
