@@ -415,6 +415,8 @@ static void gateway_key(struct parser *p, const char *key, yaml_node_t *v, void 
                     strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.") !=
                             strlen(s))
                         diag(p, v, "gateway.appkey: may contain only letters, digits, '-', '_' and '.'");
+                else if (s && strlen(s) > 128)
+                        diag(p, v, "gateway.appkey: longer than 128 characters");
         } else if (strcmp(key, "accesstoken_file") == 0) {
                 get_string(p, where, v, true, &g->accesstoken_file);
         } else if (strcmp(key, "ca_file") == 0) {

@@ -73,7 +73,7 @@ static int post(struct cycle *c, const char *endpoint, const char *session_id, h
         ret = gateway_new_reqid(reqid);
         if (ret >= 0)
                 ret = gateway_build_url(cfg->gateway.url, endpoint, cfg->gateway.appkey, c->env.creds->token,
-                                        time(NULL), &url);
+                                        time(NULL), c->env.signer, &url);
         if (ret >= 0)
                 ret = gateway_build_body(reqid, session_id, &body);
         if (ret >= 0)

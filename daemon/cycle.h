@@ -9,6 +9,7 @@
 
 #include "config.h"
 #include "credentials.h"
+#include "gateway.h"
 #include "http.h"
 #include "retry.h"
 #include "state.h"
@@ -18,6 +19,7 @@ struct cycle_env {
         struct ev_loop *loop;
         const struct config *config;
         const struct credentials *creds;
+        struct gateway_signer *signer; /* caches the signature of the current second */
         struct http *http;
         struct state *state;
         struct retry_table *retries;

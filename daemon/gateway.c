@@ -38,11 +38,15 @@ int gateway_signature(const char *appkey, const char *token, const char *timesta
         return 0;
 }
 
-int gateway_build_url(const char *base, const char *endpoint, const char *appkey, const char *token,
-                      time_t now, char **ret_url) {
+void gateway_signer_reset(struct gateway_signer *s) {
+        explicit_bzero(s, sizeof *s);
+        s->timestamp = -1;
+}
+
+static int sign_query(const char *appkey, const char *token, time_t now, char *buf, size_t size) {
         char ts[32], sig[GATEWAY_SIGNATURE_LEN + 1];
-        char *escaped, *url = NULL;
-        int r;
+        char *escaped;
+        int r, n;
 
         snprintf(ts, sizeof ts, "%lld", (long long) now);
         r = gateway_signature(appkey, token, ts, sig);
@@ -51,10 +55,33 @@ int gateway_build_url(const char *base, const char *endpoint, const char *appkey
         escaped = curl_easy_escape(NULL, sig, 0);
         if (!escaped)
                 return -ENOMEM;
-        if (asprintf(&url, "%s" GATEWAY_PATH_PREFIX "%s?appkey=%s&timestamp=%s&signature=%s", base, endpoint,
-                     appkey, ts, escaped) < 0)
-                url = NULL;
+        n = snprintf(buf, size, "appkey=%s&timestamp=%s&signature=%s", appkey, ts, escaped);
         curl_free(escaped);
+        return n < 0 || (size_t) n >= size ? -ENAMETOOLONG : 0;
+}
+
+int gateway_build_url(const char *base, const char *endpoint, const char *appkey, const char *token,
+                      time_t now, struct gateway_signer *signer, char **ret_url) {
+        struct gateway_signer local;
+        char *url = NULL;
+        int r;
+
+        if (!signer) {
+                gateway_signer_reset(&local);
+                signer = &local;
+        }
+        if (signer->timestamp != now) {
+                r = sign_query(appkey, token, now, signer->query, sizeof signer->query);
+                if (r < 0) {
+                        gateway_signer_reset(signer);
+                        return r;
+                }
+                signer->timestamp = now;
+        }
+        if (asprintf(&url, "%s" GATEWAY_PATH_PREFIX "%s?%s", base, endpoint, signer->query) < 0)
+                url = NULL;
+        if (signer == &local)
+                gateway_signer_reset(&local);
         if (!url)
                 return -ENOMEM;
         *ret_url = url;
@@ -63,19 +90,28 @@ int gateway_build_url(const char *base, const char *endpoint, const char *appkey
 
 int gateway_new_reqid(char ret[GATEWAY_REQID_LEN + 1]) {
         static const char hex[] = "0123456789abcdef";
-        unsigned char raw[GATEWAY_REQID_LEN / 2];
-        size_t got = 0;
+        /* One getrandom() call serves 256 request ids. */
+        static unsigned char pool[4096];
+        static size_t pool_left;
+        const unsigned char *raw;
 
-        while (got < sizeof raw) {
-                ssize_t n = getrandom(raw + got, sizeof raw - got, 0);
-                if (n < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return -errno;
+        if (pool_left < GATEWAY_REQID_LEN / 2) {
+                size_t got = 0;
+
+                while (got < sizeof pool) {
+                        ssize_t n = getrandom(pool + got, sizeof pool - got, 0);
+                        if (n < 0) {
+                                if (errno == EINTR)
+                                        continue;
+                                return -errno;
+                        }
+                        got += (size_t) n;
                 }
-                got += (size_t) n;
+                pool_left = sizeof pool;
         }
-        for (size_t i = 0; i < sizeof raw; i++) {
+        raw = pool + sizeof pool - pool_left;
+        pool_left -= GATEWAY_REQID_LEN / 2;
+        for (size_t i = 0; i < GATEWAY_REQID_LEN / 2; i++) {
                 ret[2 * i] = hex[raw[i] >> 4];
                 ret[2 * i + 1] = hex[raw[i] & 0xf];
         }
@@ -232,9 +268,9 @@ static void free_nothing(void *p) {
 int gateway_parse_list(const char *body, size_t len, struct session_list **ret_list,
                        struct gateway_error *err) {
         struct session_list *l = NULL;
-        cJSON *root = NULL, *payload, *sessions;
+        cJSON *root = NULL, *payload, *sessions, *item;
         void *seen = NULL;
-        size_t count;
+        size_t count, idx;
         int r;
 
         r = parse_envelope(body, len, &root, err);
@@ -263,11 +299,13 @@ int gateway_parse_list(const char *body, size_t len, struct session_list **ret_l
                         goto out;
                 }
         }
-        for (size_t i = 0; i < count; i++) {
+        /* cJSON arrays are linked lists: walk them, never index them. */
+        idx = 0;
+        cJSON_ArrayForEach(item, sessions) {
                 struct session *s = &l->items[l->n];
                 void *node;
 
-                r = parse_session(cJSON_GetArrayItem(sessions, (int) i), i, s, err);
+                r = parse_session(item, idx++, s, err);
                 l->n++; /* so that session_list_free() sees partial entries */
                 if (r < 0)
                         goto out;

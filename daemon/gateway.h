@@ -56,9 +56,20 @@ struct stat_result {
 int gateway_signature(const char *appkey, const char *token, const char *timestamp,
                       char ret_signature[GATEWAY_SIGNATURE_LEN + 1]);
 
-/* <base><prefix><endpoint>?appkey=..&timestamp=..&signature=<url-escaped>. */
+/* The signature depends only on appkey, token and the second: requests made
+ * in the same second share it. A signer caches the signed query string of
+ * the current second; reset it whenever the appkey or token changes. */
+struct gateway_signer {
+        time_t timestamp; /* of query; -1 when empty */
+        char query[384];  /* appkey=..&timestamp=..&signature=<url-escaped> */
+};
+
+void gateway_signer_reset(struct gateway_signer *s);
+
+/* <base><prefix><endpoint>?appkey=..&timestamp=..&signature=<url-escaped>.
+ * signer may be NULL (no caching). */
 int gateway_build_url(const char *base, const char *endpoint, const char *appkey, const char *token,
-                      time_t now, char **ret_url);
+                      time_t now, struct gateway_signer *signer, char **ret_url);
 
 /* A fresh request id: 32 lowercase hex digits from getrandom(). */
 int gateway_new_reqid(char ret[GATEWAY_REQID_LEN + 1]);

@@ -31,15 +31,25 @@ struct http {
         char *ca_file;
         struct request *requests;
         struct sock *socks; /* curl may drop sockets without CURL_POLL_REMOVE on cleanup */
+        CURL **idle;        /* easy handles kept for reuse */
+        size_t n_idle, cap_idle;
         size_t in_flight;
         unsigned long connections;
 };
 
-static void request_free(struct request *req) {
+/* Frees a request. Its easy handle goes back to the idle pool when reuse is
+ * set and there is room: creating one per request costs more CPU than the
+ * request itself. */
+static void request_free(struct http *h, struct request *req, bool reuse) {
         if (!req)
                 return;
-        if (req->easy)
-                curl_easy_cleanup(req->easy);
+        if (req->easy) {
+                if (reuse && h->n_idle < h->cap_idle) {
+                        curl_easy_reset(req->easy);
+                        h->idle[h->n_idle++] = req->easy;
+                } else
+                        curl_easy_cleanup(req->easy);
+        }
         curl_slist_free_all(req->headers);
         free(req->buf);
         free(req);
@@ -94,7 +104,7 @@ static void check_multi_info(struct http *h) {
                              : req->errbuf[0]     ? req->errbuf
                                                   : curl_easy_strerror(result);
                 req->done(&resp, req->userdata);
-                request_free(req);
+                request_free(h, req, true);
         }
 }
 
@@ -164,6 +174,8 @@ static int socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *
                 events |= EV_READ;
         if (what & CURL_POLL_OUT)
                 events |= EV_WRITE;
+        if (ev_is_active(&s->io) && s->io.fd == fd && (s->io.events & (EV_READ | EV_WRITE)) == events)
+                return 0;
         /* libev forbids ev_io_set on an active watcher. */
         ev_io_stop(h->loop, &s->io);
         ev_io_set(&s->io, fd, events);
@@ -225,7 +237,9 @@ int http_new(struct ev_loop *loop, const struct http_options *opt, struct http *
         }
         h->opt.ca_file = h->ca_file;
         h->multi = curl_multi_init();
-        if (!h->multi)
+        h->cap_idle = opt->max_connections > 0 ? (size_t) opt->max_connections : 1;
+        h->idle = calloc(h->cap_idle, sizeof *h->idle);
+        if (!h->multi || !h->idle)
                 goto oom;
         ev_init(&h->timer, timer_cb);
         h->timer.data = h;
@@ -251,8 +265,11 @@ void http_free(struct http *h) {
 
                 curl_multi_remove_handle(h->multi, req->easy);
                 request_unlink(h, req);
-                request_free(req);
+                request_free(h, req, false);
         }
+        while (h->n_idle > 0)
+                curl_easy_cleanup(h->idle[--h->n_idle]);
+        free(h->idle);
         if (h->multi)
                 curl_multi_cleanup(h->multi);
         while (h->socks)
@@ -271,7 +288,7 @@ int http_post_json(struct http *h, const char *url, const char *body, http_done_
         req->http = h;
         req->done = done;
         req->userdata = userdata;
-        req->easy = curl_easy_init();
+        req->easy = h->n_idle > 0 ? h->idle[--h->n_idle] : curl_easy_init();
         if (!req->easy)
                 goto oom;
         req->headers = curl_slist_append(NULL, "Content-Type: application/json;charset=utf-8");
@@ -309,11 +326,11 @@ int http_post_json(struct http *h, const char *url, const char *body, http_done_
                 SETOPT(CURLOPT_CAINFO, h->opt.ca_file);
 #undef SETOPT
         if (rc != CURLE_OK) {
-                request_free(req);
+                request_free(h, req, false);
                 return rc == CURLE_OUT_OF_MEMORY ? -ENOMEM : -EINVAL;
         }
         if (curl_multi_add_handle(h->multi, req->easy) != CURLM_OK) {
-                request_free(req);
+                request_free(h, req, false);
                 return -EIO;
         }
         req->next = h->requests;
@@ -323,7 +340,7 @@ int http_post_json(struct http *h, const char *url, const char *body, http_done_
         h->in_flight++;
         return 0;
 oom:
-        request_free(req);
+        request_free(h, req, false);
         return -ENOMEM;
 }
 

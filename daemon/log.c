@@ -89,24 +89,50 @@ static void append(char *buf, size_t size, size_t *off, const char *fmt, ...) {
                 *off = (size_t) n >= size - *off ? size - 1 : *off + (size_t) n;
 }
 
+/* Appends n bytes, truncating at the end of the buffer (always terminated). */
+static void append_raw(char *buf, size_t size, size_t *off, const char *s, size_t n) {
+        if (*off + 1 >= size)
+                return;
+        if (n > size - 1 - *off)
+                n = size - 1 - *off;
+        memcpy(buf + *off, s, n);
+        *off += n;
+        buf[*off] = '\0';
+}
+
 void logfmt_append(char *buf, size_t size, size_t *off, const char *key, const char *value) {
-        append(buf, size, off, "%s%s=", *off ? " " : "", key);
+        if (*off > 0)
+                append_raw(buf, size, off, " ", 1);
+        append_raw(buf, size, off, key, strlen(key));
+        append_raw(buf, size, off, "=", 1);
         if (!needs_quotes(value)) {
-                append(buf, size, off, "%s", value);
+                append_raw(buf, size, off, value, strlen(value));
                 return;
         }
-        append(buf, size, off, "\"");
-        for (const unsigned char *c = (const unsigned char *) value; *c; c++) {
-                if (*c == '"' || *c == '\\')
-                        append(buf, size, off, "\\%c", *c);
-                else if (*c == '\n')
-                        append(buf, size, off, "\\n");
-                else if (*c < 0x20 || *c == 0x7f)
-                        append(buf, size, off, "\\x%02x", *c);
-                else
-                        append(buf, size, off, "%c", *c);
+        append_raw(buf, size, off, "\"", 1);
+        while (*value) {
+                /* Copy the run that needs no escaping in one go. */
+                size_t run = 0;
+                while (value[run] && value[run] != '"' && value[run] != '\\' &&
+                       (unsigned char) value[run] >= 0x20 && (unsigned char) value[run] != 0x7f)
+                        run++;
+                append_raw(buf, size, off, value, run);
+                value += run;
+                if (!*value)
+                        break;
+                if (*value == '"' || *value == '\\') {
+                        char esc[2] = { '\\', *value };
+                        append_raw(buf, size, off, esc, 2);
+                } else if (*value == '\n') {
+                        append_raw(buf, size, off, "\\n", 2);
+                } else {
+                        char hex[8];
+                        int n = snprintf(hex, sizeof hex, "\\x%02x", (unsigned char) *value);
+                        append_raw(buf, size, off, hex, (size_t) n);
+                }
+                value++;
         }
-        append(buf, size, off, "\"");
+        append_raw(buf, size, off, "\"", 1);
 }
 
 /* "IVH_SESSION_ID" -> "session_id" */

@@ -24,6 +24,7 @@ struct reclaimer {
         struct ev_loop *loop;
         struct config *config;
         struct credentials *creds;
+        struct gateway_signer signer; /* derived from creds: reset when they change */
         /* A reloaded configuration waiting for the running cycle to end. */
         struct config *pending_config;
         struct credentials *pending_creds;
@@ -143,6 +144,7 @@ static void apply_pending(struct reclaimer *r) {
         credentials_free(r->creds);
         r->config = r->pending_config;
         r->creds = r->pending_creds;
+        gateway_signer_reset(&r->signer);
         r->pending_config = NULL;
         r->pending_creds = NULL;
         log_info("The reloaded configuration is now in effect: %zu policies, polling every %" PRIu64 " ms%s",
@@ -180,6 +182,7 @@ static void start_cycle(struct reclaimer *r) {
                 .loop = r->loop,
                 .config = r->config,
                 .creds = r->creds,
+                .signer = &r->signer,
                 .http = r->http,
                 .state = r->state,
                 .retries = r->retries,
@@ -347,6 +350,7 @@ int reclaimer_new(struct ev_loop *loop, struct config *config, struct credential
         r->config = config;
         r->creds = creds;
         r->opt = *opt;
+        gateway_signer_reset(&r->signer);
         if (!r->opt.plan_out)
                 r->opt.plan_out = stdout;
 
@@ -438,5 +442,6 @@ void reclaimer_free(struct reclaimer *r) {
         credentials_free(r->creds);
         config_free(r->pending_config);
         credentials_free(r->pending_creds);
+        gateway_signer_reset(&r->signer);
         free(r);
 }

@@ -20,12 +20,14 @@
 struct state_entry {
         char *session_id;
         int64_t first_seen_mono_ms;
+        uint64_t seen_generation; /* the last state_sync() that listed it */
 };
 
 struct state {
         char *path;
         void *root; /* tsearch tree of struct state_entry, keyed by session_id */
         size_t n;
+        uint64_t generation;
         bool dirty;
 };
 
@@ -65,7 +67,7 @@ void state_free(struct state *s) {
 
 /* Inserts a new entry; returns 1 if added, 0 if the id was there, <0 on ENOMEM. */
 static int insert(void **root, const char *id, int64_t first_seen_mono_ms) {
-        struct state_entry *e = malloc(sizeof *e), **found;
+        struct state_entry *e = calloc(1, sizeof *e), **found;
 
         if (!e)
                 return -ENOMEM;
@@ -215,30 +217,68 @@ uint64_t state_age_ms(const struct state *s, const char *session_id, int64_t now
         return (uint64_t) (now_mono_ms - first);
 }
 
+/* twalk() takes no user data; state code is single-threaded, so a file-local
+ * struct carries the context of one walk at a time. */
+static struct {
+        uint64_t generation;
+        struct state_entry **stale;
+        size_t n_stale;
+} sweep_ctx;
+
+static void collect_stale(const void *node, VISIT which, int depth) {
+        struct state_entry *e = *(struct state_entry *const *) node;
+
+        (void) depth;
+        if ((which == postorder || which == leaf) && e->seen_generation != sweep_ctx.generation)
+                sweep_ctx.stale[sweep_ctx.n_stale++] = e;
+}
+
 int state_sync(struct state *s, const struct session_list *l, int64_t now_mono_ms) {
-        void *tree = NULL;
-        size_t n = 0, kept = 0;
+        size_t marked = 0;
 
-        /* Build the new tree from the list, carrying over known entries, then
-         * drop the old tree: what is left in it is no longer listed. */
+        /* Mark every listed session with this generation, adding new ones;
+         * then sweep out the entries the list no longer names. In the steady
+         * state (nothing new, nothing gone) this allocates nothing. */
+        s->generation++;
         for (size_t i = 0; i < l->n; i++) {
-                int64_t first;
-                bool known = state_first_seen(s, l->items[i].session_id, &first);
-                int r = insert(&tree, l->items[i].session_id, known ? first : now_mono_ms);
+                struct state_entry key = { .session_id = l->items[i].session_id }, **found;
 
-                if (r < 0) {
-                        tdestroy(tree, entry_free);
-                        return r;
+                found = tfind(&key, &s->root, compare_entry);
+                if (found) {
+                        if ((*found)->seen_generation != s->generation)
+                                marked++;
+                        (*found)->seen_generation = s->generation;
+                        continue;
                 }
-                n += (size_t) r;
-                if (r > 0 && known)
-                        kept++;
-        }
-        if (kept != s->n || n != s->n)
+                int r = insert(&s->root, l->items[i].session_id, now_mono_ms);
+                if (r < 0)
+                        return r; /* the rest is recorded next cycle; nothing is swept */
+                found = tfind(&key, &s->root, compare_entry);
+                (*found)->seen_generation = s->generation;
+                s->n++;
+                marked++;
                 s->dirty = true;
-        tdestroy(s->root, entry_free);
-        s->root = tree;
-        s->n = n;
+        }
+        if (s->n > marked) {
+                /* Some entries were not listed: collect them, then delete. */
+                sweep_ctx.generation = s->generation;
+                sweep_ctx.n_stale = 0;
+                sweep_ctx.stale = malloc(s->n * sizeof *sweep_ctx.stale);
+                if (!sweep_ctx.stale)
+                        return -ENOMEM;
+                twalk(s->root, collect_stale);
+                for (size_t i = 0; i < sweep_ctx.n_stale; i++) {
+                        struct state_entry *e = sweep_ctx.stale[i];
+
+                        tdelete(e, &s->root, compare_entry);
+                        entry_free(e);
+                }
+                s->n -= sweep_ctx.n_stale;
+                if (sweep_ctx.n_stale > 0)
+                        s->dirty = true;
+                free(sweep_ctx.stale);
+                sweep_ctx.stale = NULL;
+        }
         return 0;
 }
 

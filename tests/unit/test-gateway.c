@@ -29,7 +29,7 @@ static void test_build_url(void **state) {
 
         (void) state;
         assert_int_equal(gateway_build_url("https://gw-sg.tvs.qq.com", "listsessionofuin", KAT_APPKEY,
-                                           KAT_TOKEN, KAT_TIMESTAMP, &url),
+                                           KAT_TOKEN, KAT_TIMESTAMP, NULL, &url),
                          0);
         assert_string_equal(url, "https://gw-sg.tvs.qq.com/v2/ivh/sessionmanager/sessionmanagerservice/"
                                  "listsessionofuin?appkey=" KAT_APPKEY "&timestamp=1646636485"
@@ -39,15 +39,44 @@ static void test_build_url(void **state) {
         free(url);
 }
 
+static void test_signer_cache(void **state) {
+        struct gateway_signer signer;
+        char *a = NULL, *b = NULL, *c = NULL;
+
+        (void) state;
+        gateway_signer_reset(&signer);
+        assert_int_equal(gateway_build_url("http://x", "closesession", KAT_APPKEY, KAT_TOKEN, KAT_TIMESTAMP,
+                                           &signer, &a),
+                         0);
+        assert_int_equal(signer.timestamp, KAT_TIMESTAMP);
+        assert_int_equal(gateway_build_url("http://x", "statsession", KAT_APPKEY, KAT_TOKEN, KAT_TIMESTAMP,
+                                           &signer, &b),
+                         0);
+        assert_string_equal(strchr(a, '?'), strchr(b, '?'));
+        assert_non_null(strstr(a, "signature=BfWuaC9kmaicCggXc693uK%2BsZQ8qe88O4HVQNTdwZuo%3D"));
+        /* The next second is signed anew. */
+        assert_int_equal(gateway_build_url("http://x", "closesession", KAT_APPKEY, KAT_TOKEN,
+                                           KAT_TIMESTAMP + 1, &signer, &c),
+                         0);
+        assert_non_null(strstr(c, "timestamp=1646636486&"));
+        assert_null(strstr(c, "BfWuaC9kmaicCggXc693uK"));
+        free(a);
+        free(b);
+        free(c);
+}
+
 static void test_reqid(void **state) {
         char a[GATEWAY_REQID_LEN + 1], b[GATEWAY_REQID_LEN + 1];
 
         (void) state;
         assert_int_equal(gateway_new_reqid(a), 0);
-        assert_int_equal(gateway_new_reqid(b), 0);
-        assert_int_equal(strlen(a), 32);
-        assert_int_equal(strspn(a, "0123456789abcdef"), 32);
-        assert_string_not_equal(a, b);
+        /* Across several refills of the random pool: well-formed and distinct. */
+        for (int i = 0; i < 1000; i++) {
+                assert_int_equal(gateway_new_reqid(b), 0);
+                assert_int_equal(strlen(b), 32);
+                assert_int_equal(strspn(b, "0123456789abcdef"), 32);
+                assert_string_not_equal(a, b);
+        }
 }
 
 static void test_build_body(void **state) {
@@ -226,6 +255,7 @@ int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_signature_vector),
                 cmocka_unit_test(test_build_url),
+                cmocka_unit_test(test_signer_cache),
                 cmocka_unit_test(test_reqid),
                 cmocka_unit_test(test_build_body),
                 cmocka_unit_test(test_parse_list_sample),
