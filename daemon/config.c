@@ -28,8 +28,17 @@ struct parser {
 };
 
 static const char *const top_keys[] = {
-        "gateway",  "poll_interval", "state_file",           "dry_run", "max_closes_per_cycle", "protect",
-        "policies", "fuse",          "recheck_before_close", NULL,
+        "gateway",
+        "poll_interval",
+        "state_file",
+        "dry_run",
+        "max_closes_per_cycle",
+        "protect",
+        "policies",
+        "fuse",
+        "recheck_before_close",
+        "metrics_file",
+        NULL,
 };
 static const char *const fuse_keys[] = { "max_share", "min_sessions", NULL };
 static const char *const gateway_keys[] = {
@@ -555,6 +564,8 @@ static void top_key(struct parser *p, const char *key, yaml_node_t *v, void *use
                 get_duration(p, key, v, MIN_POLL_INTERVAL_MS, &c->poll_interval_ms);
         else if (strcmp(key, "state_file") == 0)
                 get_string(p, key, v, false, &c->state_file);
+        else if (strcmp(key, "metrics_file") == 0)
+                get_string(p, key, v, true, &c->metrics_file);
         else if (strcmp(key, "dry_run") == 0)
                 get_bool(p, key, v, &c->dry_run);
         else if (strcmp(key, "recheck_before_close") == 0)
@@ -690,6 +701,7 @@ void config_free(struct config *c) {
         free(c->gateway.accesstoken_file);
         free(c->gateway.ca_file);
         free(c->state_file);
+        free(c->metrics_file);
         glob_list_free(&c->protect_user_ids);
         glob_list_free(&c->protect_session_ids);
         for (size_t i = 0; i < c->n_policies; i++) {

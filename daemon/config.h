@@ -47,6 +47,7 @@ struct config {
         struct gateway_config gateway;
         uint64_t poll_interval_ms;
         char *state_file;
+        char *metrics_file; /* NULL: no metrics file */
         bool dry_run;
         bool recheck_before_close; /* statsession before not_started/max_age closes */
         unsigned max_closes_per_cycle;

@@ -103,6 +103,23 @@ static bool transport_failed(const struct http_response *resp, char *buf, size_t
         return false;
 }
 
+/* Counts one API call in the metrics. parsed: the gateway_parse_*() result
+ * (ignored when the transport failed). */
+static void record_call(struct cycle *c, const char *endpoint, const struct http_response *resp, int parsed,
+                        const struct gateway_error *err) {
+        enum metrics_result result;
+
+        if (resp->result != CURLE_OK)
+                result = METRICS_TRANSPORT_ERROR;
+        else if (resp->status != 200)
+                result = METRICS_HTTP_ERROR;
+        else if (parsed >= 0)
+                result = METRICS_OK;
+        else
+                result = err->kind == GATEWAY_API_ERROR ? METRICS_API_ERROR : METRICS_BAD_RESPONSE;
+        metrics_api_call(c->env.metrics, endpoint, result, resp->total_s);
+}
+
 static uint32_t random_u32(void) {
         uint32_t v = 0;
 
@@ -136,6 +153,8 @@ static void log_reclaim(struct close_job *job, enum outcome outcome, const char 
         }
         sanitize_printable(s->session_id, id, sizeof id);
         sanitize_printable(s->user_id, user, sizeof user);
+        if (metrics_reclaim(job->cycle->env.metrics, job->policy->name, outcome_names[outcome]) < 0)
+                log_warning("Out of memory counting a reclaim in the metrics");
 
         switch (outcome) {
         case OUTCOME_CLOSED:
@@ -274,6 +293,7 @@ static void postcheck_done(const struct http_response *resp, void *userdata) {
 
         if (!transport_failed(resp, buf, sizeof buf)) {
                 r = gateway_parse_stat(resp->body, resp->body_len, &st, &err);
+                record_call(job->cycle, "statsession", resp, r, &err);
                 /* Gone if the gateway says the session is closed, or if it
                  * answers statsession with the very error closesession gave:
                  * both calls then agree that it does not know the session. */
@@ -282,7 +302,8 @@ static void postcheck_done(const struct http_response *resp, void *userdata) {
                         job_done(job, OUTCOME_ALREADY_CLOSED, NULL, 0);
                         return;
                 }
-        }
+        } else
+                record_call(job->cycle, "statsession", resp, -1, &err);
         snprintf(buf, sizeof buf, "API error %ld: %s", job->close_err.code, job->close_err.message);
         close_failed(job, "closesession", buf, 0);
 }
@@ -290,12 +311,16 @@ static void postcheck_done(const struct http_response *resp, void *userdata) {
 static void close_done(const struct http_response *resp, void *userdata) {
         struct close_job *job = userdata;
         char buf[512];
+        int parsed;
 
         if (transport_failed(resp, buf, sizeof buf)) {
+                record_call(job->cycle, "closesession", resp, -1, &job->close_err);
                 close_failed(job, "closesession", buf, resp->retry_after_s);
                 return;
         }
-        if (gateway_parse_ack(resp->body, resp->body_len, &job->close_err) >= 0) {
+        parsed = gateway_parse_ack(resp->body, resp->body_len, &job->close_err);
+        record_call(job->cycle, "closesession", resp, parsed, &job->close_err);
+        if (parsed >= 0) {
                 job_done(job, OUTCOME_CLOSED, NULL, 0);
                 return;
         }
@@ -327,12 +352,17 @@ static void precheck_done(const struct http_response *resp, void *userdata) {
         struct stat_result st;
         struct decision d;
         char buf[512];
+        int parsed;
 
+        memset(&err, 0, sizeof err);
         if (transport_failed(resp, buf, sizeof buf)) {
+                record_call(c, "statsession", resp, -1, &err);
                 close_failed(job, "statsession before closing", buf, resp->retry_after_s);
                 return;
         }
-        if (gateway_parse_stat(resp->body, resp->body_len, &st, &err) < 0) {
+        parsed = gateway_parse_stat(resp->body, resp->body_len, &st, &err);
+        record_call(c, "statsession", resp, parsed, &err);
+        if (parsed < 0) {
                 snprintf(
                         buf, sizeof buf, "%s%s",
                         err.kind == GATEWAY_API_ERROR ? "API error: " : "malformed response: ", err.message);
@@ -527,12 +557,15 @@ static void list_done(const struct http_response *resp, void *userdata) {
         char buf[512];
         int ret;
 
+        memset(&err, 0, sizeof err);
         if (transport_failed(resp, buf, sizeof buf)) {
+                record_call(c, "listsessionofuin", resp, -1, &err);
                 list_failed(c, buf, 0, resp->retry_after_s);
                 cycle_end(c);
                 return;
         }
         ret = gateway_parse_list(resp->body, resp->body_len, &c->list, &err);
+        record_call(c, "listsessionofuin", resp, ret, &err);
         if (ret < 0) {
                 if (ret == -ENOMEM)
                         snprintf(buf, sizeof buf, "out of memory while parsing the session list");
@@ -545,6 +578,7 @@ static void list_done(const struct http_response *resp, void *userdata) {
                 return;
         }
         c->res.listed = c->list->n;
+        metrics_listed(c->env.metrics, c->list);
         if (c->list->n_duplicates > 0)
                 log_warning("The session list named %zu session(s) more than once; using the first entry of "
                             "each",

@@ -11,6 +11,7 @@
 #include "credentials.h"
 #include "gateway.h"
 #include "http.h"
+#include "metrics.h"
 #include "retry.h"
 #include "state.h"
 
@@ -23,6 +24,7 @@ struct cycle_env {
         struct http *http;
         struct state *state;
         struct retry_table *retries;
+        struct metrics *metrics; /* may be NULL */
         bool dry_run;
         FILE *plan_out; /* non-NULL for --plan: print the plan, close nothing, record nothing */
 };

@@ -13,6 +13,7 @@
 #include "health.h"
 #include "http.h"
 #include "log.h"
+#include "metrics.h"
 #include "retry.h"
 #include "state.h"
 #include "util.h"
@@ -32,13 +33,15 @@ struct reclaimer {
         struct http *http;
         struct state *state;
         struct retry_table *retries;
+        struct metrics *metrics;
         struct cycle *cycle; /* NULL between cycles */
         int64_t last_cycle_started_ms;
         ev_timer poll_timer;
         ev_timer grace_timer;
         ev_timer watchdog_timer;
-        ev_signal sig_term, sig_int, sig_hup;
+        ev_signal sig_term, sig_int, sig_hup, sig_usr1;
         bool stopping;
+        bool sweep_requested; /* SIGUSR1 during a cycle: run another one right after */
         bool any_list_failed;
         bool unhealthy_logged;
         unsigned long cycles;
@@ -101,11 +104,15 @@ static void notify_status(struct reclaimer *r, const struct cycle_result *res) {
 }
 
 static void save_state(struct reclaimer *r) {
+        bool dirty;
         int ret;
 
         if (r->opt.mode == RECLAIMER_PLAN)
                 return;
+        dirty = state_dirty(r->state);
         ret = state_save(r->state, now_wall_ms(), now_mono_ms());
+        if (dirty)
+                metrics_state_write(r->metrics, ret >= 0);
         if (ret < 0)
                 log_error("Failed to write state file %s: %s; first-seen times are kept in memory, retrying "
                           "after "
@@ -151,6 +158,20 @@ static void apply_pending(struct reclaimer *r) {
                  r->config->n_policies, r->config->poll_interval_ms, dry_run(r) ? ", dry run" : "");
 }
 
+static void write_metrics(struct reclaimer *r, const struct cycle_result *res) {
+        int ret;
+
+        if (r->opt.mode == RECLAIMER_PLAN)
+                return;
+        metrics_cycle(r->metrics, !res->list_failed, now_wall_ms());
+        if (!r->config->metrics_file)
+                return;
+        ret = metrics_write(r->metrics, r->config->metrics_file);
+        if (ret < 0)
+                log_warning("Failed to write metrics file %s: %s; retrying after the next cycle",
+                            r->config->metrics_file, strerror(-ret));
+}
+
 static void cycle_done(struct cycle *c, const struct cycle_result *res, void *userdata) {
         struct reclaimer *r = userdata;
         struct cycle_result copy = *res;
@@ -165,6 +186,7 @@ static void cycle_done(struct cycle *c, const struct cycle_result *res, void *us
                         res->deferred);
         if (!res->list_failed)
                 save_state(r);
+        write_metrics(r, res);
         r->cycle = NULL;
         cycle_free(c); /* res points into c: use copy from here on */
 
@@ -173,7 +195,12 @@ static void cycle_done(struct cycle *c, const struct cycle_result *res, void *us
                 return;
         }
         apply_pending(r);
-        schedule_next(r, copy.started_ms, copy.retry_after_ms, true);
+        if (r->sweep_requested) {
+                r->sweep_requested = false;
+                schedule_next(r, copy.started_ms - (int64_t) r->config->poll_interval_ms,
+                              copy.retry_after_ms, false);
+        } else
+                schedule_next(r, copy.started_ms, copy.retry_after_ms, true);
         notify_status(r, &copy);
 }
 
@@ -186,6 +213,7 @@ static void start_cycle(struct reclaimer *r) {
                 .http = r->http,
                 .state = r->state,
                 .retries = r->retries,
+                .metrics = r->metrics,
                 .dry_run = dry_run(r),
                 .plan_out = r->opt.mode == RECLAIMER_PLAN ? r->opt.plan_out : NULL,
         };
@@ -318,6 +346,22 @@ static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents) {
                         reload(r);
                 return;
         }
+        if (w->signum == SIGUSR1) {
+                /* An application that just hit its concurrency limit asks for
+                 * slots back now rather than at the next tick. */
+                if (r->stopping)
+                        return;
+                if (r->cycle) {
+                        log_info("Sweep requested (SIGUSR1); starting another cycle when the running one "
+                                 "ends");
+                        r->sweep_requested = true;
+                } else {
+                        log_info("Sweep requested (SIGUSR1); starting a cycle now");
+                        ev_timer_stop(loop, &r->poll_timer);
+                        start_cycle(r);
+                }
+                return;
+        }
         if (r->stopping)
                 return;
         r->stopping = true;
@@ -360,6 +404,8 @@ int reclaimer_new(struct ev_loop *loop, struct config *config, struct credential
                 ret_code = state_new(config->state_file, &r->state);
         if (ret_code >= 0)
                 ret_code = retry_table_new(&r->retries);
+        if (ret_code >= 0)
+                ret_code = metrics_new(&r->metrics);
         if (ret_code < 0) {
                 reclaimer_free(r);
                 return ret_code;
@@ -374,6 +420,8 @@ int reclaimer_new(struct ev_loop *loop, struct config *config, struct credential
         r->sig_int.data = r;
         ev_signal_init(&r->sig_hup, signal_cb, SIGHUP);
         r->sig_hup.data = r;
+        ev_signal_init(&r->sig_usr1, signal_cb, SIGUSR1);
+        r->sig_usr1.data = r;
         ev_init(&r->watchdog_timer, watchdog_cb);
         r->watchdog_timer.data = r;
         *ret = r;
@@ -399,6 +447,7 @@ int reclaimer_start(struct reclaimer *r) {
                 uint64_t usec = 0;
 
                 ev_signal_start(r->loop, &r->sig_hup);
+                ev_signal_start(r->loop, &r->sig_usr1);
                 if (sd_watchdog_enabled(0, &usec) > 0 && usec > 0) {
                         /* Ping at twice the rate systemd expects. */
                         ev_timer_set(&r->watchdog_timer, 0., (double) usec / 2e6);
@@ -431,6 +480,7 @@ void reclaimer_free(struct reclaimer *r) {
         ev_signal_stop(r->loop, &r->sig_term);
         ev_signal_stop(r->loop, &r->sig_int);
         ev_signal_stop(r->loop, &r->sig_hup);
+        ev_signal_stop(r->loop, &r->sig_usr1);
         /* Cancels what is still in flight (the grace period ran out); no callback runs. */
         http_free(r->http);
         cycle_free(r->cycle);
@@ -438,6 +488,7 @@ void reclaimer_free(struct reclaimer *r) {
                 save_state(r);
         state_free(r->state);
         retry_table_free(r->retries);
+        metrics_free(r->metrics);
         config_free(r->config);
         credentials_free(r->creds);
         config_free(r->pending_config);

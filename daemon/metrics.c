@@ -1,0 +1,240 @@
+#include "metrics.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util.h"
+
+/* The endpoints the daemon calls; anything else is counted as "other". */
+static const char *const endpoints[] = {
+        "listsessionofuin", "listsessionofprojectid", "closesession", "statsession", "other",
+};
+#define N_ENDPOINTS ELEMENTSOF(endpoints)
+
+static const char *const result_names[_METRICS_RESULT_MAX] = {
+        [METRICS_OK] = "ok",
+        [METRICS_API_ERROR] = "api_error",
+        [METRICS_HTTP_ERROR] = "http_error",
+        [METRICS_TRANSPORT_ERROR] = "transport_error",
+        [METRICS_BAD_RESPONSE] = "bad_response",
+};
+
+/* Upper bounds of the latency histogram, in seconds. */
+static const double buckets[] = { 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10 };
+#define N_BUCKETS ELEMENTSOF(buckets)
+
+/* Session statuses listed; other values are counted as "other". */
+static const char *const status_names[] = { "other", "1", "2", "3", "4" };
+
+struct reclaim_counter {
+        char *policy;
+        char outcome[16];
+        uint64_t count;
+};
+
+struct metrics {
+        uint64_t calls[N_ENDPOINTS][_METRICS_RESULT_MAX];
+        uint64_t latency_buckets[N_ENDPOINTS][N_BUCKETS]; /* cumulative at render time */
+        uint64_t latency_count[N_ENDPOINTS];
+        double latency_sum[N_ENDPOINTS];
+        struct reclaim_counter *reclaims;
+        size_t n_reclaims, cap_reclaims;
+        uint64_t listed[ELEMENTSOF(status_names)];
+        bool listed_known;
+        uint64_t cycles_ok, cycles_failed;
+        double last_success_s; /* 0 when none yet */
+        uint64_t state_writes_ok, state_writes_failed;
+};
+
+int metrics_new(struct metrics **ret) {
+        struct metrics *m = calloc(1, sizeof *m);
+
+        if (!m)
+                return -ENOMEM;
+        *ret = m;
+        return 0;
+}
+
+void metrics_free(struct metrics *m) {
+        if (!m)
+                return;
+        for (size_t i = 0; i < m->n_reclaims; i++)
+                free(m->reclaims[i].policy);
+        free(m->reclaims);
+        free(m);
+}
+
+static size_t endpoint_index(const char *endpoint) {
+        for (size_t i = 0; i + 1 < N_ENDPOINTS; i++)
+                if (strcmp(endpoints[i], endpoint) == 0)
+                        return i;
+        return N_ENDPOINTS - 1;
+}
+
+void metrics_api_call(struct metrics *m, const char *endpoint, enum metrics_result result, double seconds) {
+        size_t e = endpoint_index(endpoint);
+
+        if (!m || (unsigned) result >= _METRICS_RESULT_MAX)
+                return;
+        m->calls[e][result]++;
+        if (result == METRICS_TRANSPORT_ERROR)
+                return; /* no response: no latency */
+        for (size_t b = 0; b < N_BUCKETS; b++)
+                if (seconds <= buckets[b]) {
+                        m->latency_buckets[e][b]++;
+                        break;
+                }
+        m->latency_count[e]++;
+        m->latency_sum[e] += seconds;
+}
+
+int metrics_reclaim(struct metrics *m, const char *policy, const char *outcome) {
+        struct reclaim_counter *c;
+
+        if (!m)
+                return 0;
+        for (size_t i = 0; i < m->n_reclaims; i++)
+                if (strcmp(m->reclaims[i].policy, policy) == 0 &&
+                    strcmp(m->reclaims[i].outcome, outcome) == 0) {
+                        m->reclaims[i].count++;
+                        return 0;
+                }
+        if (m->n_reclaims == m->cap_reclaims) {
+                size_t cap = m->cap_reclaims ? m->cap_reclaims * 2 : 8;
+                struct reclaim_counter *n = realloc(m->reclaims, cap * sizeof *n);
+
+                if (!n)
+                        return -ENOMEM;
+                m->reclaims = n;
+                m->cap_reclaims = cap;
+        }
+        c = &m->reclaims[m->n_reclaims];
+        c->policy = strdup(policy);
+        if (!c->policy)
+                return -ENOMEM;
+        snprintf(c->outcome, sizeof c->outcome, "%s", outcome);
+        c->count = 1;
+        m->n_reclaims++;
+        return 0;
+}
+
+void metrics_listed(struct metrics *m, const struct session_list *l) {
+        if (!m)
+                return;
+        memset(m->listed, 0, sizeof m->listed);
+        for (size_t i = 0; i < l->n; i++) {
+                int st = l->items[i].status;
+                m->listed[st >= 1 && st <= 4 ? st : 0]++;
+        }
+        m->listed_known = true;
+}
+
+void metrics_cycle(struct metrics *m, bool list_ok, int64_t now_wall_ms) {
+        if (!m)
+                return;
+        if (list_ok) {
+                m->cycles_ok++;
+                m->last_success_s = (double) now_wall_ms / 1000.0;
+        } else
+                m->cycles_failed++;
+}
+
+void metrics_state_write(struct metrics *m, bool ok) {
+        if (!m)
+                return;
+        if (ok)
+                m->state_writes_ok++;
+        else
+                m->state_writes_failed++;
+}
+
+int metrics_render(const struct metrics *m, char **ret_text) {
+        char *text = NULL;
+        size_t len = 0;
+        FILE *f = open_memstream(&text, &len);
+
+        if (!f)
+                return -ENOMEM;
+
+        fprintf(f, "# HELP ivh_sessions_listed Sessions in the last successful list, by SessionStatus.\n"
+                   "# TYPE ivh_sessions_listed gauge\n");
+        if (m->listed_known)
+                for (size_t s = 0; s < ELEMENTSOF(status_names); s++)
+                        fprintf(f, "ivh_sessions_listed{status=\"%s\"} %llu\n", status_names[s],
+                                (unsigned long long) m->listed[s]);
+
+        fprintf(f, "# HELP ivh_reclaims_total Reclaim decisions, by policy and outcome.\n"
+                   "# TYPE ivh_reclaims_total counter\n");
+        for (size_t i = 0; i < m->n_reclaims; i++)
+                /* Policy names are restricted to [A-Za-z0-9._-]: nothing to escape. */
+                fprintf(f, "ivh_reclaims_total{policy=\"%s\",outcome=\"%s\"} %llu\n", m->reclaims[i].policy,
+                        m->reclaims[i].outcome, (unsigned long long) m->reclaims[i].count);
+
+        fprintf(f, "# HELP ivh_api_calls_total Calls to the IVH gateway, by endpoint and result.\n"
+                   "# TYPE ivh_api_calls_total counter\n");
+        for (size_t e = 0; e < N_ENDPOINTS; e++)
+                for (size_t r = 0; r < _METRICS_RESULT_MAX; r++)
+                        if (m->calls[e][r])
+                                fprintf(f, "ivh_api_calls_total{endpoint=\"%s\",result=\"%s\"} %llu\n",
+                                        endpoints[e], result_names[r], (unsigned long long) m->calls[e][r]);
+
+        fprintf(f, "# HELP ivh_api_latency_seconds Time from request to complete response.\n"
+                   "# TYPE ivh_api_latency_seconds histogram\n");
+        for (size_t e = 0; e < N_ENDPOINTS; e++) {
+                uint64_t cumulative = 0;
+
+                if (!m->latency_count[e])
+                        continue;
+                for (size_t b = 0; b < N_BUCKETS; b++) {
+                        cumulative += m->latency_buckets[e][b];
+                        fprintf(f, "ivh_api_latency_seconds_bucket{endpoint=\"%s\",le=\"%g\"} %llu\n",
+                                endpoints[e], buckets[b], (unsigned long long) cumulative);
+                }
+                fprintf(f, "ivh_api_latency_seconds_bucket{endpoint=\"%s\",le=\"+Inf\"} %llu\n",
+                        endpoints[e], (unsigned long long) m->latency_count[e]);
+                fprintf(f, "ivh_api_latency_seconds_sum{endpoint=\"%s\"} %.6f\n", endpoints[e],
+                        m->latency_sum[e]);
+                fprintf(f, "ivh_api_latency_seconds_count{endpoint=\"%s\"} %llu\n", endpoints[e],
+                        (unsigned long long) m->latency_count[e]);
+        }
+
+        fprintf(f,
+                "# HELP ivh_cycles_total Poll cycles, by whether the session list was fetched.\n"
+                "# TYPE ivh_cycles_total counter\n"
+                "ivh_cycles_total{result=\"ok\"} %llu\n"
+                "ivh_cycles_total{result=\"list_failed\"} %llu\n",
+                (unsigned long long) m->cycles_ok, (unsigned long long) m->cycles_failed);
+        fprintf(f,
+                "# HELP ivh_last_successful_poll_timestamp_seconds When the session list was last fetched, "
+                "Unix "
+                "time; 0 before the first success.\n"
+                "# TYPE ivh_last_successful_poll_timestamp_seconds gauge\n"
+                "ivh_last_successful_poll_timestamp_seconds %.3f\n",
+                m->last_success_s);
+        fprintf(f,
+                "# HELP ivh_state_file_writes_total Writes of the state file, by result.\n"
+                "# TYPE ivh_state_file_writes_total counter\n"
+                "ivh_state_file_writes_total{result=\"ok\"} %llu\n"
+                "ivh_state_file_writes_total{result=\"failed\"} %llu\n",
+                (unsigned long long) m->state_writes_ok, (unsigned long long) m->state_writes_failed);
+
+        if (fclose(f) != 0 || !text) {
+                free(text);
+                return -ENOMEM;
+        }
+        *ret_text = text;
+        return 0;
+}
+
+int metrics_write(const struct metrics *m, const char *path) {
+        char *text = NULL;
+        int r = metrics_render(m, &text);
+
+        if (r < 0)
+                return r;
+        r = write_file_atomic(path, text, strlen(text), 0644);
+        free(text);
+        return r;
+}

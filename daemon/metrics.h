@@ -1,0 +1,37 @@
+/* Counters and gauges in the Prometheus text format, written atomically to a
+ * file for node_exporter's textfile collector. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "gateway.h"
+
+struct metrics;
+
+/* The result of one API call, for ivh_api_calls_total{result=...}. */
+enum metrics_result {
+        METRICS_OK,
+        METRICS_API_ERROR,       /* Header.Code != 0 */
+        METRICS_HTTP_ERROR,      /* a status other than 200 */
+        METRICS_TRANSPORT_ERROR, /* connect, reset, timeout, TLS, size cap */
+        METRICS_BAD_RESPONSE,    /* not the documented shape */
+        _METRICS_RESULT_MAX,
+};
+
+int metrics_new(struct metrics **ret);
+void metrics_free(struct metrics *m);
+
+void metrics_api_call(struct metrics *m, const char *endpoint, enum metrics_result result, double seconds);
+/* Returns -ENOMEM when a new policy/outcome pair cannot be recorded. */
+int metrics_reclaim(struct metrics *m, const char *policy, const char *outcome);
+void metrics_listed(struct metrics *m, const struct session_list *l);
+void metrics_cycle(struct metrics *m, bool list_ok, int64_t now_wall_ms);
+void metrics_state_write(struct metrics *m, bool ok);
+
+/* Renders everything; the caller frees *ret_text. */
+int metrics_render(const struct metrics *m, char **ret_text);
+
+/* Renders and writes path atomically (mode 0644). */
+int metrics_write(const struct metrics *m, const char *path);
