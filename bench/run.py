@@ -219,6 +219,8 @@ def main():
         row = {"n": n, "bound_s": (args.latency_ms + math.ceil(n / args.parallel) * args.latency_ms) / 1000}
         for contender in ("daemon", "python", "sequential"):
             if contender == "sequential" and n > args.seq_max:
+                if seq_per_call is None:   # nothing to extrapolate from: run the smallest size first
+                    seq_per_call = reclaim_bench(args, work, min(n, 100), "sequential")["wall_s"] / min(n, 100)
                 row["sequential"] = {"wall_s": seq_per_call * n, "extrapolated": True}
                 continue
             print("bench: reclaim N=%d with %s ..." % (n, contender), file=sys.stderr, flush=True)

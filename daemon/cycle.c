@@ -495,10 +495,11 @@ static size_t apply_share_fuse(struct cycle *c, size_t n_due) {
         return kept;
 }
 
-static void decide(struct cycle *c) {
+/* Returns 0, or -ENOMEM (nothing is then closed). */
+static int decide(struct cycle *c) {
         const struct config *cfg = c->env.config;
         int64_t now = now_mono_ms();
-        size_t n_due = 0, n_ready = 0;
+        size_t n_due = 0, n_ready = 0, cap = 0;
 
         for (size_t i = 0; i < c->list->n; i++) {
                 const struct session *s = &c->list->items[i];
@@ -509,6 +510,16 @@ static void decide(struct cycle *c) {
                         c->res.protected_due++;
                 if (d.kind != DECISION_CLOSE)
                         continue;
+                /* Room only for what is due: usually nothing, not the whole list. */
+                if (n_due == cap) {
+                        size_t ncap = cap ? cap * 2 : 16;
+                        struct close_job *jobs = realloc(c->jobs, ncap * sizeof *jobs);
+
+                        if (!jobs)
+                                return -ENOMEM;
+                        c->jobs = jobs;
+                        cap = ncap;
+                }
                 c->jobs[n_due++] = (struct close_job){
                         .cycle = c,
                         .session = s,
@@ -549,6 +560,7 @@ static void decide(struct cycle *c) {
                            n_ready, cfg->max_closes_per_cycle, cfg->max_closes_per_cycle,
                            n_ready - c->n_jobs);
         }
+        return 0;
 }
 
 static void list_done(const struct http_response *resp, void *userdata) {
@@ -595,18 +607,17 @@ static void list_done(const struct http_response *resp, void *userdata) {
         }
 
         ret = state_sync(c->env.state, c->list, now_mono_ms());
-        if (ret >= 0 && c->list->n > 0) {
-                c->jobs = calloc(c->list->n, sizeof *c->jobs);
-                if (!c->jobs)
-                        ret = -ENOMEM;
+        if (ret >= 0) {
+                retry_prune(c->env.retries, c->list);
+                ret = decide(c);
         }
         if (ret < 0) {
-                list_failed(c, "out of memory while recording sessions", 0, 0);
+                /* Nothing was closed: a cycle with half a decision is no cycle. */
+                list_failed(c, "out of memory while deciding", 0, 0);
+                c->n_jobs = 0;
                 cycle_end(c);
                 return;
         }
-        retry_prune(c->env.retries, c->list);
-        decide(c);
 
         if (c->env.dry_run) {
                 for (size_t i = 0; i < c->n_jobs; i++) {

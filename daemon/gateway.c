@@ -7,7 +7,6 @@
 #include <math.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
-#include <search.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -250,27 +249,61 @@ static int parse_session(const cJSON *item, size_t idx, struct session *s, struc
         if (get_tristate(cJSON_GetObjectItemCaseSensitive(item, "IsSessionStarted"), &s->started) < 0)
                 return fail(err, GATEWAY_BAD_RESPONSE, "Sessions[%zu].IsSessionStarted is not a boolean",
                             idx);
-        s->session_id = strdup(id->valuestring);
-        s->user_id = strdup(user->valuestring);
-        if (!s->session_id || !s->user_id)
-                return -ENOMEM;
+        /* Borrowed from the parsed document, which the list keeps. */
+        s->session_id = id->valuestring;
+        s->user_id = user->valuestring;
         return 0;
 }
 
-static int compare_str(const void *a, const void *b) {
-        return strcmp(a, b);
+struct dedup_key {
+        const char *id;
+        size_t index;
+};
+
+static int compare_dedup(const void *a, const void *b) {
+        const struct dedup_key *x = a, *y = b;
+        int c = strcmp(x->id, y->id);
+
+        return c ? c : (x->index > y->index) - (x->index < y->index);
 }
 
-static void free_nothing(void *p) {
-        (void) p;
+/* Drops every entry whose SessionId came earlier in the list: one sort of
+ * the ids, then one pass that keeps the first of each run. */
+static int drop_duplicates(struct session_list *l) {
+        struct dedup_key *keys;
+        bool *drop;
+        size_t kept = 0;
+
+        if (l->n < 2)
+                return 0;
+        keys = malloc(l->n * sizeof *keys);
+        drop = calloc(l->n, sizeof *drop);
+        if (!keys || !drop) {
+                free(keys);
+                free(drop);
+                return -ENOMEM;
+        }
+        for (size_t i = 0; i < l->n; i++)
+                keys[i] = (struct dedup_key){ l->items[i].session_id, i };
+        qsort(keys, l->n, sizeof *keys, compare_dedup);
+        for (size_t i = 1; i < l->n; i++)
+                if (strcmp(keys[i].id, keys[i - 1].id) == 0)
+                        drop[keys[i].index] = true;
+        for (size_t i = 0; i < l->n; i++)
+                if (!drop[i])
+                        l->items[kept++] = l->items[i];
+        l->n_duplicates = l->n - kept;
+        l->n = kept;
+        free(keys);
+        free(drop);
+        return 0;
 }
 
 int gateway_parse_list(const char *body, size_t len, struct session_list **ret_list,
                        struct gateway_error *err) {
         struct session_list *l = NULL;
         cJSON *root = NULL, *payload, *sessions, *item;
-        void *seen = NULL;
-        size_t count, idx;
+        size_t count;
         int r;
 
         r = parse_envelope(body, len, &root, err);
@@ -291,6 +324,8 @@ int gateway_parse_list(const char *body, size_t len, struct session_list **ret_l
                 r = -ENOMEM;
                 goto out;
         }
+        l->json = root; /* the sessions' strings point into it */
+        root = NULL;
         count = cJSON_IsArray(sessions) ? (size_t) cJSON_GetArraySize(sessions) : 0;
         if (count > 0) {
                 l->items = calloc(count, sizeof *l->items);
@@ -300,34 +335,18 @@ int gateway_parse_list(const char *body, size_t len, struct session_list **ret_l
                 }
         }
         /* cJSON arrays are linked lists: walk them, never index them. */
-        idx = 0;
         cJSON_ArrayForEach(item, sessions) {
-                struct session *s = &l->items[l->n];
-                void *node;
-
-                r = parse_session(item, idx++, s, err);
-                l->n++; /* so that session_list_free() sees partial entries */
+                r = parse_session(item, l->n, &l->items[l->n], err);
                 if (r < 0)
                         goto out;
-                node = tsearch(s->session_id, &seen, compare_str);
-                if (!node) {
-                        r = -ENOMEM;
-                        goto out;
-                }
-                if (*(char **) node != s->session_id) {
-                        /* The same SessionId twice: keep the first entry. */
-                        l->n--;
-                        free(s->session_id);
-                        free(s->user_id);
-                        memset(s, 0, sizeof *s);
-                        l->n_duplicates++;
-                }
+                l->n++;
         }
+        r = drop_duplicates(l);
+        if (r < 0)
+                goto out;
         *ret_list = l;
         l = NULL;
-        r = 0;
 out:
-        tdestroy(seen, free_nothing);
         session_list_free(l);
         cJSON_Delete(root);
         return r;
@@ -366,10 +385,13 @@ int gateway_parse_stat(const char *body, size_t len, struct stat_result *ret, st
 void session_list_free(struct session_list *l) {
         if (!l)
                 return;
-        for (size_t i = 0; i < l->n; i++) {
-                free(l->items[i].session_id);
-                free(l->items[i].user_id);
-        }
+        if (l->json)
+                cJSON_Delete(l->json);
+        else
+                for (size_t i = 0; i < l->n; i++) {
+                        free(l->items[i].session_id);
+                        free(l->items[i].user_id);
+                }
         free(l->items);
         free(l);
 }

@@ -11,6 +11,8 @@
 #define GATEWAY_REQID_LEN     32
 #define GATEWAY_SIGNATURE_LEN 44 /* base64 of a 32-byte HMAC-SHA256 */
 
+struct cJSON;
+
 enum session_status {
         SESSION_IN_PROGRESS = 1,
         SESSION_CLOSED = 2,
@@ -31,6 +33,9 @@ struct session_list {
         struct session *items;
         size_t n;
         size_t n_duplicates; /* entries dropped because their SessionId came twice */
+        /* The parsed reply (a cJSON tree) the items' strings point into; NULL
+         * when the list owns its strings (lists built by hand). */
+        struct cJSON *json;
 };
 
 /* What a response said when it was not a success. */
@@ -90,7 +95,6 @@ int gateway_parse_stat(const char *body, size_t len, struct stat_result *ret, st
 
 void session_list_free(struct session_list *l);
 
-struct cJSON;
 /* cJSON_ParseWithLength() that also refuses anything after the value. */
 struct cJSON *json_parse_exact(const char *text, size_t len);
 
