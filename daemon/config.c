@@ -45,12 +45,15 @@ static const char *const gateway_keys[] = {
         "url", "appkey", "accesstoken_file", "ca_file", "timeout", "max_parallel", NULL,
 };
 static const char *const protect_keys[] = { "user_ids", "session_ids", NULL };
-static const char *const policy_keys[] = { "name", "kind", "after", "user_ids", NULL };
+static const char *const policy_keys[] = {
+        "name", "kind", "after", "user_ids", "capacity", "keep_free", NULL
+};
 
 static const char *const kind_names[] = {
         [POLICY_FAILED] = "failed",
         [POLICY_NOT_STARTED] = "not_started",
         [POLICY_MAX_AGE] = "max_age",
+        [POLICY_OVER_CAPACITY] = "over_capacity",
 };
 
 const char *policy_kind_to_string(enum policy_kind k) {
@@ -481,6 +484,7 @@ static void protect_key(struct parser *p, const char *key, yaml_node_t *v, void 
 
 struct policy_ctx {
         struct policy *pol;
+        bool kind_ok;
         char where[64];
 };
 
@@ -506,20 +510,28 @@ static void policy_key(struct parser *p, const char *key, yaml_node_t *v, void *
                         if (strcmp(s, kind_names[i]) == 0)
                                 break;
                 if (!s || i == ELEMENTSOF(kind_names)) {
-                        diag(p, v, "%s: expected one of failed, not_started, max_age, got %s%s%s", where,
-                             s ? "'" : node_type_name(v), s ? s : "", s ? "'" : "");
+                        diag(p, v,
+                             "%s: expected one of failed, not_started, max_age, over_capacity, got %s%s%s",
+                             where, s ? "'" : node_type_name(v), s ? s : "", s ? "'" : "");
                         return;
                 }
                 ctx->pol->kind = (enum policy_kind) i;
+                ctx->kind_ok = true;
         } else if (strcmp(key, "after") == 0) {
                 get_duration(p, where, v, 0, &ctx->pol->after_ms);
         } else if (strcmp(key, "user_ids") == 0) {
                 get_glob_list(p, where, v, &ctx->pol->user_ids);
+        } else if (strcmp(key, "capacity") == 0) {
+                get_uint(p, where, v, 1, 1000000, &ctx->pol->capacity);
+        } else if (strcmp(key, "keep_free") == 0) {
+                get_uint(p, where, v, 0, 1000000, &ctx->pol->keep_free);
         }
 }
 
 static void parse_policies(struct parser *p, yaml_node_t *n, struct config *c) {
-        static const char *const required[] = { "name", "kind", "after", NULL };
+        static const char *const required[] = { "name", "kind", NULL };
+        static const char *const required_timer[] = { "after", NULL };
+        static const char *const required_capacity[] = { "capacity", NULL };
         size_t count;
 
         if (n->type != YAML_SEQUENCE_NODE) {
@@ -544,6 +556,21 @@ static void parse_policies(struct parser *p, yaml_node_t *n, struct config *c) {
                 snprintf(ctx.where, sizeof ctx.where, "policies[%zu]", i);
                 walk_mapping(p, ctx.where, item, policy_keys, policy_key, &ctx);
                 require_keys(p, ctx.where, item, required);
+                /* Rules that involve several keys of the policy. */
+                if (item->type == YAML_MAPPING_NODE && ctx.kind_ok) {
+                        if (ctx.pol->kind == POLICY_OVER_CAPACITY) {
+                                require_keys(p, ctx.where, item, required_capacity);
+                                if (ctx.pol->capacity > 0 && ctx.pol->keep_free >= ctx.pol->capacity)
+                                        diag(p, item, "%s: keep_free (%u) must be less than capacity (%u)",
+                                             ctx.where, ctx.pol->keep_free, ctx.pol->capacity);
+                        } else {
+                                require_keys(p, ctx.where, item, required_timer);
+                                if (has_key(p, item, "capacity") || has_key(p, item, "keep_free"))
+                                        diag(p, item,
+                                             "%s: capacity and keep_free apply only to kind over_capacity",
+                                             ctx.where);
+                        }
+                }
                 if (!ctx.pol->name)
                         continue;
                 for (size_t j = 0; j + 1 < c->n_policies; j++)

@@ -16,16 +16,19 @@ struct glob_list {
 };
 
 enum policy_kind {
-        POLICY_FAILED,      /* SessionStatus 4 */
-        POLICY_NOT_STARTED, /* IsSessionStarted false, status 1 or 3 */
-        POLICY_MAX_AGE,     /* status 1 or 3 */
+        POLICY_FAILED,        /* SessionStatus 4 */
+        POLICY_NOT_STARTED,   /* IsSessionStarted false, status 1 or 3 */
+        POLICY_MAX_AGE,       /* status 1 or 3 */
+        POLICY_OVER_CAPACITY, /* live sessions above capacity - keep_free */
 };
 
 struct policy {
         char *name;
         enum policy_kind kind;
-        uint64_t after_ms;
+        uint64_t after_ms;         /* over_capacity: the minimum age of a victim (default 0) */
         struct glob_list user_ids; /* empty: every user */
+        unsigned capacity;         /* over_capacity only: purchased concurrency */
+        unsigned keep_free;        /* over_capacity only: slots to keep free */
 };
 
 struct gateway_config {

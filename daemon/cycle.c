@@ -495,37 +495,92 @@ static size_t apply_share_fuse(struct cycle *c, size_t n_due) {
         return kept;
 }
 
+/* Appends a job; room is made only for what is due (usually nothing, not
+ * the whole list). */
+static int push_job(struct cycle *c, size_t *n, size_t *cap, const struct session *s,
+                    const struct policy *pol, uint64_t age_ms) {
+        if (*n == *cap) {
+                size_t ncap = *cap ? *cap * 2 : 16;
+                struct close_job *jobs = realloc(c->jobs, ncap * sizeof *jobs);
+
+                if (!jobs)
+                        return -ENOMEM;
+                c->jobs = jobs;
+                *cap = ncap;
+        }
+        c->jobs[(*n)++] = (struct close_job){
+                .cycle = c,
+                .session = s,
+                .policy = pol,
+                .age_ms = age_ms,
+        };
+        return 0;
+}
+
+static bool has_capacity_policy(const struct config *cfg) {
+        for (size_t i = 0; i < cfg->n_policies; i++)
+                if (cfg->policies[i].kind == POLICY_OVER_CAPACITY)
+                        return true;
+        return false;
+}
+
+/* The over_capacity policies pick their victims among what the timer
+ * policies left. */
+static int decide_capacity(struct cycle *c, const uint64_t *ages, size_t *n_due, size_t *cap) {
+        const struct session_list *l = c->list;
+        struct capacity_victim *victims = malloc(l->n * sizeof *victims);
+        bool *closing = calloc(l->n, sizeof *closing);
+        size_t n_victims = 0;
+        int r = -ENOMEM;
+
+        if (!victims || !closing)
+                goto out;
+        for (size_t j = 0; j < *n_due; j++)
+                closing[c->jobs[j].session - l->items] = true;
+        r = policy_capacity_victims(c->env.config, l, ages, closing, victims, &n_victims);
+        for (size_t v = 0; r >= 0 && v < n_victims; v++)
+                r = push_job(c, n_due, cap, &l->items[victims[v].index], victims[v].policy,
+                             ages[victims[v].index]);
+out:
+        free(victims);
+        free(closing);
+        return r;
+}
+
 /* Returns 0, or -ENOMEM (nothing is then closed). */
 static int decide(struct cycle *c) {
         const struct config *cfg = c->env.config;
         int64_t now = now_mono_ms();
         size_t n_due = 0, n_ready = 0, cap = 0;
+        uint64_t *ages = NULL;
+        int r;
 
+        if (has_capacity_policy(cfg) && c->list->n > 0) {
+                ages = malloc(c->list->n * sizeof *ages);
+                if (!ages)
+                        return -ENOMEM;
+        }
         for (size_t i = 0; i < c->list->n; i++) {
                 const struct session *s = &c->list->items[i];
                 struct decision d;
 
                 policy_decide(cfg, s, state_age_ms(c->env.state, s->session_id, now), &d);
+                if (ages)
+                        ages[i] = d.age_ms;
                 if (d.kind == DECISION_PROTECTED && d.policy && d.age_ms >= d.policy->after_ms)
                         c->res.protected_due++;
                 if (d.kind != DECISION_CLOSE)
                         continue;
-                /* Room only for what is due: usually nothing, not the whole list. */
-                if (n_due == cap) {
-                        size_t ncap = cap ? cap * 2 : 16;
-                        struct close_job *jobs = realloc(c->jobs, ncap * sizeof *jobs);
-
-                        if (!jobs)
-                                return -ENOMEM;
-                        c->jobs = jobs;
-                        cap = ncap;
+                if (push_job(c, &n_due, &cap, s, d.policy, d.age_ms) < 0) {
+                        free(ages);
+                        return -ENOMEM;
                 }
-                c->jobs[n_due++] = (struct close_job){
-                        .cycle = c,
-                        .session = s,
-                        .policy = d.policy,
-                        .age_ms = d.age_ms,
-                };
+        }
+        if (ages) {
+                r = decide_capacity(c, ages, &n_due, &cap);
+                free(ages);
+                if (r < 0)
+                        return r;
         }
         c->res.due = n_due;
         n_due = apply_share_fuse(c, n_due);

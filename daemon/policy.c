@@ -2,7 +2,9 @@
 
 #include <fnmatch.h>
 #include <stdbool.h>
+#include <errno.h>
 #include <stddef.h>
+#include <stdlib.h>
 
 static bool glob_match_any(const struct glob_list *l, const char *s) {
         for (size_t i = 0; i < l->n; i++)
@@ -27,6 +29,8 @@ static bool policy_matches(const struct policy *p, const struct session *s) {
                 return s->started == TRISTATE_FALSE && is_live(s->status);
         case POLICY_MAX_AGE:
                 return is_live(s->status);
+        case POLICY_OVER_CAPACITY:
+                return false; /* not a timer: see policy_capacity_victims() */
         }
         return false;
 }
@@ -69,4 +73,80 @@ const char *decision_to_string(const struct decision *d) {
         default:
                 return "keep";
         }
+}
+
+struct candidate {
+        size_t index;
+        int rank; /* 0 failed stream, 1 never started, 2 any other live session */
+        uint64_t age_ms;
+};
+
+static int compare_candidates(const void *a, const void *b) {
+        const struct candidate *x = a, *y = b;
+
+        if (x->rank != y->rank)
+                return x->rank < y->rank ? -1 : 1;
+        if (x->age_ms != y->age_ms)
+                return x->age_ms > y->age_ms ? -1 : 1; /* oldest first */
+        return x->index < y->index ? -1 : x->index > y->index;
+}
+
+static bool is_protected(const struct config *c, const struct session *s) {
+        return glob_match_any(&c->protect_session_ids, s->session_id) ||
+               glob_match_any(&c->protect_user_ids, s->user_id);
+}
+
+int policy_capacity_victims(const struct config *c, const struct session_list *l, const uint64_t *ages,
+                            bool *closing, struct capacity_victim *ret, size_t *ret_n) {
+        struct candidate *cand = NULL;
+        size_t n_victims = 0;
+
+        for (size_t p = 0; p < c->n_policies; p++) {
+                const struct policy *pol = &c->policies[p];
+                size_t live = 0, excess, n_cand = 0;
+
+                if (pol->kind != POLICY_OVER_CAPACITY)
+                        continue;
+                for (size_t i = 0; i < l->n; i++)
+                        live += is_live(l->items[i].status) && !closing[i];
+                if (live <= pol->capacity - pol->keep_free)
+                        continue;
+                excess = live - (pol->capacity - pol->keep_free);
+
+                if (!cand) {
+                        cand = malloc(l->n * sizeof *cand);
+                        if (!cand)
+                                return -ENOMEM;
+                }
+                for (size_t i = 0; i < l->n; i++) {
+                        const struct session *s = &l->items[i];
+
+                        if (closing[i] || (!is_live(s->status) && s->status != SESSION_STREAM_FAILED) ||
+                            ages[i] < pol->after_ms || is_protected(c, s) ||
+                            (pol->user_ids.n > 0 && !glob_match_any(&pol->user_ids, s->user_id)))
+                                continue;
+                        cand[n_cand++] = (struct candidate){
+                                .index = i,
+                                .rank = s->status == SESSION_STREAM_FAILED ? 0
+                                        : s->started == TRISTATE_FALSE     ? 1
+                                                                           : 2,
+                                .age_ms = ages[i],
+                        };
+                }
+                qsort(cand, n_cand, sizeof *cand, compare_candidates);
+                /* Every failed stream goes (it holds a slot and serves no one);
+                 * live sessions go only until the excess is gone. */
+                for (size_t k = 0; k < n_cand; k++) {
+                        if (cand[k].rank > 0) {
+                                if (excess == 0)
+                                        break;
+                                excess--;
+                        }
+                        closing[cand[k].index] = true;
+                        ret[n_victims++] = (struct capacity_victim){ cand[k].index, pol };
+                }
+        }
+        free(cand);
+        *ret_n = n_victims;
+        return 0;
 }

@@ -36,3 +36,20 @@ bool policy_session_is_live(const struct session *s);
 /* The share fuse: true when closing due_live of live_total live sessions is
  * more than fuse->max_share of them and more than fuse->min_sessions. */
 bool policy_share_fuse_trips(const struct fuse_config *fuse, size_t live_total, size_t due_live);
+
+struct capacity_victim {
+        size_t index; /* into the session list */
+        const struct policy *policy;
+};
+
+/* The over_capacity policies, in file order. For each one whose account has
+ * more live sessions (status 1 or 3, not already closing) than
+ * capacity - keep_free, picks sessions matching its selector that are not
+ * protected, not closing, and at least `after` old: every failed stream
+ * (status 4) first, then never-started live sessions, then the oldest live
+ * ones, until the live count is back to capacity - keep_free.
+ * ages[i] is the age of list item i; closing[i] says it is already to be
+ * closed this cycle, and is set for every victim. ret has room for l->n.
+ * Returns 0 or -ENOMEM. */
+int policy_capacity_victims(const struct config *c, const struct session_list *l, const uint64_t *ages,
+                            bool *closing, struct capacity_victim *ret, size_t *ret_n);

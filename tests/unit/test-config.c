@@ -191,7 +191,8 @@ static void test_wrong_types(void **state) {
                         "max_closes_per_cycle: expected a whole number from 1 to 1000000, got '-1'");
         assert_error_at(e, 9, 13, "protect.user_ids: expected a list of glob patterns");
         assert_error_at(e, 12, 11,
-                        "policies[0].kind: expected one of failed, not_started, max_age, got 'forever'");
+                        "policies[0].kind: expected one of failed, not_started, max_age, over_capacity, got "
+                        "'forever'");
         assert_error_at(e, 14, 5, "policies[1]: expected a mapping, got a scalar");
         /* Every error is collected, one per line. */
         assert_int_equal(count_lines(e), 9);
@@ -223,6 +224,32 @@ static void test_rules(void **state) {
 
         e = load("gateway:\n  url: ftp://127.0.0.1\n  appkey: k\npolicies: []\n", NULL);
         assert_error_at(e, 2, 8, "scheme must be https");
+        free(e);
+}
+
+static void test_over_capacity(void **state) {
+        struct config *c = NULL;
+        char *e;
+
+        (void) state;
+        assert_null(load("gateway: {appkey: k}\npolicies:\n"
+                         "  - {name: kiosks, kind: over_capacity, capacity: 20, keep_free: 2, user_ids: "
+                         "[\"kiosk-*\"]}\n",
+                         &c));
+        assert_int_equal(c->policies[0].kind, POLICY_OVER_CAPACITY);
+        assert_int_equal(c->policies[0].capacity, 20);
+        assert_int_equal(c->policies[0].keep_free, 2);
+        assert_int_equal(c->policies[0].after_ms, 0); /* optional for this kind */
+        config_free(c);
+
+        e = load("gateway: {appkey: k}\npolicies:\n"
+                 "  - {name: a, kind: over_capacity, keep_free: 2}\n"
+                 "  - {name: b, kind: over_capacity, capacity: 5, keep_free: 5}\n"
+                 "  - {name: c, kind: failed, after: 1m, capacity: 5}\n",
+                 NULL);
+        assert_error_at(e, 3, 5, "policies[0]: missing required key 'capacity'");
+        assert_error_at(e, 4, 5, "keep_free (5) must be less than capacity (5)");
+        assert_error_at(e, 5, 5, "capacity and keep_free apply only to kind over_capacity");
         free(e);
 }
 
@@ -307,6 +334,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_unknown_key_suggestion, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_wrong_types, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_rules, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_over_capacity, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_missing_and_empty, setup, teardown),
                 cmocka_unit_test(test_unreadable),
                 cmocka_unit_test_setup_teardown(test_junk, setup, teardown),

@@ -105,10 +105,76 @@ static void test_no_policies(void **state) {
         assert_null(d.policy);
 }
 
+static void test_capacity_victims(void **state) {
+        static char *kiosks[] = { "kiosk-*" };
+        struct policy pols[] = {
+                { .name = "never-started", .kind = POLICY_NOT_STARTED, .after_ms = 10 * MIN },
+                { .name = "overflow",
+                  .kind = POLICY_OVER_CAPACITY,
+                  .capacity = 10,
+                  .keep_free = 2,
+                  .user_ids = { kiosks, 1 } },
+        };
+        struct config c = { .protect_user_ids = { vip, 1 }, .policies = pols, .n_policies = 2 };
+        /* 12 live sessions: limit 10 - 2 = 8, so 4 must go. */
+        struct session items[] = {
+                { "a", "kiosk-1", 1, TRISTATE_TRUE }, /* 0: live, 1h old */
+                { "b", "kiosk-2", 1, TRISTATE_TRUE }, /* 1: live, 5h: the oldest started */
+                { "c", "kiosk-3", 3,
+                  TRISTATE_FALSE }, /* 2: never started, 1m (not yet due by never-started) */
+                { "d", "kiosk-4", 4, TRISTATE_FALSE },  /* 3: failed: first, does not count as live */
+                { "e", "vip-1", 1, TRISTATE_TRUE },     /* 4: protected, 9h */
+                { "f", "desk-1", 1, TRISTATE_TRUE },    /* 5: not selected, 9h */
+                { "g", "kiosk-5", 1, TRISTATE_FALSE },  /* 6: never started, 20m: due by never-started */
+                { "h", "kiosk-6", 1, TRISTATE_TRUE },   /* 7: live, 3h */
+                { "i", "kiosk-7", 1, TRISTATE_TRUE },   /* 8: live, 2h */
+                { "j", "kiosk-8", 1, TRISTATE_TRUE },   /* 9: live, 4m */
+                { "k", "kiosk-9", 1, TRISTATE_TRUE },   /* 10: live, 3m */
+                { "l", "desk-2", 1, TRISTATE_TRUE },    /* 11: not selected */
+                { "m", "desk-3", 3, TRISTATE_TRUE },    /* 12: not selected */
+                { "n", "kiosk-10", 2, TRISTATE_FALSE }, /* 13: closed: never */
+        };
+        uint64_t ages[] = { 1 * HOUR, 5 * HOUR, 1 * MIN, 1 * MIN, 9 * HOUR, 9 * HOUR, 20 * MIN,
+                            3 * HOUR, 2 * HOUR, 4 * MIN, 3 * MIN, 1 * MIN,  1 * MIN,  9 * HOUR };
+        struct session_list l = { .items = items, .n = ELEMENTSOF(items) };
+        bool closing[ELEMENTSOF(items)] = { false };
+        struct capacity_victim v[ELEMENTSOF(items)];
+        size_t n = 0;
+
+        (void) state;
+        closing[6] = true; /* the timer policy closes g this cycle */
+        /* live and not closing: a b c e f h i j k l m = 11; 11 - 8 = 3 to go */
+        assert_int_equal(policy_capacity_victims(&c, &l, ages, closing, v, &n), 0);
+        assert_int_equal(n, 4);
+        assert_int_equal(v[0].index, 3); /* failed first */
+        assert_int_equal(v[1].index, 2); /* then never started */
+        assert_int_equal(v[2].index, 1); /* then the oldest: b (5h) */
+        assert_int_equal(v[3].index, 7); /* h (3h) */
+        for (size_t k = 0; k < n; k++) {
+                assert_ptr_equal(v[k].policy, &pols[1]);
+                assert_true(closing[v[k].index]);
+        }
+        assert_false(closing[4]); /* protected */
+        assert_false(closing[5]); /* not selected */
+
+        /* Below the limit: nothing, not even failed streams. */
+        memset(closing, 0, sizeof closing);
+        pols[1].capacity = 20;
+        assert_int_equal(policy_capacity_victims(&c, &l, ages, closing, v, &n), 0);
+        assert_int_equal(n, 0);
+
+        /* `after` protects young sessions. */
+        pols[1].capacity = 10;
+        pols[1].after_ms = 2 * HOUR;
+        assert_int_equal(policy_capacity_victims(&c, &l, ages, closing, v, &n), 0);
+        assert_int_equal(n, 3); /* 12 live - 8 = 4 wanted, only b, h, i are old enough */
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_table),
                 cmocka_unit_test(test_no_policies),
+                cmocka_unit_test(test_capacity_victims),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
