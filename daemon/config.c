@@ -42,7 +42,7 @@ static const char *const top_keys[] = {
 };
 static const char *const fuse_keys[] = { "max_share", "min_sessions", NULL };
 static const char *const gateway_keys[] = {
-        "url", "appkey", "accesstoken_file", "ca_file", "timeout", "max_parallel", NULL,
+        "url", "appkey", "accesstoken_file", "ca_file", "timeout", "max_parallel", "project_ids", NULL,
 };
 static const char *const protect_keys[] = { "user_ids", "session_ids", NULL };
 static const char *const policy_keys[] = {
@@ -437,6 +437,13 @@ static void gateway_key(struct parser *p, const char *key, yaml_node_t *v, void 
                 get_duration(p, where, v, MIN_TIMEOUT_MS, &g->timeout_ms);
         } else if (strcmp(key, "max_parallel") == 0) {
                 get_uint(p, where, v, 1, MAX_PARALLEL_LIMIT, &g->max_parallel);
+        } else if (strcmp(key, "project_ids") == 0) {
+                get_glob_list(p, where, v, &g->project_ids);
+                for (size_t i = 0; i < g->project_ids.n; i++)
+                        for (size_t j = 0; j < i; j++)
+                                if (strcmp(g->project_ids.items[i], g->project_ids.items[j]) == 0)
+                                        diag(p, v, "%s: '%s' is listed twice", where,
+                                             g->project_ids.items[i]);
         }
 }
 
@@ -727,6 +734,7 @@ void config_free(struct config *c) {
         free(c->gateway.appkey);
         free(c->gateway.accesstoken_file);
         free(c->gateway.ca_file);
+        glob_list_free(&c->gateway.project_ids);
         free(c->state_file);
         free(c->metrics_file);
         glob_list_free(&c->protect_user_ids);

@@ -38,6 +38,7 @@ struct gateway_config {
         char *ca_file;          /* NULL: the system trust store */
         uint64_t timeout_ms;
         unsigned max_parallel;
+        struct glob_list project_ids; /* empty: listsessionofuin; else listsessionofprojectid per id */
 };
 
 struct fuse_config {

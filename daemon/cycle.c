@@ -59,12 +59,24 @@ struct cycle {
         bool stopping;
         bool dispatching;
         struct cycle_result res;
+        /* Listing per project (gateway.project_ids): one request each. */
+        struct project_list *projects;
+        size_t n_projects, projects_pending;
+        bool projects_failed;
+        char projects_error[600];
+        long projects_error_code, projects_retry_after_s;
+};
+
+struct project_list {
+        struct cycle *cycle;
+        const char *project_id; /* borrowed from the config */
+        struct session_list *list;
 };
 
 static void dispatch(struct cycle *c);
 
-static int post(struct cycle *c, const char *endpoint, const char *session_id, http_done_fn done,
-                void *userdata) {
+static int post(struct cycle *c, const char *endpoint, const char *session_id, const char *project_id,
+                http_done_fn done, void *userdata) {
         const struct config *cfg = c->env.config;
         char reqid[GATEWAY_REQID_LEN + 1];
         char *url = NULL, *body = NULL;
@@ -75,7 +87,7 @@ static int post(struct cycle *c, const char *endpoint, const char *session_id, h
                 ret = gateway_build_url(cfg->gateway.url, endpoint, cfg->gateway.appkey, c->env.creds->token,
                                         time(NULL), c->env.signer, &url);
         if (ret >= 0)
-                ret = gateway_build_body(reqid, session_id, &body);
+                ret = gateway_build_body(reqid, session_id, project_id, &body);
         if (ret >= 0)
                 ret = http_post_json(c->env.http, url, body, done, userdata);
         /* The URL carries a signature derived from the token: wipe it. */
@@ -327,7 +339,8 @@ static void close_done(const struct http_response *resp, void *userdata) {
         if (job->close_err.kind == GATEWAY_API_ERROR) {
                 /* Maybe the session went away between the list and now. */
                 job->phase = JOB_POSTCHECK;
-                if (post(job->cycle, "statsession", job->session->session_id, postcheck_done, job) >= 0)
+                if (post(job->cycle, "statsession", job->session->session_id, NULL, postcheck_done, job) >=
+                    0)
                         return;
         }
         close_failed(job, "closesession", job->close_err.message, 0);
@@ -337,7 +350,7 @@ static void start_close(struct close_job *job) {
         int ret;
 
         job->phase = JOB_CLOSE;
-        ret = post(job->cycle, "closesession", job->session->session_id, close_done, job);
+        ret = post(job->cycle, "closesession", job->session->session_id, NULL, close_done, job);
         if (ret < 0)
                 close_failed(job, "closesession", strerror(-ret), 0);
 }
@@ -413,7 +426,7 @@ static void dispatch(struct cycle *c) {
                         int ret;
 
                         job->phase = JOB_PRECHECK;
-                        ret = post(c, "statsession", job->session->session_id, precheck_done, job);
+                        ret = post(c, "statsession", job->session->session_id, NULL, precheck_done, job);
                         if (ret < 0)
                                 close_failed(job, "statsession before closing", strerror(-ret), 0);
                 } else {
@@ -618,6 +631,17 @@ static int decide(struct cycle *c) {
         return 0;
 }
 
+static void after_list(struct cycle *c);
+
+static void describe_list_error(int r, const struct gateway_error *err, char *buf, size_t n) {
+        if (r == -ENOMEM)
+                snprintf(buf, n, "out of memory while parsing the session list");
+        else
+                snprintf(buf, n, "%s%s",
+                         err->kind == GATEWAY_API_ERROR ? "API error: " : "malformed response: ",
+                         err->message);
+}
+
 static void list_done(const struct http_response *resp, void *userdata) {
         struct cycle *c = userdata;
         struct gateway_error err;
@@ -634,16 +658,70 @@ static void list_done(const struct http_response *resp, void *userdata) {
         ret = gateway_parse_list(resp->body, resp->body_len, &c->list, &err);
         record_call(c, "listsessionofuin", resp, ret, &err);
         if (ret < 0) {
-                if (ret == -ENOMEM)
-                        snprintf(buf, sizeof buf, "out of memory while parsing the session list");
-                else
-                        snprintf(buf, sizeof buf, "%s%s",
-                                 err.kind == GATEWAY_API_ERROR ? "API error: " : "malformed response: ",
-                                 err.message);
+                describe_list_error(ret, &err, buf, sizeof buf);
                 list_failed(c, buf, ret != -ENOMEM && err.kind == GATEWAY_API_ERROR ? err.code : 0, 0);
                 cycle_end(c);
                 return;
         }
+        after_list(c);
+}
+
+/* One project's list arrived. The cycle goes on once all have; if any
+ * failed, it decides nothing, like a failed listsessionofuin. */
+static void project_list_done(const struct http_response *resp, void *userdata) {
+        struct project_list *pl = userdata;
+        struct cycle *c = pl->cycle;
+        struct gateway_error err;
+        char buf[512];
+        int ret = -EIO;
+
+        memset(&err, 0, sizeof err);
+        if (transport_failed(resp, buf, sizeof buf))
+                record_call(c, "listsessionofprojectid", resp, -1, &err);
+        else {
+                ret = gateway_parse_list(resp->body, resp->body_len, &pl->list, &err);
+                record_call(c, "listsessionofprojectid", resp, ret, &err);
+                if (ret < 0)
+                        describe_list_error(ret, &err, buf, sizeof buf);
+        }
+        if (ret < 0 && !c->projects_failed) {
+                c->projects_failed = true;
+                snprintf(c->projects_error, sizeof c->projects_error, "project %s: %s", pl->project_id, buf);
+                c->projects_error_code = err.kind == GATEWAY_API_ERROR ? err.code : 0;
+                c->projects_retry_after_s = resp->retry_after_s;
+        }
+        if (--c->projects_pending > 0)
+                return;
+        if (!c->projects_failed) {
+                struct session_list **lists = malloc(c->n_projects * sizeof *lists);
+
+                if (lists) {
+                        for (size_t i = 0; i < c->n_projects; i++) {
+                                lists[i] = c->projects[i].list;
+                                c->projects[i].list = NULL;
+                        }
+                        ret = session_list_merge(lists, c->n_projects, &c->list);
+                        free(lists);
+                } else
+                        ret = -ENOMEM;
+                if (ret < 0) {
+                        c->projects_failed = true;
+                        snprintf(c->projects_error, sizeof c->projects_error,
+                                 "out of memory while merging the project lists");
+                }
+        }
+        if (c->projects_failed) {
+                list_failed(c, c->projects_error, c->projects_error_code, c->projects_retry_after_s);
+                cycle_end(c);
+                return;
+        }
+        after_list(c);
+}
+
+/* The list is in: record it, decide, close. */
+static void after_list(struct cycle *c) {
+        int ret;
+
         c->res.listed = c->list->n;
         metrics_listed(c->env.metrics, c->list);
         if (c->list->n_duplicates > 0)
@@ -684,6 +762,36 @@ static void list_done(const struct http_response *resp, void *userdata) {
         dispatch(c);
 }
 
+/* Sends listsessionofuin, or one listsessionofprojectid per configured
+ * project. Returns 0 when at least one request is under way. */
+static int start_listing(struct cycle *c) {
+        const struct glob_list *projects = &c->env.config->gateway.project_ids;
+        int r = 0;
+
+        if (projects->n == 0)
+                return post(c, "listsessionofuin", NULL, NULL, list_done, c);
+        c->projects = calloc(projects->n, sizeof *c->projects);
+        if (!c->projects)
+                return -ENOMEM;
+        c->n_projects = projects->n;
+        for (size_t i = 0; i < projects->n; i++) {
+                c->projects[i] = (struct project_list){ .cycle = c, .project_id = projects->items[i] };
+                r = post(c, "listsessionofprojectid", NULL, projects->items[i], project_list_done,
+                         &c->projects[i]);
+                if (r < 0)
+                        break;
+                c->projects_pending++;
+        }
+        if (r < 0 && c->projects_pending > 0) {
+                /* Some are under way: let them end, then fail the cycle. */
+                c->projects_failed = true;
+                snprintf(c->projects_error, sizeof c->projects_error, "cannot start request: %s",
+                         strerror(-r));
+                return 0;
+        }
+        return r;
+}
+
 int cycle_start(const struct cycle_env *env, cycle_done_fn done, void *userdata, struct cycle **ret) {
         struct cycle *c = calloc(1, sizeof *c);
         int r;
@@ -699,7 +807,7 @@ int cycle_start(const struct cycle_env *env, cycle_done_fn done, void *userdata,
         c->res.started_ms = now_mono_ms();
         ev_init(&c->resume_timer, resume_cb);
         c->resume_timer.data = c;
-        r = post(c, "listsessionofuin", NULL, list_done, c);
+        r = start_listing(c);
         if (r < 0) {
                 char buf[128];
                 struct log_field f[] = { { "IVH_ERROR", buf } };
@@ -707,6 +815,7 @@ int cycle_start(const struct cycle_env *env, cycle_done_fn done, void *userdata,
                 snprintf(buf, sizeof buf, "cannot start request: %s", strerror(-r));
                 log_struct(LOG_ERR, MESSAGE_ID_CYCLE_FAILED, f, 1,
                            "Failed to list sessions: %s; retrying next cycle", buf);
+                free(c->projects);
                 free(c);
                 return r;
         }
@@ -730,6 +839,9 @@ void cycle_free(struct cycle *c) {
         if (!c)
                 return;
         ev_timer_stop(c->env.loop, &c->resume_timer);
+        for (size_t i = 0; i < c->n_projects; i++)
+                session_list_free(c->projects[i].list);
+        free(c->projects);
         session_list_free(c->list);
         free(c->jobs);
         free(c);

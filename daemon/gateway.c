@@ -118,7 +118,7 @@ int gateway_new_reqid(char ret[GATEWAY_REQID_LEN + 1]) {
         return 0;
 }
 
-int gateway_build_body(const char *reqid, const char *session_id, char **ret_body) {
+int gateway_build_body(const char *reqid, const char *session_id, const char *project_id, char **ret_body) {
         cJSON *root = cJSON_CreateObject(), *payload;
         char *body = NULL;
 
@@ -130,6 +130,8 @@ int gateway_build_body(const char *reqid, const char *session_id, char **ret_bod
         if (!payload || !cJSON_AddStringToObject(payload, "ReqId", reqid))
                 goto out;
         if (session_id && !cJSON_AddStringToObject(payload, "SessionId", session_id))
+                goto out;
+        if (project_id && !cJSON_AddStringToObject(payload, "VirtualmanProjectId", project_id))
                 goto out;
         body = cJSON_PrintUnformatted(root);
 out:
@@ -324,7 +326,12 @@ int gateway_parse_list(const char *body, size_t len, struct session_list **ret_l
                 r = -ENOMEM;
                 goto out;
         }
-        l->json = root; /* the sessions' strings point into it */
+        l->docs = malloc(sizeof *l->docs);
+        if (!l->docs) {
+                r = -ENOMEM;
+                goto out;
+        }
+        l->docs[l->n_docs++] = root; /* the sessions' strings point into it */
         root = NULL;
         count = cJSON_IsArray(sessions) ? (size_t) cJSON_GetArraySize(sessions) : 0;
         if (count > 0) {
@@ -385,15 +392,57 @@ int gateway_parse_stat(const char *body, size_t len, struct stat_result *ret, st
 void session_list_free(struct session_list *l) {
         if (!l)
                 return;
-        if (l->json)
-                cJSON_Delete(l->json);
+        if (l->n_docs > 0)
+                for (size_t i = 0; i < l->n_docs; i++)
+                        cJSON_Delete(l->docs[i]);
         else
                 for (size_t i = 0; i < l->n; i++) {
                         free(l->items[i].session_id);
                         free(l->items[i].user_id);
                 }
+        free(l->docs);
         free(l->items);
         free(l);
+}
+
+int session_list_merge(struct session_list **lists, size_t n, struct session_list **ret) {
+        struct session_list *m = calloc(1, sizeof *m);
+        size_t items = 0, docs = 0;
+        int r = -ENOMEM;
+
+        for (size_t i = 0; i < n; i++) {
+                items += lists[i]->n;
+                docs += lists[i]->n_docs;
+        }
+        if (!m || !(m->items = calloc(items ? items : 1, sizeof *m->items)) ||
+            !(m->docs = calloc(docs ? docs : 1, sizeof *m->docs)))
+                goto out;
+        for (size_t i = 0; i < n; i++) {
+                if (lists[i]->n > 0)
+                        memcpy(m->items + m->n, lists[i]->items, lists[i]->n * sizeof *m->items);
+                m->n += lists[i]->n;
+                m->n_duplicates += lists[i]->n_duplicates;
+                if (lists[i]->n_docs > 0)
+                        memcpy(m->docs + m->n_docs, lists[i]->docs, lists[i]->n_docs * sizeof *m->docs);
+                m->n_docs += lists[i]->n_docs;
+                /* The merged list owns the items' strings and documents now. */
+                lists[i]->n = lists[i]->n_docs = 0;
+        }
+        {
+                size_t before = m->n_duplicates;
+
+                r = drop_duplicates(m);
+                m->n_duplicates += before;
+        }
+        if (r < 0)
+                goto out;
+        *ret = m;
+        m = NULL;
+out:
+        for (size_t i = 0; i < n; i++)
+                session_list_free(lists[i]);
+        session_list_free(m);
+        return r;
 }
 
 const char *session_status_to_string(int status) {

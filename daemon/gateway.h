@@ -33,9 +33,10 @@ struct session_list {
         struct session *items;
         size_t n;
         size_t n_duplicates; /* entries dropped because their SessionId came twice */
-        /* The parsed reply (a cJSON tree) the items' strings point into; NULL
-         * when the list owns its strings (lists built by hand). */
-        struct cJSON *json;
+        /* The parsed replies (cJSON trees) the items' strings point into;
+         * none when the list owns its strings (lists built by hand). */
+        struct cJSON **docs;
+        size_t n_docs;
 };
 
 /* What a response said when it was not a success. */
@@ -79,8 +80,9 @@ int gateway_build_url(const char *base, const char *endpoint, const char *appkey
 /* A fresh request id: 32 lowercase hex digits from getrandom(). */
 int gateway_new_reqid(char ret[GATEWAY_REQID_LEN + 1]);
 
-/* {"Header":{},"Payload":{"ReqId":..., "SessionId":...}}; session_id may be NULL. */
-int gateway_build_body(const char *reqid, const char *session_id, char **ret_body);
+/* {"Header":{},"Payload":{"ReqId":..., "SessionId":..., "VirtualmanProjectId":...}};
+ * session_id and project_id may be NULL. */
+int gateway_build_body(const char *reqid, const char *session_id, const char *project_id, char **ret_body);
 
 /* Parses a listsessionofuin reply. Returns 0 with *ret_list, -EPROTO with err
  * filled in for an API error or a malformed reply, or -ENOMEM. */
@@ -94,6 +96,11 @@ int gateway_parse_ack(const char *body, size_t len, struct gateway_error *err);
 int gateway_parse_stat(const char *body, size_t len, struct stat_result *ret, struct gateway_error *err);
 
 void session_list_free(struct session_list *l);
+
+/* Moves the sessions of n lists (one per project) into one, dropping
+ * SessionIds that appear more than once. The inputs are consumed, also on
+ * failure. Returns 0 or -ENOMEM. */
+int session_list_merge(struct session_list **lists, size_t n, struct session_list **ret);
 
 /* cJSON_ParseWithLength() that also refuses anything after the value. */
 struct cJSON *json_parse_exact(const char *text, size_t len);

@@ -11,7 +11,7 @@ import time
 import unittest
 import uuid
 
-from harness import TOKEN, DaemonTest, wait_for
+from harness import BINARY, TOKEN, DaemonTest, wait_for
 from gateway_sim import STREAM_FAILED
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
@@ -89,6 +89,24 @@ class Journal(DaemonTest):
         self.assertEqual(summaries[0]["IVH_CLOSED"], "1")
         self.assertEqual(summaries[0]["IVH_LISTED"], "1")
         self.assertNotIn(TOKEN, json.dumps(everything))
+
+    def test_auto_target_follows_journal_stream(self):
+        # Under systemd, stderr is a journal stream and $JOURNAL_STREAM names
+        # it (device:inode); "auto" then logs natively to the journal.
+        user = "auto-" + uuid.uuid4().hex[:12]
+        self.gw.add_session(user, STREAM_FAILED)
+        self.write_config([("failed-streams", "failed", "0s")])
+        err_path = os.path.join(self.dir, "stderr")
+        with open(err_path, "w") as err:
+            st = os.fstat(err.fileno())
+            env = self.env()
+            env["JOURNAL_STREAM"] = "%d:%d" % (st.st_dev, st.st_ino)
+            p = subprocess.run([BINARY, "--config", self.config_file, "--once"],
+                               env=env, stdout=subprocess.DEVNULL, stderr=err, timeout=60)
+        self.assertEqual(p.returncode, 0)
+        with open(err_path) as f:
+            self.assertEqual(f.read(), "", "auto chose the journal: nothing on stderr")
+        wait_for(lambda: journal("IVH_USER_ID=" + user), what="the entry in the journal")
 
     def test_failed_list_entry(self):
         self.gw.add_fault("listsessionofuin", "api_error", code=10777, message="quota " + uuid.uuid4().hex)

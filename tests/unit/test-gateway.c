@@ -83,11 +83,16 @@ static void test_build_body(void **state) {
         char *body = NULL;
 
         (void) state;
-        assert_int_equal(gateway_build_body("d7aa08da33dd4a662ad5be508c5b77cf", NULL, &body), 0);
+        assert_int_equal(gateway_build_body("d7aa08da33dd4a662ad5be508c5b77cf", NULL, NULL, &body), 0);
         assert_string_equal(body,
                             "{\"Header\":{},\"Payload\":{\"ReqId\":\"d7aa08da33dd4a662ad5be508c5b77cf\"}}");
         free(body);
-        assert_int_equal(gateway_build_body("d7aa08da33dd4a662ad5be508c5b77cf", "m\"1", &body), 0);
+        assert_int_equal(gateway_build_body("d7aa08da33dd4a662ad5be508c5b77cf", NULL, "proj-1", &body), 0);
+        assert_string_equal(body,
+                            "{\"Header\":{},\"Payload\":{\"ReqId\":\"d7aa08da33dd4a662ad5be508c5b77cf\","
+                            "\"VirtualmanProjectId\":\"proj-1\"}}");
+        free(body);
+        assert_int_equal(gateway_build_body("d7aa08da33dd4a662ad5be508c5b77cf", "m\"1", NULL, &body), 0);
         assert_string_equal(body,
                             "{\"Header\":{},\"Payload\":{\"ReqId\":\"d7aa08da33dd4a662ad5be508c5b77cf\","
                             "\"SessionId\":\"m\\\"1\"}}");
@@ -238,6 +243,27 @@ static void test_parse_ack_and_stat(void **state) {
         assert_int_equal(gateway_parse_stat(ok, strlen(ok), &st, &err), -EPROTO);
 }
 
+static void test_merge(void **state) {
+        struct session_list *lists[3];
+        struct session_list *m = NULL;
+
+        (void) state;
+        lists[0] = parse_ok("{\"Header\":{\"Code\":0},\"Payload\":{\"Sessions\":["
+                            "{\"UserId\":\"a\",\"SessionId\":\"x\",\"SessionStatus\":1},"
+                            "{\"UserId\":\"b\",\"SessionId\":\"y\",\"SessionStatus\":4}]}}");
+        lists[1] = parse_ok("{\"Header\":{\"Code\":0},\"Payload\":{\"Sessions\":null}}");
+        lists[2] = parse_ok("{\"Header\":{\"Code\":0},\"Payload\":{\"Sessions\":["
+                            "{\"UserId\":\"c\",\"SessionId\":\"y\",\"SessionStatus\":1},"
+                            "{\"UserId\":\"d\",\"SessionId\":\"z\",\"SessionStatus\":3}]}}");
+        assert_int_equal(session_list_merge(lists, 3, &m), 0);
+        assert_int_equal(m->n, 3);
+        assert_int_equal(m->n_duplicates, 1);
+        assert_string_equal(m->items[0].session_id, "x");
+        assert_string_equal(m->items[1].user_id, "b"); /* the first "y" wins */
+        assert_string_equal(m->items[2].session_id, "z");
+        session_list_free(m);
+}
+
 static void test_parse_not_nul_terminated(void **state) {
         /* The parser must honour the length and never read past it. */
         const char text[] = "{\"Header\":{\"Code\":0},\"Payload\":{}}";
@@ -264,6 +290,7 @@ int main(void) {
                 cmocka_unit_test(test_parse_list_api_error),
                 cmocka_unit_test(test_parse_list_junk),
                 cmocka_unit_test(test_parse_ack_and_stat),
+                cmocka_unit_test(test_merge),
                 cmocka_unit_test(test_parse_not_nul_terminated),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
