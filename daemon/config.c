@@ -38,9 +38,13 @@ static const char *const top_keys[] = {
         "fuse",
         "recheck_before_close",
         "metrics_file",
+        "accounts",
         NULL,
 };
 static const char *const fuse_keys[] = { "max_share", "min_sessions", NULL };
+static const char *const account_keys[] = {
+        "name", "appkey", "accesstoken_file", "url", "project_ids", "policies", "protect", NULL,
+};
 static const char *const gateway_keys[] = {
         "url", "appkey", "accesstoken_file", "ca_file", "timeout", "max_parallel", "project_ids", NULL,
 };
@@ -55,6 +59,10 @@ static const char *const kind_names[] = {
         [POLICY_MAX_AGE] = "max_age",
         [POLICY_OVER_CAPACITY] = "over_capacity",
 };
+
+const char *config_account_name(const struct config *c) {
+        return c->account ? c->account : "default";
+}
 
 const char *policy_kind_to_string(enum policy_kind k) {
         return (size_t) k < ELEMENTSOF(kind_names) ? kind_names[k] : "unknown";
@@ -591,9 +599,9 @@ static void top_key(struct parser *p, const char *key, yaml_node_t *v, void *use
         struct config *c = userdata;
 
         if (strcmp(key, "gateway") == 0) {
-                static const char *const required[] = { "appkey", NULL };
                 walk_mapping(p, "gateway", v, gateway_keys, gateway_key, &c->gateway);
-                require_keys(p, "gateway", v, required);
+        } else if (strcmp(key, "accounts") == 0) {
+                /* Parsed after the top level, whose settings accounts inherit. */
         } else if (strcmp(key, "poll_interval") == 0)
                 get_duration(p, key, v, MIN_POLL_INTERVAL_MS, &c->poll_interval_ms);
         else if (strcmp(key, "state_file") == 0)
@@ -630,9 +638,169 @@ static int config_defaults(struct config *c, const char *path) {
         return c->path && c->gateway.url && c->state_file ? 0 : -ENOMEM;
 }
 
+static yaml_node_t *find_value(struct parser *p, yaml_node_t *map, const char *key) {
+        if (!map || map->type != YAML_MAPPING_NODE)
+                return NULL;
+        for (yaml_node_pair_t *pair = map->data.mapping.pairs.start; pair < map->data.mapping.pairs.top;
+             pair++) {
+                const char *k = scalar(node_get(p, pair->key));
+                if (k && strcmp(k, key) == 0)
+                        return node_get(p, pair->value);
+        }
+        return NULL;
+}
+
+static int glob_list_copy(struct glob_list *dst, const struct glob_list *src) {
+        if (src->n == 0)
+                return 0;
+        dst->items = calloc(src->n, sizeof(char *));
+        if (!dst->items)
+                return -ENOMEM;
+        for (; dst->n < src->n; dst->n++)
+                if (!(dst->items[dst->n] = strdup(src->items[dst->n])))
+                        return -ENOMEM;
+        return 0;
+}
+
+/* "state.json" + "prod" -> "state.prod.json"; "state" -> "state.prod". */
+static char *account_state_file(const char *state_file, const char *name) {
+        size_t len = strlen(state_file);
+        char *r = NULL;
+
+        if (len > 5 && strcmp(state_file + len - 5, ".json") == 0) {
+                if (asprintf(&r, "%.*s.%s.json", (int) (len - 5), state_file, name) < 0)
+                        r = NULL;
+        } else if (asprintf(&r, "%s.%s", state_file, name) < 0)
+                r = NULL;
+        return r;
+}
+
+/* An account starts as a copy of the top level's settings. */
+static struct config *account_new(struct parser *p, const struct config *top) {
+        struct config *a = calloc(1, sizeof *a);
+
+        if (!a) {
+                p->oom = true;
+                return NULL;
+        }
+        a->path = strdup(top->path);
+        a->gateway.url = strdup(top->gateway.url);
+        a->gateway.ca_file = strdup_or_null(top->gateway.ca_file);
+        a->gateway.timeout_ms = top->gateway.timeout_ms;
+        a->gateway.max_parallel = top->gateway.max_parallel;
+        a->poll_interval_ms = top->poll_interval_ms;
+        a->dry_run = top->dry_run;
+        a->recheck_before_close = top->recheck_before_close;
+        a->max_closes_per_cycle = top->max_closes_per_cycle;
+        a->fuse = top->fuse;
+        if (!a->path || !a->gateway.url || (top->gateway.ca_file && !a->gateway.ca_file) ||
+            glob_list_copy(&a->protect_user_ids, &top->protect_user_ids) < 0 ||
+            glob_list_copy(&a->protect_session_ids, &top->protect_session_ids) < 0) {
+                p->oom = true;
+                config_free(a);
+                return NULL;
+        }
+        return a;
+}
+
+static int glob_list_append(struct glob_list *dst, const struct glob_list *more) {
+        char **items;
+
+        if (more->n == 0)
+                return 0;
+        items = realloc(dst->items, (dst->n + more->n) * sizeof(char *));
+        if (!items)
+                return -ENOMEM;
+        dst->items = items;
+        for (size_t i = 0; i < more->n; i++)
+                if (!(dst->items[dst->n] = strdup(more->items[i])))
+                        return -ENOMEM;
+                else
+                        dst->n++;
+        return 0;
+}
+
+struct account_ctx {
+        struct config *a;
+        char where[64];
+};
+
+static void account_key(struct parser *p, const char *key, yaml_node_t *v, void *userdata) {
+        struct account_ctx *ctx = userdata;
+        struct config *a = ctx->a;
+        char where[96];
+
+        snprintf(where, sizeof where, "%s.%s", ctx->where, key);
+        if (strcmp(key, "name") == 0) {
+                const char *s = scalar(v);
+
+                get_string(p, where, v, false, &a->account);
+                if (s && !is_null(v) && *s &&
+                    strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_") !=
+                            strlen(s))
+                        diag(p, v, "%s: may contain only letters, digits, '-' and '_'", where);
+        } else if (strcmp(key, "policies") == 0) {
+                parse_policies(p, v, a);
+        } else if (strcmp(key, "protect") == 0) {
+                struct config extra = { 0 };
+
+                if (!is_null(v))
+                        walk_mapping(p, where, v, protect_keys, protect_key, &extra);
+                if (glob_list_append(&a->protect_user_ids, &extra.protect_user_ids) < 0 ||
+                    glob_list_append(&a->protect_session_ids, &extra.protect_session_ids) < 0)
+                        p->oom = true;
+                glob_list_free(&extra.protect_user_ids);
+                glob_list_free(&extra.protect_session_ids);
+        } else {
+                /* appkey, accesstoken_file, url, project_ids: as under gateway: */
+                gateway_key(p, key, v, &a->gateway);
+        }
+}
+
+static void parse_accounts(struct parser *p, yaml_node_t *n, struct config *top) {
+        static const char *const required[] = { "name", "appkey", "policies", NULL };
+        size_t count;
+
+        if (n->type != YAML_SEQUENCE_NODE) {
+                diag(p, n, "accounts: expected a list of accounts, got %s", node_type_name(n));
+                return;
+        }
+        count = (size_t) (n->data.sequence.items.top - n->data.sequence.items.start);
+        if (count == 0) {
+                diag(p, n, "accounts: expected at least one account");
+                return;
+        }
+        top->accounts = calloc(count, sizeof *top->accounts);
+        if (!top->accounts) {
+                p->oom = true;
+                return;
+        }
+        for (size_t i = 0; i < count; i++) {
+                yaml_node_t *item = node_get(p, n->data.sequence.items.start[i]);
+                struct account_ctx ctx;
+                struct config *a;
+
+                if (!item || !(a = account_new(p, top)))
+                        continue;
+                top->accounts[top->n_accounts++] = a;
+                ctx.a = a;
+                snprintf(ctx.where, sizeof ctx.where, "accounts[%zu]", i);
+                walk_mapping(p, ctx.where, item, account_keys, account_key, &ctx);
+                require_keys(p, ctx.where, item, required);
+                if (!a->account)
+                        continue;
+                for (size_t j = 0; j + 1 < top->n_accounts; j++)
+                        if (top->accounts[j]->account && strcmp(top->accounts[j]->account, a->account) == 0)
+                                diag(p, item, "%s: account name '%s' is already used by accounts[%zu]",
+                                     ctx.where, a->account, j);
+                a->state_file = account_state_file(top->state_file, a->account);
+                if (!a->state_file)
+                        p->oom = true;
+        }
+}
+
 static void parse_document(struct parser *p, struct config *c) {
-        static const char *const required[] = { "gateway", "policies", NULL };
-        yaml_node_t *root = yaml_document_get_root_node(p->doc);
+        yaml_node_t *root = yaml_document_get_root_node(p->doc), *accounts, *gateway;
 
         if (!root) {
                 yaml_mark_t start = { 0 };
@@ -640,7 +808,29 @@ static void parse_document(struct parser *p, struct config *c) {
                 return;
         }
         walk_mapping(p, "top level", root, top_keys, top_key, c);
-        require_keys(p, "top level", root, required);
+        if (root->type != YAML_MAPPING_NODE)
+                return;
+        accounts = find_value(p, root, "accounts");
+        gateway = find_value(p, root, "gateway");
+        if (!accounts) {
+                static const char *const required[] = { "gateway", "policies", NULL };
+                static const char *const required_gateway[] = { "appkey", NULL };
+
+                require_keys(p, "top level", root, required);
+                if (gateway)
+                        require_keys(p, "gateway", gateway, required_gateway);
+                return;
+        }
+        /* With accounts, what is per account cannot also be global. */
+        if (find_value(p, root, "policies"))
+                diag(p, root, "top level: 'policies' belongs in each account when 'accounts' is used");
+        for (const char *const *k =
+                     (const char *const[]){ "appkey", "accesstoken_file", "project_ids", NULL };
+             *k; k++)
+                if (find_value(p, gateway, *k))
+                        diag(p, find_value(p, gateway, *k),
+                             "gateway.%s: belongs in each account when 'accounts' is used", *k);
+        parse_accounts(p, accounts, c);
 }
 
 static int load_yaml(struct parser *p, const char *data, size_t size, struct config *c) {
@@ -729,6 +919,10 @@ out:
 void config_free(struct config *c) {
         if (!c)
                 return;
+        for (size_t i = 0; i < c->n_accounts; i++)
+                config_free(c->accounts[i]);
+        free(c->accounts);
+        free(c->account);
         free(c->path);
         free(c->gateway.url);
         free(c->gateway.appkey);

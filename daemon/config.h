@@ -48,6 +48,7 @@ struct fuse_config {
 
 struct config {
         char *path;
+        char *account; /* the account's name; NULL for the single-gateway form */
         struct gateway_config gateway;
         uint64_t poll_interval_ms;
         char *state_file;
@@ -60,6 +61,12 @@ struct config {
         struct glob_list protect_session_ids;
         struct policy *policies;
         size_t n_policies;
+        /* With `accounts:`, one complete configuration per account (its own
+         * gateway, token source, policies, protect lists and state file; the
+         * rest inherited from the top level). The top level then has no
+         * policies of its own. Each entry is owned here until taken. */
+        struct config **accounts;
+        size_t n_accounts;
 };
 
 /* Loads and validates path. On success returns 0 and *ret_config. On a
@@ -72,6 +79,9 @@ int config_load(const char *path, struct config **ret_config, char **ret_errors)
 void config_free(struct config *c);
 
 const char *policy_kind_to_string(enum policy_kind k);
+
+/* The account's name for logs and metrics: "default" for the single form. */
+const char *config_account_name(const struct config *c);
 
 /* Whether host names the local machine: localhost, 127.0.0.0/8 or ::1. */
 bool config_host_is_loopback(const char *host);

@@ -1,5 +1,6 @@
 #include "credentials.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -74,25 +75,37 @@ static int load_file(const char *path, struct credentials *c, char *errbuf, size
         return 0;
 }
 
-int credentials_load(const struct gateway_config *g, const struct credentials *previous,
+int credentials_load(const struct gateway_config *g, const struct credentials *previous, const char *account,
                      struct credentials **ret, char *errbuf, size_t errlen) {
+        char cred_name[128], env_name[128], path[PATH_MAX];
         struct credentials *c;
         const char *dir;
         char *env;
         int r;
+
+        /* Per account: credential accesstoken-NAME, variable IVH_ACCESS_TOKEN_NAME. */
+        snprintf(cred_name, sizeof cred_name, "accesstoken%s%s", account ? "-" : "", account ? account : "");
+        snprintf(env_name, sizeof env_name, "IVH_ACCESS_TOKEN%s", account ? "_" : "");
+        {
+                size_t i = strlen(env_name);
+
+                for (const char *k = account; k && *k && i + 1 < sizeof env_name; k++)
+                        env_name[i++] =
+                                (char) (isalnum((unsigned char) *k) ? toupper((unsigned char) *k) : '_');
+                env_name[i] = '\0';
+        }
 
         c = calloc(1, sizeof *c);
         if (!c)
                 return -ENOMEM;
 
         dir = getenv("CREDENTIALS_DIRECTORY");
-        env = getenv("IVH_ACCESS_TOKEN");
+        if (dir && *dir)
+                snprintf(path, sizeof path, "%s/%s", dir, cred_name);
+        env = getenv(env_name);
         if (g->accesstoken_file) {
                 r = load_file(g->accesstoken_file, c, errbuf, errlen);
-        } else if (dir && *dir) {
-                char path[PATH_MAX];
-
-                snprintf(path, sizeof path, "%s/accesstoken", dir);
+        } else if (dir && *dir && access(path, F_OK) == 0) {
                 r = load_file(path, c, errbuf, errlen);
         } else if (env) {
                 size_t len = strlen(env);
@@ -104,11 +117,11 @@ int credentials_load(const struct gateway_config *g, const struct credentials *p
                         free(raw);
                 }
                 if (r < 0)
-                        snprintf(errbuf, errlen, "IVH_ACCESS_TOKEN: %s",
+                        snprintf(errbuf, errlen, "%s: %s", env_name,
                                  r == -ENODATA ? "is empty"
                                                : "contains white space or non-printable characters");
                 else {
-                        snprintf(c->source, sizeof c->source, "environment variable IVH_ACCESS_TOKEN");
+                        snprintf(c->source, sizeof c->source, "environment variable %s", env_name);
                         c->from_env = true;
                 }
         } else if (previous && previous->from_env) {
@@ -118,15 +131,17 @@ int credentials_load(const struct gateway_config *g, const struct credentials *p
                 c->from_env = true;
         } else {
                 snprintf(errbuf, errlen,
-                         "no access token: set gateway.accesstoken_file, provide the credential "
-                         "'accesstoken' (LoadCredential=), or set IVH_ACCESS_TOKEN");
+                         "no access token%s%s: set %saccesstoken_file, provide the credential '%s' "
+                         "(LoadCredential=), or set %s",
+                         account ? " for account " : "", account ? account : "",
+                         account ? "the account's " : "gateway.", cred_name, env_name);
                 r = -ENOKEY;
         }
         /* Keep the token out of /proc/PID/environ (which shows the original
          * environment block, so wipe it in place) and out of any child. */
         if (env) {
                 explicit_bzero(env, strlen(env));
-                unsetenv("IVH_ACCESS_TOKEN");
+                unsetenv(env_name);
         }
         if (r < 0) {
                 credentials_free(c);

@@ -13,13 +13,16 @@ struct credentials {
 };
 
 /* Looks for the token in gateway.accesstoken_file, then
- * $CREDENTIALS_DIRECTORY/accesstoken, then $IVH_ACCESS_TOKEN (which is then
- * wiped from the environment). A token file readable by others is refused.
+ * $CREDENTIALS_DIRECTORY/accesstoken (if it exists), then $IVH_ACCESS_TOKEN
+ * (which is then wiped from the environment). For a named account (account
+ * non-NULL): the account's accesstoken_file, the credential
+ * accesstoken-NAME, then $IVH_ACCESS_TOKEN_NAME (NAME upper-cased, other
+ * characters as '_'). A token file readable by others is refused.
  * On reload, pass the running credentials as previous: a token that came from
  * the (since wiped) environment is then carried over when no file names one.
  * Returns 0, or a negative errno with a message (never containing the token)
  * written to errbuf. */
-int credentials_load(const struct gateway_config *g, const struct credentials *previous,
+int credentials_load(const struct gateway_config *g, const struct credentials *previous, const char *account,
                      struct credentials **ret, char *errbuf, size_t errlen);
 
 void credentials_free(struct credentials *c);

@@ -1,6 +1,7 @@
 #include "cycle.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
@@ -75,6 +76,25 @@ struct project_list {
 
 static void dispatch(struct cycle *c);
 
+/* log_struct() with the cycle's account added to the fields. */
+static void cycle_log(struct cycle *c, int priority, const char *message_id, const struct log_field *fields,
+                      size_t n, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+
+static void cycle_log(struct cycle *c, int priority, const char *message_id, const struct log_field *fields,
+                      size_t n, const char *fmt, ...) {
+        struct log_field all[16];
+        va_list ap;
+
+        if (n > ELEMENTSOF(all) - 1)
+                n = ELEMENTSOF(all) - 1;
+        for (size_t i = 0; i < n; i++)
+                all[i] = fields[i];
+        all[n++] = (struct log_field){ "IVH_ACCOUNT", c->env.account };
+        va_start(ap, fmt);
+        log_structv(priority, message_id, all, n, fmt, ap);
+        va_end(ap);
+}
+
 static int post(struct cycle *c, const char *endpoint, const char *session_id, const char *project_id,
                 http_done_fn done, void *userdata) {
         const struct config *cfg = c->env.config;
@@ -141,6 +161,7 @@ static uint32_t random_u32(void) {
 }
 
 static void log_reclaim(struct close_job *job, enum outcome outcome, const char *detail) {
+        struct cycle *c = job->cycle;
         const struct session *s = job->session;
         char age[32], status[16], age_h[32], code[32], id[96], user[96];
         struct log_field f[10];
@@ -165,33 +186,33 @@ static void log_reclaim(struct close_job *job, enum outcome outcome, const char 
         }
         sanitize_printable(s->session_id, id, sizeof id);
         sanitize_printable(s->user_id, user, sizeof user);
-        if (metrics_reclaim(job->cycle->env.metrics, job->policy->name, outcome_names[outcome]) < 0)
-                log_warning("Out of memory counting a reclaim in the metrics");
+        if (metrics_reclaim(c->env.metrics, job->policy->name, outcome_names[outcome]) < 0)
+                cycle_log(c, LOG_WARNING, NULL, NULL, 0, "Out of memory counting a reclaim in the metrics");
 
         switch (outcome) {
         case OUTCOME_CLOSED:
-                log_struct(LOG_NOTICE, MESSAGE_ID_RECLAIM, f, n,
-                           "Reclaimed session %s of user '%s' (policy %s, first seen %s ago)", id, user,
-                           job->policy->name, age_h);
+                cycle_log(c, LOG_NOTICE, MESSAGE_ID_RECLAIM, f, n,
+                          "Reclaimed session %s of user '%s' (policy %s, first seen %s ago)", id, user,
+                          job->policy->name, age_h);
                 break;
         case OUTCOME_ALREADY_CLOSED:
-                log_struct(LOG_INFO, MESSAGE_ID_RECLAIM, f, n,
-                           "Session %s of user '%s' was already gone when policy %s closed it", id, user,
-                           job->policy->name);
+                cycle_log(c, LOG_INFO, MESSAGE_ID_RECLAIM, f, n,
+                          "Session %s of user '%s' was already gone when policy %s closed it", id, user,
+                          job->policy->name);
                 break;
         case OUTCOME_DRY_RUN:
-                log_struct(LOG_NOTICE, MESSAGE_ID_RECLAIM, f, n,
-                           "Would reclaim session %s of user '%s' (policy %s, first seen %s ago); dry run",
-                           id, user, job->policy->name, age_h);
+                cycle_log(c, LOG_NOTICE, MESSAGE_ID_RECLAIM, f, n,
+                          "Would reclaim session %s of user '%s' (policy %s, first seen %s ago); dry run",
+                          id, user, job->policy->name, age_h);
                 break;
         case OUTCOME_SKIPPED:
-                log_struct(LOG_INFO, MESSAGE_ID_RECLAIM, f, n,
-                           "Not reclaiming session %s of user '%s' after all: %s", id, user, detail);
+                cycle_log(c, LOG_INFO, MESSAGE_ID_RECLAIM, f, n,
+                          "Not reclaiming session %s of user '%s' after all: %s", id, user, detail);
                 break;
         case OUTCOME_FAILED:
-                log_struct(LOG_WARNING, MESSAGE_ID_RECLAIM, f, n,
-                           "Failed to reclaim session %s of user '%s' (policy %s): %s; will retry", id, user,
-                           job->policy->name, detail ? detail : "unknown error");
+                cycle_log(c, LOG_WARNING, MESSAGE_ID_RECLAIM, f, n,
+                          "Failed to reclaim session %s of user '%s' (policy %s): %s; will retry", id, user,
+                          job->policy->name, detail ? detail : "unknown error");
                 break;
         }
 }
@@ -224,11 +245,11 @@ static void cycle_end(struct cycle *c) {
         snprintf(f_backoff, sizeof f_backoff, "%zu", res->backing_off);
         snprintf(f_fused, sizeof f_fused, "%zu", res->fused);
         if (!c->env.plan_out)
-                log_struct(res->list_failed ? LOG_WARNING : LOG_INFO, MESSAGE_ID_CYCLE, f, ELEMENTSOF(f),
-                           "Cycle %s: listed=%s due=%s closed=%s already_closed=%s failed=%s skipped=%s "
-                           "deferred=%s backing_off=%s fused=%s protected=%s dry_run=%s duration=%sms",
-                           res->list_failed ? "failed" : "done", f_listed, f_due, f_closed, f_already,
-                           f_failed, f_skipped, f_deferred, f_backoff, f_fused, f_protected, f_dry, f_dur);
+                cycle_log(c, res->list_failed ? LOG_WARNING : LOG_INFO, MESSAGE_ID_CYCLE, f, ELEMENTSOF(f),
+                          "Cycle %s: listed=%s due=%s closed=%s already_closed=%s failed=%s skipped=%s "
+                          "deferred=%s backing_off=%s fused=%s protected=%s dry_run=%s duration=%sms",
+                          res->list_failed ? "failed" : "done", f_listed, f_due, f_closed, f_already,
+                          f_failed, f_skipped, f_deferred, f_backoff, f_fused, f_protected, f_dry, f_dur);
         c->done(c, &c->res, c->userdata);
 }
 
@@ -256,8 +277,8 @@ static void job_done(struct close_job *job, enum outcome outcome, const char *de
                                                                        : cfg->poll_interval_ms;
                 if (retry_failed(c->env.retries, id, now_mono_ms(), cfg->poll_interval_ms, cap,
                                  (uint64_t) retry_after_s * 1000, random_u32()) < 0)
-                        log_warning(
-                                "Out of memory recording a retry; the session is tried again next cycle");
+                        cycle_log(c, LOG_WARNING, NULL, NULL, 0,
+                                  "Out of memory recording a retry; the session is tried again next cycle");
                 break;
         }
         case OUTCOME_SKIPPED:
@@ -273,15 +294,18 @@ static void job_done(struct close_job *job, enum outcome outcome, const char *de
                 uint64_t pause_ms = (uint64_t) retry_after_s * 1000;
 
                 if (pause_ms < cfg->poll_interval_ms && !ev_is_active(&c->resume_timer)) {
-                        log_info("The gateway asked for a pause of %lds; holding the remaining %zu closes",
-                                 retry_after_s, c->n_jobs - c->next_job);
+                        cycle_log(c, LOG_INFO, NULL, NULL, 0,
+                                  "The gateway asked for a pause of %lds; holding the remaining %zu closes",
+                                  retry_after_s, c->n_jobs - c->next_job);
                         ev_timer_set(&c->resume_timer, (double) retry_after_s, 0.);
                         ev_timer_start(c->env.loop, &c->resume_timer);
                 } else if (pause_ms >= cfg->poll_interval_ms) {
-                        log_info("The gateway asked for a pause of %lds; deferring the remaining %zu closes "
-                                 "to a "
-                                 "later cycle",
-                                 retry_after_s, c->n_jobs - c->next_job);
+                        cycle_log(
+                                c, LOG_INFO, NULL, NULL, 0,
+                                "The gateway asked for a pause of %lds; deferring the remaining %zu closes "
+                                "to a "
+                                "later cycle",
+                                retry_after_s, c->n_jobs - c->next_job);
                         c->res.deferred += c->n_jobs - c->next_job;
                         c->next_job = c->n_jobs;
                 }
@@ -464,9 +488,8 @@ static void list_failed(struct cycle *c, const char *what, long code, long retry
                 snprintf(codebuf, sizeof codebuf, "%ld", code);
                 f[n++] = (struct log_field){ "IVH_API_CODE", codebuf };
         }
-        log_struct(LOG_ERR, MESSAGE_ID_CYCLE_FAILED, f, n,
-                   "Failed to list sessions: %s; no session is closed this cycle, retrying next cycle",
-                   what);
+        cycle_log(c, LOG_ERR, MESSAGE_ID_CYCLE_FAILED, f, n,
+                  "Failed to list sessions: %s; no session is closed this cycle, retrying next cycle", what);
         c->res.list_failed = true;
         c->res.retry_after_ms = (uint64_t) retry_after_s * 1000;
 }
@@ -500,8 +523,8 @@ static size_t apply_share_fuse(struct cycle *c, size_t n_due) {
         snprintf(f_live, sizeof f_live, "%zu", live);
         snprintf(f_share, sizeof f_share, "%g%%", cfg->fuse.max_share * 100);
         snprintf(f_min, sizeof f_min, "%u", cfg->fuse.min_sessions);
-        log_struct(
-                LOG_WARNING, MESSAGE_ID_SHARE_FUSE, f, ELEMENTSOF(f),
+        cycle_log(
+                c, LOG_WARNING, MESSAGE_ID_SHARE_FUSE, f, ELEMENTSOF(f),
                 "Not closing any of %zu due live sessions: that is more than fuse.max_share (%s) of the %zu "
                 "live sessions and more than fuse.min_sessions (%u); check the policies and the gateway",
                 due_live, f_share, live, cfg->fuse.min_sessions);
@@ -604,7 +627,8 @@ static int decide(struct cycle *c) {
 
                 if (retry_blocked(c->env.retries, c->jobs[i].session->session_id, now, &wait_ms)) {
                         c->res.backing_off++;
-                        log_debug("Session %s is due but waits %" PRIu64 " ms after an earlier failure",
+                        cycle_log(c, LOG_DEBUG, NULL, NULL, 0,
+                                  "Session %s is due but waits %" PRIu64 " ms after an earlier failure",
                                   c->jobs[i].session->session_id, wait_ms);
                         continue;
                 }
@@ -622,11 +646,11 @@ static int decide(struct cycle *c) {
                 c->res.deferred += n_ready - c->n_jobs;
                 snprintf(due, sizeof due, "%zu", n_ready);
                 snprintf(limit, sizeof limit, "%u", cfg->max_closes_per_cycle);
-                log_struct(LOG_WARNING, MESSAGE_ID_FUSE, f, 2,
-                           "%zu sessions are due but max_closes_per_cycle is %u: closing the %u oldest, "
-                           "deferring %zu to later cycles",
-                           n_ready, cfg->max_closes_per_cycle, cfg->max_closes_per_cycle,
-                           n_ready - c->n_jobs);
+                cycle_log(c, LOG_WARNING, MESSAGE_ID_FUSE, f, 2,
+                          "%zu sessions are due but max_closes_per_cycle is %u: closing the %u oldest, "
+                          "deferring %zu to later cycles",
+                          n_ready, cfg->max_closes_per_cycle, cfg->max_closes_per_cycle,
+                          n_ready - c->n_jobs);
         }
         return 0;
 }
@@ -725,9 +749,10 @@ static void after_list(struct cycle *c) {
         c->res.listed = c->list->n;
         metrics_listed(c->env.metrics, c->list);
         if (c->list->n_duplicates > 0)
-                log_warning("The session list named %zu session(s) more than once; using the first entry of "
-                            "each",
-                            c->list->n_duplicates);
+                cycle_log(c, LOG_WARNING, NULL, NULL, 0,
+                          "The session list named %zu session(s) more than once; using the first entry of "
+                          "each",
+                          c->list->n_duplicates);
 
         if (c->env.plan_out) {
                 plan_print(c->env.plan_out, c->env.config, c->list, c->env.state, now_mono_ms());
@@ -797,7 +822,9 @@ int cycle_start(const struct cycle_env *env, cycle_done_fn done, void *userdata,
         int r;
 
         if (!c) {
-                log_struct(LOG_ERR, MESSAGE_ID_CYCLE_FAILED, NULL, 0,
+                struct log_field f[] = { { "IVH_ACCOUNT", env->account } };
+
+                log_struct(LOG_ERR, MESSAGE_ID_CYCLE_FAILED, f, 1,
                            "Failed to start a cycle: out of memory; retrying next cycle");
                 return -ENOMEM;
         }
@@ -813,8 +840,8 @@ int cycle_start(const struct cycle_env *env, cycle_done_fn done, void *userdata,
                 struct log_field f[] = { { "IVH_ERROR", buf } };
 
                 snprintf(buf, sizeof buf, "cannot start request: %s", strerror(-r));
-                log_struct(LOG_ERR, MESSAGE_ID_CYCLE_FAILED, f, 1,
-                           "Failed to list sessions: %s; retrying next cycle", buf);
+                cycle_log(c, LOG_ERR, MESSAGE_ID_CYCLE_FAILED, f, 1,
+                          "Failed to list sessions: %s; retrying next cycle", buf);
                 free(c->projects);
                 free(c);
                 return r;

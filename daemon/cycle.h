@@ -18,6 +18,7 @@
 /* Everything a cycle borrows from its owner for as long as it runs. */
 struct cycle_env {
         struct ev_loop *loop;
+        const char *account; /* for IVH_ACCOUNT in every log entry */
         const struct config *config;
         const struct credentials *creds;
         struct gateway_signer *signer; /* caches the signature of the current second */

@@ -206,20 +206,25 @@ out:
         return r;
 }
 
-void log_struct(int priority, const char *message_id, const struct log_field *fields, size_t n_fields,
-                const char *fmt, ...) {
+void log_structv(int priority, const char *message_id, const struct log_field *fields, size_t n_fields,
+                 const char *fmt, va_list ap) {
         char message[LOG_LINE_MAX];
         int saved_errno = errno;
-        va_list ap;
 
         if ((priority & 7) > log_max_level)
                 return;
-        va_start(ap, fmt);
         vsnprintf(message, sizeof message, fmt, ap);
-        va_end(ap);
-
         if (log_target != LOG_TARGET_JOURNAL ||
             log_journal(priority, message_id, fields, n_fields, message) < 0)
                 log_console(priority, message_id, fields, n_fields, message);
         errno = saved_errno;
+}
+
+void log_struct(int priority, const char *message_id, const struct log_field *fields, size_t n_fields,
+                const char *fmt, ...) {
+        va_list ap;
+
+        va_start(ap, fmt);
+        log_structv(priority, message_id, fields, n_fields, fmt, ap);
+        va_end(ap);
 }

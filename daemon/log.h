@@ -2,6 +2,7 @@
  * stderr. Nothing secret is ever passed in here. */
 #pragma once
 
+#include <stdarg.h>
 #include <stddef.h>
 #include <syslog.h>
 
@@ -38,6 +39,9 @@ void log_set_max_level(int priority);
 
 void log_struct(int priority, const char *message_id, const struct log_field *fields, size_t n_fields,
                 const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
+void log_structv(int priority, const char *message_id, const struct log_field *fields, size_t n_fields,
+                 const char *fmt, va_list ap) __attribute__((format(printf, 5, 0)));
 
 #define log_full(prio, ...) log_struct((prio), NULL, NULL, 0, __VA_ARGS__)
 #define log_debug(...)      log_full(LOG_DEBUG, __VA_ARGS__)

@@ -11,7 +11,6 @@
 #include <systemd/sd-daemon.h>
 
 #include "config.h"
-#include "credentials.h"
 #include "log.h"
 #include "reclaimer.h"
 
@@ -64,7 +63,6 @@ int main(int argc, char **argv) {
         enum log_target target = LOG_TARGET_AUTO;
         const char *config_path = CONFIG_DEFAULT_PATH;
         struct config *config = NULL;
-        struct credentials *creds = NULL;
         struct reclaimer *r = NULL;
         struct ev_loop *loop;
         bool check_only = false, verbose = false;
@@ -139,37 +137,36 @@ int main(int argc, char **argv) {
                 return ret == -ENOMEM ? EXIT_FAIL : EXIT_CONFIG;
         }
         if (check_only) {
-                printf("%s: OK (%zu policies)\n", config_path, config->n_policies);
+                if (config->n_accounts > 0) {
+                        size_t n = 0;
+
+                        for (size_t i = 0; i < config->n_accounts; i++)
+                                n += config->accounts[i]->n_policies;
+                        printf("%s: OK (%zu accounts, %zu policies)\n", config_path, config->n_accounts, n);
+                } else
+                        printf("%s: OK (%zu policies)\n", config_path, config->n_policies);
                 config_free(config);
                 return EXIT_OK;
-        }
-
-        ret = credentials_load(&config->gateway, NULL, &creds, errbuf, sizeof errbuf);
-        if (ret < 0) {
-                log_error("%s", errbuf);
-                config_free(config);
-                return ret == -ENOMEM ? EXIT_FAIL : EXIT_CONFIG;
         }
 
         if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
                 log_error("Failed to initialize libcurl");
                 config_free(config);
-                credentials_free(creds);
                 return EXIT_FAIL;
         }
         loop = ev_default_loop(EVFLAG_AUTO);
         if (!loop) {
                 log_error("Failed to create the event loop");
                 config_free(config);
-                credentials_free(creds);
                 curl_global_cleanup();
                 return EXIT_FAIL;
         }
 
-        ret = reclaimer_new(loop, config, creds, &ropt, &r);
-        if (ret >= 0)
-                ret = reclaimer_start(r);
+        ret = reclaimer_new(loop, config, &ropt, &r, errbuf, sizeof errbuf);
         if (ret < 0) {
+                log_error("%s", errbuf);
+                status = ret == -ENOMEM ? EXIT_FAIL : EXIT_CONFIG;
+        } else if (reclaimer_start(r) < 0) {
                 status = EXIT_FAIL;
         } else {
                 if (ropt.mode == RECLAIMER_DAEMON)

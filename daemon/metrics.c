@@ -150,7 +150,7 @@ void metrics_state_write(struct metrics *m, bool ok) {
                 m->state_writes_failed++;
 }
 
-int metrics_render(const struct metrics *m, char **ret_text) {
+int metrics_render(const struct metrics *const *ms, const char *const *accounts, size_t n, char **ret_text) {
         char *text = NULL;
         size_t len = 0;
         FILE *f = open_memstream(&text, &len);
@@ -158,67 +158,87 @@ int metrics_render(const struct metrics *m, char **ret_text) {
         if (!f)
                 return -ENOMEM;
 
+        /* Each family once, with the samples of every account under it.
+         * Account and policy names are restricted to [A-Za-z0-9._-]: nothing
+         * to escape. */
         fprintf(f, "# HELP ivh_sessions_listed Sessions in the last successful list, by SessionStatus.\n"
                    "# TYPE ivh_sessions_listed gauge\n");
-        if (m->listed_known)
-                for (size_t s = 0; s < ELEMENTSOF(status_names); s++)
-                        fprintf(f, "ivh_sessions_listed{status=\"%s\"} %llu\n", status_names[s],
-                                (unsigned long long) m->listed[s]);
+        for (size_t a = 0; a < n; a++)
+                if (ms[a]->listed_known)
+                        for (size_t s = 0; s < ELEMENTSOF(status_names); s++)
+                                fprintf(f, "ivh_sessions_listed{account=\"%s\",status=\"%s\"} %llu\n",
+                                        accounts[a], status_names[s], (unsigned long long) ms[a]->listed[s]);
 
         fprintf(f, "# HELP ivh_reclaims_total Reclaim decisions, by policy and outcome.\n"
                    "# TYPE ivh_reclaims_total counter\n");
-        for (size_t i = 0; i < m->n_reclaims; i++)
-                /* Policy names are restricted to [A-Za-z0-9._-]: nothing to escape. */
-                fprintf(f, "ivh_reclaims_total{policy=\"%s\",outcome=\"%s\"} %llu\n", m->reclaims[i].policy,
-                        m->reclaims[i].outcome, (unsigned long long) m->reclaims[i].count);
+        for (size_t a = 0; a < n; a++)
+                for (size_t i = 0; i < ms[a]->n_reclaims; i++)
+                        fprintf(f, "ivh_reclaims_total{account=\"%s\",policy=\"%s\",outcome=\"%s\"} %llu\n",
+                                accounts[a], ms[a]->reclaims[i].policy, ms[a]->reclaims[i].outcome,
+                                (unsigned long long) ms[a]->reclaims[i].count);
 
         fprintf(f, "# HELP ivh_api_calls_total Calls to the IVH gateway, by endpoint and result.\n"
                    "# TYPE ivh_api_calls_total counter\n");
-        for (size_t e = 0; e < N_ENDPOINTS; e++)
-                for (size_t r = 0; r < _METRICS_RESULT_MAX; r++)
-                        if (m->calls[e][r])
-                                fprintf(f, "ivh_api_calls_total{endpoint=\"%s\",result=\"%s\"} %llu\n",
-                                        endpoints[e], result_names[r], (unsigned long long) m->calls[e][r]);
+        for (size_t a = 0; a < n; a++)
+                for (size_t e = 0; e < N_ENDPOINTS; e++)
+                        for (size_t r = 0; r < _METRICS_RESULT_MAX; r++)
+                                if (ms[a]->calls[e][r])
+                                        fprintf(f,
+                                                "ivh_api_calls_total{account=\"%s\",endpoint=\"%s\",result="
+                                                "\"%s\"} %llu\n",
+                                                accounts[a], endpoints[e], result_names[r],
+                                                (unsigned long long) ms[a]->calls[e][r]);
 
         fprintf(f, "# HELP ivh_api_latency_seconds Time from request to complete response.\n"
                    "# TYPE ivh_api_latency_seconds histogram\n");
-        for (size_t e = 0; e < N_ENDPOINTS; e++) {
-                uint64_t cumulative = 0;
+        for (size_t a = 0; a < n; a++)
+                for (size_t e = 0; e < N_ENDPOINTS; e++) {
+                        const struct metrics *m = ms[a];
+                        uint64_t cumulative = 0;
 
-                if (!m->latency_count[e])
-                        continue;
-                for (size_t b = 0; b < N_BUCKETS; b++) {
-                        cumulative += m->latency_buckets[e][b];
-                        fprintf(f, "ivh_api_latency_seconds_bucket{endpoint=\"%s\",le=\"%g\"} %llu\n",
-                                endpoints[e], buckets[b], (unsigned long long) cumulative);
+                        if (!m->latency_count[e])
+                                continue;
+                        for (size_t b = 0; b < N_BUCKETS; b++) {
+                                cumulative += m->latency_buckets[e][b];
+                                fprintf(f,
+                                        "ivh_api_latency_seconds_bucket{account=\"%s\",endpoint=\"%s\",le="
+                                        "\"%g\"} %llu\n",
+                                        accounts[a], endpoints[e], buckets[b],
+                                        (unsigned long long) cumulative);
+                        }
+                        fprintf(f,
+                                "ivh_api_latency_seconds_bucket{account=\"%s\",endpoint=\"%s\",le=\"+Inf\"} "
+                                "%llu\n",
+                                accounts[a], endpoints[e], (unsigned long long) m->latency_count[e]);
+                        fprintf(f, "ivh_api_latency_seconds_sum{account=\"%s\",endpoint=\"%s\"} %.6f\n",
+                                accounts[a], endpoints[e], m->latency_sum[e]);
+                        fprintf(f, "ivh_api_latency_seconds_count{account=\"%s\",endpoint=\"%s\"} %llu\n",
+                                accounts[a], endpoints[e], (unsigned long long) m->latency_count[e]);
                 }
-                fprintf(f, "ivh_api_latency_seconds_bucket{endpoint=\"%s\",le=\"+Inf\"} %llu\n",
-                        endpoints[e], (unsigned long long) m->latency_count[e]);
-                fprintf(f, "ivh_api_latency_seconds_sum{endpoint=\"%s\"} %.6f\n", endpoints[e],
-                        m->latency_sum[e]);
-                fprintf(f, "ivh_api_latency_seconds_count{endpoint=\"%s\"} %llu\n", endpoints[e],
-                        (unsigned long long) m->latency_count[e]);
-        }
 
-        fprintf(f,
-                "# HELP ivh_cycles_total Poll cycles, by whether the session list was fetched.\n"
-                "# TYPE ivh_cycles_total counter\n"
-                "ivh_cycles_total{result=\"ok\"} %llu\n"
-                "ivh_cycles_total{result=\"list_failed\"} %llu\n",
-                (unsigned long long) m->cycles_ok, (unsigned long long) m->cycles_failed);
-        fprintf(f,
-                "# HELP ivh_last_successful_poll_timestamp_seconds When the session list was last fetched, "
-                "Unix "
-                "time; 0 before the first success.\n"
-                "# TYPE ivh_last_successful_poll_timestamp_seconds gauge\n"
-                "ivh_last_successful_poll_timestamp_seconds %.3f\n",
-                m->last_success_s);
-        fprintf(f,
-                "# HELP ivh_state_file_writes_total Writes of the state file, by result.\n"
-                "# TYPE ivh_state_file_writes_total counter\n"
-                "ivh_state_file_writes_total{result=\"ok\"} %llu\n"
-                "ivh_state_file_writes_total{result=\"failed\"} %llu\n",
-                (unsigned long long) m->state_writes_ok, (unsigned long long) m->state_writes_failed);
+        fprintf(f, "# HELP ivh_cycles_total Poll cycles, by whether the session list was fetched.\n"
+                   "# TYPE ivh_cycles_total counter\n");
+        for (size_t a = 0; a < n; a++)
+                fprintf(f,
+                        "ivh_cycles_total{account=\"%s\",result=\"ok\"} %llu\n"
+                        "ivh_cycles_total{account=\"%s\",result=\"list_failed\"} %llu\n",
+                        accounts[a], (unsigned long long) ms[a]->cycles_ok, accounts[a],
+                        (unsigned long long) ms[a]->cycles_failed);
+        fprintf(f, "# HELP ivh_last_successful_poll_timestamp_seconds When the session list was last "
+                   "fetched, Unix "
+                   "time; 0 before the first success.\n"
+                   "# TYPE ivh_last_successful_poll_timestamp_seconds gauge\n");
+        for (size_t a = 0; a < n; a++)
+                fprintf(f, "ivh_last_successful_poll_timestamp_seconds{account=\"%s\"} %.3f\n", accounts[a],
+                        ms[a]->last_success_s);
+        fprintf(f, "# HELP ivh_state_file_writes_total Writes of the state file, by result.\n"
+                   "# TYPE ivh_state_file_writes_total counter\n");
+        for (size_t a = 0; a < n; a++)
+                fprintf(f,
+                        "ivh_state_file_writes_total{account=\"%s\",result=\"ok\"} %llu\n"
+                        "ivh_state_file_writes_total{account=\"%s\",result=\"failed\"} %llu\n",
+                        accounts[a], (unsigned long long) ms[a]->state_writes_ok, accounts[a],
+                        (unsigned long long) ms[a]->state_writes_failed);
 
         if (fclose(f) != 0 || !text) {
                 free(text);
@@ -228,9 +248,9 @@ int metrics_render(const struct metrics *m, char **ret_text) {
         return 0;
 }
 
-int metrics_write(const struct metrics *m, const char *path) {
+int metrics_write(const struct metrics *const *ms, const char *const *accounts, size_t n, const char *path) {
         char *text = NULL;
-        int r = metrics_render(m, &text);
+        int r = metrics_render(ms, accounts, n, &text);
 
         if (r < 0)
                 return r;

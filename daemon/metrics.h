@@ -30,8 +30,9 @@ void metrics_listed(struct metrics *m, const struct session_list *l);
 void metrics_cycle(struct metrics *m, bool list_ok, int64_t now_wall_ms);
 void metrics_state_write(struct metrics *m, bool ok);
 
-/* Renders everything; the caller frees *ret_text. */
-int metrics_render(const struct metrics *m, char **ret_text);
+/* Renders the metrics of n accounts, each sample labelled account="NAME";
+ * the caller frees *ret_text. */
+int metrics_render(const struct metrics *const *ms, const char *const *accounts, size_t n, char **ret_text);
 
 /* Renders and writes path atomically (mode 0644). */
-int metrics_write(const struct metrics *m, const char *path);
+int metrics_write(const struct metrics *const *ms, const char *const *accounts, size_t n, const char *path);

@@ -7,7 +7,6 @@
 #include <stdio.h>
 
 #include "config.h"
-#include "credentials.h"
 
 enum reclaimer_mode {
         RECLAIMER_DAEMON, /* cycle every poll_interval until SIGTERM/SIGINT */
@@ -23,9 +22,11 @@ struct reclaimer_options {
 
 struct reclaimer;
 
-/* Takes ownership of config and creds, also on failure. */
-int reclaimer_new(struct ev_loop *loop, struct config *config, struct credentials *creds,
-                  const struct reclaimer_options *opt, struct reclaimer **ret);
+/* Takes ownership of config, also on failure. Loads each account's access
+ * token. Returns 0, -ENOMEM, or another negative errno when a token cannot be
+ * had (a configuration error); errbuf then says why, never with the token. */
+int reclaimer_new(struct ev_loop *loop, struct config *config, const struct reclaimer_options *opt,
+                  struct reclaimer **ret, char *errbuf, size_t errlen);
 
 /* Loads the state, installs signal watchers and schedules the first cycle
  * at once. Returns 0 or a negative errno (already logged). */

@@ -15,6 +15,12 @@ class CheckConfig(DaemonTest):
         self.assertEqual(p.returncode, 0, p.stderr)
         self.assertIn("OK (3 policies)", p.stdout)
 
+    def test_accounts_example_is_valid(self):
+        p = subprocess.run([BINARY, "--check-config", "--config", os.path.join(os.path.dirname(EXAMPLE), "accounts.yaml")],
+                           capture_output=True, text=True)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn("OK (2 accounts, 4 policies)", p.stdout)
+
     def check(self, text):
         with open(self.config_file, "w") as f:
             f.write(text)

@@ -32,7 +32,8 @@ def parse_prometheus(text):
     return samples
 
 
-def get(samples, name, **labels):
+def get(samples, name, account="default", **labels):
+    labels["account"] = account
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 

@@ -253,6 +253,55 @@ static void test_over_capacity(void **state) {
         free(e);
 }
 
+static void test_accounts(void **state) {
+        struct config *c = NULL;
+        char *e;
+
+        (void) state;
+        assert_null(load("gateway: {timeout: 5s, url: 'http://127.0.0.1:1'}\npoll_interval: 1m\n"
+                         "state_file: /var/lib/x/state.json\nprotect: {user_ids: [vip-*]}\naccounts:\n"
+                         "  - name: prod\n    appkey: k1\n    project_ids: [p1]\n"
+                         "    protect: {session_ids: [pinned]}\n"
+                         "    policies: [{name: a, kind: failed, after: 0s}]\n"
+                         "  - name: staging\n    appkey: k2\n    url: 'http://127.0.0.2:2'\n"
+                         "    policies: []\n",
+                         &c));
+        assert_int_equal(c->n_accounts, 2);
+        assert_int_equal(c->n_policies, 0);
+        assert_string_equal(c->accounts[0]->account, "prod");
+        assert_string_equal(config_account_name(c->accounts[1]), "staging");
+        assert_string_equal(config_account_name(c), "default");
+        assert_string_equal(c->accounts[0]->gateway.appkey, "k1");
+        assert_string_equal(c->accounts[0]->gateway.url, "http://127.0.0.1:1"); /* inherited */
+        assert_string_equal(c->accounts[1]->gateway.url, "http://127.0.0.2:2");
+        assert_int_equal(c->accounts[0]->gateway.timeout_ms, 5000);
+        assert_int_equal(c->accounts[1]->poll_interval_ms, 60000);
+        assert_string_equal(c->accounts[0]->state_file, "/var/lib/x/state.prod.json");
+        assert_int_equal(c->accounts[0]->protect_user_ids.n, 1);    /* global ... */
+        assert_int_equal(c->accounts[0]->protect_session_ids.n, 1); /* ... and its own */
+        assert_int_equal(c->accounts[1]->protect_session_ids.n, 0);
+        assert_int_equal(c->accounts[0]->gateway.project_ids.n, 1);
+        assert_int_equal(c->accounts[0]->n_policies, 1);
+        config_free(c);
+
+        e = load("gateway: {appkey: k}\npolicies: []\naccounts:\n"
+                 "  - {name: a, appkey: k, policies: []}\n"
+                 "  - {name: a, policies: []}\n"
+                 "  - {name: 'b c', appkey: k, policies: [], colour: red}\n",
+                 NULL);
+        assert_error_at(e, 1, 1, "'policies' belongs in each account");
+        assert_error_at(e, 1, 19, "gateway.appkey: belongs in each account");
+        assert_error_at(e, 5, 5, "account name 'a' is already used by accounts[0]");
+        assert_error_at(e, 5, 5, "missing required key 'appkey'");
+        assert_error_at(e, 6, 12, "may contain only letters, digits, '-' and '_'");
+        assert_error_at(e, 6, 44, "unknown key 'colour'");
+        free(e);
+
+        e = load("accounts: []\n", NULL);
+        assert_error_at(e, 1, 11, "accounts: expected at least one account");
+        free(e);
+}
+
 static void test_missing_and_empty(void **state) {
         char *e;
 
@@ -335,6 +384,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_wrong_types, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_rules, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_over_capacity, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_accounts, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_missing_and_empty, setup, teardown),
                 cmocka_unit_test(test_unreadable),
                 cmocka_unit_test_setup_teardown(test_junk, setup, teardown),
