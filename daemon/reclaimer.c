@@ -452,7 +452,7 @@ static void watchdog_cb(struct ev_loop *loop, ev_timer *w, int revents) {
         (void) loop;
         (void) revents;
         for (size_t i = 0; i < r->n_runners && !stalled; i++) {
-                const struct runner *u = &r->runners[i];
+                struct runner *u = &r->runners[i];
                 struct health_input in = {
                         .now_ms = now_mono_ms(),
                         .stopping = r->stopping,
