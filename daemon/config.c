@@ -223,6 +223,16 @@ static void require_keys(struct parser *p, const char *where, yaml_node_t *map,
                         diag(p, map, "%s: missing required key '%s'", where, *required);
 }
 
+/* Whether s has only ASCII letters, digits and the characters in extra:
+ * the names that end up in URLs, journal fields and metric labels. */
+static bool only_name_chars(const char *s, const char *extra) {
+        for (; *s; s++)
+                if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
+                      strchr(extra, *s)))
+                        return false;
+        return true;
+}
+
 static char *xstrdup(struct parser *p, const char *s) {
         char *d = strdup(s);
         if (!d)
@@ -431,9 +441,7 @@ static void gateway_key(struct parser *p, const char *key, yaml_node_t *v, void 
         } else if (strcmp(key, "appkey") == 0) {
                 const char *s = scalar(v);
                 get_string(p, where, v, false, &g->appkey);
-                if (s && !is_null(v) && *s &&
-                    strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.") !=
-                            strlen(s))
+                if (s && !is_null(v) && *s && !only_name_chars(s, "-_."))
                         diag(p, v, "gateway.appkey: may contain only letters, digits, '-', '_' and '.'");
                 else if (s && strlen(s) > 128)
                         diag(p, v, "gateway.appkey: longer than 128 characters");
@@ -511,9 +519,7 @@ static void policy_key(struct parser *p, const char *key, yaml_node_t *v, void *
         if (strcmp(key, "name") == 0) {
                 const char *s = scalar(v);
                 get_string(p, where, v, false, &ctx->pol->name);
-                if (s && !is_null(v) && *s &&
-                    strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.") !=
-                            strlen(s))
+                if (s && !is_null(v) && *s && !only_name_chars(s, "-_."))
                         diag(p, v, "%s: may contain only letters, digits, '-', '_' and '.'", where);
                 else if (s && (strcmp(s, "keep") == 0 || strcmp(s, "protected") == 0))
                         diag(p, v, "%s: '%s' is reserved for --plan output; choose another name", where, s);
@@ -735,9 +741,7 @@ static void account_key(struct parser *p, const char *key, yaml_node_t *v, void 
                 const char *s = scalar(v);
 
                 get_string(p, where, v, false, &a->account);
-                if (s && !is_null(v) && *s &&
-                    strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_") !=
-                            strlen(s))
+                if (s && !is_null(v) && *s && !only_name_chars(s, "-_"))
                         diag(p, v, "%s: may contain only letters, digits, '-' and '_'", where);
         } else if (strcmp(key, "policies") == 0) {
                 parse_policies(p, v, a);

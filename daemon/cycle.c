@@ -33,20 +33,12 @@ static const char *const outcome_names[] = {
         [OUTCOME_SKIPPED] = "skipped",
 };
 
-enum job_phase {
-        JOB_PRECHECK,  /* statsession: does the session still qualify? */
-        JOB_CLOSE,     /* closesession */
-        JOB_POSTCHECK, /* statsession after an API error: was it gone already? */
-};
-
 struct close_job {
         struct cycle *cycle;
         const struct session *session; /* borrowed from cycle->list */
         const struct policy *policy;   /* borrowed from the config */
         uint64_t age_ms;
-        enum job_phase phase;
         struct gateway_error close_err;
-        int status_now; /* the status statsession reported, for the log */
 };
 
 struct cycle {
@@ -133,6 +125,16 @@ static bool transport_failed(const struct http_response *resp, char *buf, size_t
                 return true;
         }
         return false;
+}
+
+/* Describes what a gateway_parse_*() failure r means. */
+static void describe_parse_error(int r, const struct gateway_error *err, char *buf, size_t n) {
+        if (r == -ENOMEM)
+                snprintf(buf, n, "out of memory while parsing the session list");
+        else
+                snprintf(buf, n, "%s%s",
+                         err->kind == GATEWAY_API_ERROR ? "API error: " : "malformed response: ",
+                         err->message);
 }
 
 /* Counts one API call in the metrics. parsed: the gateway_parse_*() result
@@ -362,7 +364,6 @@ static void close_done(const struct http_response *resp, void *userdata) {
         }
         if (job->close_err.kind == GATEWAY_API_ERROR) {
                 /* Maybe the session went away between the list and now. */
-                job->phase = JOB_POSTCHECK;
                 if (post(job->cycle, "statsession", job->session->session_id, NULL, postcheck_done, job) >=
                     0)
                         return;
@@ -373,7 +374,6 @@ static void close_done(const struct http_response *resp, void *userdata) {
 static void start_close(struct close_job *job) {
         int ret;
 
-        job->phase = JOB_CLOSE;
         ret = post(job->cycle, "closesession", job->session->session_id, NULL, close_done, job);
         if (ret < 0)
                 close_failed(job, "closesession", strerror(-ret), 0);
@@ -400,9 +400,7 @@ static void precheck_done(const struct http_response *resp, void *userdata) {
         parsed = gateway_parse_stat(resp->body, resp->body_len, &st, &err);
         record_call(c, "statsession", resp, parsed, &err);
         if (parsed < 0) {
-                snprintf(
-                        buf, sizeof buf, "%s%s",
-                        err.kind == GATEWAY_API_ERROR ? "API error: " : "malformed response: ", err.message);
+                describe_parse_error(parsed, &err, buf, sizeof buf);
                 close_failed(job, "statsession before closing", buf, 0);
                 return;
         }
@@ -449,7 +447,6 @@ static void dispatch(struct cycle *c) {
                 if (needs_precheck(c, job)) {
                         int ret;
 
-                        job->phase = JOB_PRECHECK;
                         ret = post(c, "statsession", job->session->session_id, NULL, precheck_done, job);
                         if (ret < 0)
                                 close_failed(job, "statsession before closing", strerror(-ret), 0);
@@ -657,15 +654,6 @@ static int decide(struct cycle *c) {
 
 static void after_list(struct cycle *c);
 
-static void describe_list_error(int r, const struct gateway_error *err, char *buf, size_t n) {
-        if (r == -ENOMEM)
-                snprintf(buf, n, "out of memory while parsing the session list");
-        else
-                snprintf(buf, n, "%s%s",
-                         err->kind == GATEWAY_API_ERROR ? "API error: " : "malformed response: ",
-                         err->message);
-}
-
 static void list_done(const struct http_response *resp, void *userdata) {
         struct cycle *c = userdata;
         struct gateway_error err;
@@ -682,7 +670,7 @@ static void list_done(const struct http_response *resp, void *userdata) {
         ret = gateway_parse_list(resp->body, resp->body_len, &c->list, &err);
         record_call(c, "listsessionofuin", resp, ret, &err);
         if (ret < 0) {
-                describe_list_error(ret, &err, buf, sizeof buf);
+                describe_parse_error(ret, &err, buf, sizeof buf);
                 list_failed(c, buf, ret != -ENOMEM && err.kind == GATEWAY_API_ERROR ? err.code : 0, 0);
                 cycle_end(c);
                 return;
@@ -706,7 +694,7 @@ static void project_list_done(const struct http_response *resp, void *userdata) 
                 ret = gateway_parse_list(resp->body, resp->body_len, &pl->list, &err);
                 record_call(c, "listsessionofprojectid", resp, ret, &err);
                 if (ret < 0)
-                        describe_list_error(ret, &err, buf, sizeof buf);
+                        describe_parse_error(ret, &err, buf, sizeof buf);
         }
         if (ret < 0 && !c->projects_failed) {
                 c->projects_failed = true;

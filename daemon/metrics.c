@@ -150,6 +150,14 @@ void metrics_state_write(struct metrics *m, bool ok) {
                 m->state_writes_failed++;
 }
 
+/* The two samples of a counter split by result="ok" / result=failed_label. */
+static void render_ok_failed(FILE *f, const char *name, const char *account, const char *failed_label,
+                             uint64_t ok, uint64_t failed) {
+        fprintf(f, "%s{account=\"%s\",result=\"ok\"} %llu\n", name, account, (unsigned long long) ok);
+        fprintf(f, "%s{account=\"%s\",result=\"%s\"} %llu\n", name, account, failed_label,
+                (unsigned long long) failed);
+}
+
 int metrics_render(const struct metrics *const *ms, const char *const *accounts, size_t n, char **ret_text) {
         char *text = NULL;
         size_t len = 0;
@@ -219,26 +227,20 @@ int metrics_render(const struct metrics *const *ms, const char *const *accounts,
         fprintf(f, "# HELP ivh_cycles_total Poll cycles, by whether the session list was fetched.\n"
                    "# TYPE ivh_cycles_total counter\n");
         for (size_t a = 0; a < n; a++)
-                fprintf(f,
-                        "ivh_cycles_total{account=\"%s\",result=\"ok\"} %llu\n"
-                        "ivh_cycles_total{account=\"%s\",result=\"list_failed\"} %llu\n",
-                        accounts[a], (unsigned long long) ms[a]->cycles_ok, accounts[a],
-                        (unsigned long long) ms[a]->cycles_failed);
-        fprintf(f, "# HELP ivh_last_successful_poll_timestamp_seconds When the session list was last "
-                   "fetched, Unix "
-                   "time; 0 before the first success.\n"
-                   "# TYPE ivh_last_successful_poll_timestamp_seconds gauge\n");
+                render_ok_failed(f, "ivh_cycles_total", accounts[a], "list_failed", ms[a]->cycles_ok,
+                                 ms[a]->cycles_failed);
+        fprintf(f,
+                "# HELP ivh_last_successful_poll_timestamp_seconds When the session list was last fetched, "
+                "Unix time; 0 before the first success.\n"
+                "# TYPE ivh_last_successful_poll_timestamp_seconds gauge\n");
         for (size_t a = 0; a < n; a++)
                 fprintf(f, "ivh_last_successful_poll_timestamp_seconds{account=\"%s\"} %.3f\n", accounts[a],
                         ms[a]->last_success_s);
         fprintf(f, "# HELP ivh_state_file_writes_total Writes of the state file, by result.\n"
                    "# TYPE ivh_state_file_writes_total counter\n");
         for (size_t a = 0; a < n; a++)
-                fprintf(f,
-                        "ivh_state_file_writes_total{account=\"%s\",result=\"ok\"} %llu\n"
-                        "ivh_state_file_writes_total{account=\"%s\",result=\"failed\"} %llu\n",
-                        accounts[a], (unsigned long long) ms[a]->state_writes_ok, accounts[a],
-                        (unsigned long long) ms[a]->state_writes_failed);
+                render_ok_failed(f, "ivh_state_file_writes_total", accounts[a], "failed",
+                                 ms[a]->state_writes_ok, ms[a]->state_writes_failed);
 
         if (fclose(f) != 0 || !text) {
                 free(text);

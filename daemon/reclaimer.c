@@ -243,6 +243,19 @@ static bool any_cycle(const struct reclaimer *r) {
         return false;
 }
 
+/* An account's cycle ended in --once or --plan mode, or while stopping.
+ * --plan runs the accounts one after the other so that their tables do not
+ * interleave; the loop ends when no cycle is left to run. */
+static void one_shot_done(struct reclaimer *r, struct runner *u) {
+        if (r->opt.mode == RECLAIMER_PLAN && !r->stopping && u + 1 < r->runners + r->n_runners) {
+                ev_timer_set(&u[1].poll_timer, 0., 0.);
+                ev_timer_start(r->loop, &u[1].poll_timer);
+                return;
+        }
+        if (!any_cycle(r) && (r->stopping || all_cycled(r)))
+                ev_break(r->loop, EVBREAK_ALL);
+}
+
 static void cycle_done(struct cycle *c, const struct cycle_result *res, void *userdata) {
         struct runner *u = userdata;
         struct reclaimer *r = u->r;
@@ -266,8 +279,7 @@ static void cycle_done(struct cycle *c, const struct cycle_result *res, void *us
         cycle_free(c); /* res points into c: use u->last from here on */
 
         if (r->stopping || r->opt.mode != RECLAIMER_DAEMON) {
-                if (!any_cycle(r) && (r->stopping || all_cycled(r)))
-                        ev_break(r->loop, EVBREAK_ALL);
+                one_shot_done(r, u);
                 return;
         }
         apply_pending(u);
@@ -311,10 +323,9 @@ static void start_cycle(struct runner *u) {
                 u->cycled = true;
                 r->cycles++;
                 r->any_list_failed = true;
-                if (r->opt.mode != RECLAIMER_DAEMON) {
-                        if (!any_cycle(r) && all_cycled(r))
-                                ev_break(r->loop, EVBREAK_ALL);
-                } else
+                if (r->opt.mode != RECLAIMER_DAEMON)
+                        one_shot_done(r, u);
+                else
                         schedule_next(u, u->last_cycle_started_ms, 0, false);
         }
 }
@@ -324,12 +335,6 @@ static void poll_cb(struct ev_loop *loop, ev_timer *w, int revents) {
 
         (void) loop;
         (void) revents;
-        /* --plan prints one account after the other, in file order. */
-        if (u->r->opt.mode == RECLAIMER_PLAN && u != u->r->runners && !u[-1].cycled) {
-                ev_timer_set(&u->poll_timer, 0.01, 0.);
-                ev_timer_start(loop, &u->poll_timer);
-                return;
-        }
         start_cycle(u);
 }
 
@@ -697,7 +702,8 @@ int reclaimer_start(struct reclaimer *r) {
                                      "No policies are configured: nothing will be reclaimed");
                 }
         }
-        for (size_t i = 0; i < r->n_runners; i++) {
+        /* --plan starts with the first account; one_shot_done() moves on. */
+        for (size_t i = 0; i < (r->opt.mode == RECLAIMER_PLAN ? 1 : r->n_runners); i++) {
                 ev_timer_set(&r->runners[i].poll_timer, 0., 0.);
                 ev_timer_start(r->loop, &r->runners[i].poll_timer);
         }

@@ -66,13 +66,14 @@ void state_free(struct state *s) {
 }
 
 /* Inserts a new entry; returns 1 if added, 0 if the id was there, <0 on ENOMEM. */
-static int insert(void **root, const char *id, int64_t first_seen_mono_ms) {
+static int insert(void **root, const char *id, int64_t first_seen_mono_ms, uint64_t generation) {
         struct state_entry *e = calloc(1, sizeof *e), **found;
 
         if (!e)
                 return -ENOMEM;
         e->session_id = strdup(id);
         e->first_seen_mono_ms = first_seen_mono_ms;
+        e->seen_generation = generation;
         if (!e->session_id) {
                 free(e);
                 return -ENOMEM;
@@ -112,7 +113,7 @@ static int parse_state(struct state *s, const char *data, size_t size, int64_t n
                 age = now_wall_ms - (int64_t) wall;
                 if (age < 0)
                         age = 0;
-                r = insert(&tree, it->string, now_mono_ms - age);
+                r = insert(&tree, it->string, now_mono_ms - age, 0);
                 if (r < 0)
                         goto out;
                 n += (size_t) r;
@@ -250,11 +251,9 @@ int state_sync(struct state *s, const struct session_list *l, int64_t now_mono_m
                         (*found)->seen_generation = s->generation;
                         continue;
                 }
-                int r = insert(&s->root, l->items[i].session_id, now_mono_ms);
+                int r = insert(&s->root, l->items[i].session_id, now_mono_ms, s->generation);
                 if (r < 0)
                         return r; /* the rest is recorded next cycle; nothing is swept */
-                found = tfind(&key, &s->root, compare_entry);
-                (*found)->seen_generation = s->generation;
                 s->n++;
                 marked++;
                 s->dirty = true;
