@@ -4,10 +4,14 @@
 Reclaim: the gateway simulator (a separate process) starts with N leaked
 sessions (failed streams) and a fixed latency L on every call. One reclaim is
 run by each contender, and its wall time, CPU time (user+sys, its children
-included) and peak RSS are measured. The contenders are:
+included) and peak RSS are measured; the daemon, the floor and the Python
+client run --repeat times and the tables show medians. The contenders are:
   daemon      ivh-reclaimd --once, max_parallel P
   python      bench/py_client.py: standard-library thread pool of width P
   sequential  bench/seq_close.sh: curl + openssl + jq in a shell loop
+  floor       bench/curl_floor.c: N calls through libcurl and nothing else
+              (signed URL given, replies not parsed, no logging): the CPU
+              floor of any libcurl client making the same calls
   bound       L_list + ceil(N / P) x L
 The simulator counts the TCP connections it accepted.
 
@@ -15,11 +19,15 @@ Steady state: the simulator lists N live sessions of which none is due. The
 daemon polls every --steady-interval, and the harness measures its CPU time
 per cycle and its RSS at the start and at the end of the window.
 
-Usage: bench/run.py --binary build/ivh-reclaimd [--sizes 100,1000,10000]
-       [--seq-max 1000] [--steady-sizes 1000,5000,10000] [--smoke]
+Usage: bench/run.py --binary build/ivh-reclaimd --floor-binary build/curl-floor
+       [--sizes 100,1000,10000] [--repeat 5] [--seq-max 1000]
+       [--steady-sizes 1000,5000,10000] [--smoke]
 Standard library only; prints Markdown tables and writes --out JSON."""
 
 import argparse
+import base64
+import hashlib
+import hmac
 import json
 import math
 import os
@@ -31,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -39,6 +48,7 @@ PY = sys.executable
 APPKEY = "e38267c0e86411ebb02aed82acb0ed99"
 TOKEN = "bench-" + os.urandom(8).hex()
 CYCLE_MSG = "e28e9acd311d441a9e1e0a1a36189eb0"
+TIME = "/usr/bin/time"   # GNU time (Debian package "time"), for peak RSS
 
 
 class Sim:
@@ -74,7 +84,16 @@ class Sim:
 
 
 def leaked(n):
-    return [{"UserId": "crash-%d" % i, "SessionStatus": 4, "IsSessionStarted": False} for i in range(n)]
+    return [{"UserId": "crash-%d" % i, "SessionId": "leak-%d" % i, "SessionStatus": 4, "IsSessionStarted": False}
+            for i in range(n)]
+
+
+def signed_url(base, endpoint):
+    """The URL with appkey, timestamp and signature, as the daemon builds it."""
+    ts = str(int(time.time()))
+    mac = hmac.new(TOKEN.encode(), ("appkey=%s&timestamp=%s" % (APPKEY, ts)).encode(), hashlib.sha256).digest()
+    return "%s/v2/ivh/sessionmanager/sessionmanagerservice/%s?appkey=%s&timestamp=%s&signature=%s" % (
+        base, endpoint, APPKEY, ts, urllib.parse.quote(base64.b64encode(mac).decode(), safe=""))
 
 
 def live(n):
@@ -103,11 +122,18 @@ policies:
 
 
 def measure(cmd, env, work):
-    """Runs cmd; returns wall seconds, CPU seconds (children included), peak RSS in kB."""
+    """Runs cmd; returns wall seconds, CPU seconds (children included), peak RSS in kB.
+
+    Peak RSS comes from GNU time, which forks the contender itself: Linux
+    carries a process's peak RSS across exec(), so ru_maxrss of a child forked
+    straight from this Python process would report Python's size instead of
+    the contender's. CPU time comes from wait4() on time, and so includes
+    time's own share, under 1 ms."""
+    rss_file = os.path.join(work, "maxrss")
     # Output goes to files: a pipe nobody reads would block a chatty child.
     with open(os.path.join(work, "out.log"), "w+") as out, open(os.path.join(work, "err.log"), "w+") as err:
         t0 = time.monotonic()
-        p = subprocess.Popen(cmd, env=env, stdout=out, stderr=err)
+        p = subprocess.Popen([TIME, "-f", "%M", "-o", rss_file, "--"] + cmd, env=env, stdout=out, stderr=err)
         # wait4 gives this child's own rusage (with its reaped children).
         _, status, ru = os.wait4(p.pid, 0)
         wall = time.monotonic() - t0
@@ -115,7 +141,20 @@ def measure(cmd, env, work):
         if p.returncode != 0:
             err.seek(0)
             raise RuntimeError("%s exited %d:\n%s" % (cmd[0], p.returncode, err.read()[-2000:]))
-    return {"wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime, "maxrss_kb": ru.ru_maxrss}
+    with open(rss_file) as f:
+        maxrss_kb = int(f.read().split()[-1])
+    return {"wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime, "user_s": ru.ru_utime, "sys_s": ru.ru_stime,
+            "maxrss_kb": maxrss_kb}
+
+
+def median_run(runs):
+    """One figure per key: the median over the runs; the runs are kept as samples."""
+    m = {k: statistics.median(r[k] for r in runs) for k in ("wall_s", "cpu_s", "user_s", "sys_s", "maxrss_kb")}
+    m["connections"] = max(r["connections"] for r in runs)
+    m["closed"] = min(r["closed"] for r in runs)
+    m["runs"] = len(runs)
+    m["samples"] = runs
+    return m
 
 
 def reclaim_bench(args, work, n, contender):
@@ -126,6 +165,9 @@ def reclaim_bench(args, work, n, contender):
         if contender == "daemon":
             cfg = write_config(work, sim.url, args.parallel)
             r = measure([args.binary, "--config", cfg, "--once", "--log-target", "console"], env, work)
+        elif contender == "floor":
+            r = measure([args.floor_binary, signed_url(sim.url, "closesession"), str(n), str(args.parallel),
+                         "leak-"], env, work)
         elif contender == "python":
             r = measure([PY, os.path.join(HERE, "py_client.py"), "--url", sim.url, "--appkey", APPKEY,
                          "--parallel", str(args.parallel)], env, work)
@@ -193,8 +235,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--binary", default=os.path.join(ROOT, "build", "ivh-reclaimd"))
     ap.add_argument("--sizes", default="100,1000,10000")
+    ap.add_argument("--floor-binary", default=os.path.join(ROOT, "build", "curl-floor"))
     ap.add_argument("--latency-ms", type=float, default=50)
     ap.add_argument("--parallel", type=int, default=32)
+    ap.add_argument("--repeat", type=int, default=5,
+                    help="runs of the daemon, the floor and the Python client per N; tables show medians")
     ap.add_argument("--seq-max", type=int, default=1000,
                     help="run the sequential loop up to this N; above it, extrapolate from the largest run")
     ap.add_argument("--steady-sizes", default="1000,5000,10000")
@@ -205,26 +250,30 @@ def main():
     ap.add_argument("--out", default="bench-results.json")
     args = ap.parse_args()
     if args.smoke:
-        args.sizes, args.latency_ms, args.seq_max = "50", 10, 50
+        args.sizes, args.latency_ms, args.seq_max, args.repeat = "50", 10, 50, 1
         args.steady_sizes, args.steady_cycles, args.steady_interval = "500", 10, "100ms"
     for tool in ("curl", "openssl", "jq"):
         if not shutil.which(tool):
             sys.exit("bench: %s is needed for the sequential baseline (apt-get install %s)" % (tool, tool))
+    if not os.access(TIME, os.X_OK):
+        sys.exit("bench: %s is needed to measure peak RSS (apt-get install time)" % TIME)
 
     work = tempfile.mkdtemp(prefix="ivh-bench-")
     results = {"machine": {"nproc": os.cpu_count(), "uname": os.uname().release},
-               "latency_ms": args.latency_ms, "parallel": args.parallel, "reclaim": [], "steady": []}
+               "latency_ms": args.latency_ms, "parallel": args.parallel, "repeat": args.repeat, "reclaim": [], "steady": []}
     seq_per_call = None
     for n in [int(x) for x in args.sizes.split(",")]:
         row = {"n": n, "bound_s": (args.latency_ms + math.ceil(n / args.parallel) * args.latency_ms) / 1000}
-        for contender in ("daemon", "python", "sequential"):
+        for contender in ("daemon", "floor", "python", "sequential"):
             if contender == "sequential" and n > args.seq_max:
                 if seq_per_call is None:   # nothing to extrapolate from: run the smallest size first
                     seq_per_call = reclaim_bench(args, work, min(n, 100), "sequential")["wall_s"] / min(n, 100)
                 row["sequential"] = {"wall_s": seq_per_call * n, "extrapolated": True}
                 continue
-            print("bench: reclaim N=%d with %s ..." % (n, contender), file=sys.stderr, flush=True)
-            row[contender] = reclaim_bench(args, work, n, contender)
+            # The sequential loop runs once: at 70 s a run, noise is small next to it.
+            runs = 1 if contender == "sequential" else args.repeat
+            print("bench: reclaim N=%d with %s, %d run(s) ..." % (n, contender, runs), file=sys.stderr, flush=True)
+            row[contender] = median_run([reclaim_bench(args, work, n, contender) for _ in range(runs)])
             if contender == "sequential":
                 seq_per_call = row[contender]["wall_s"] / n
         d = row["daemon"]
@@ -232,6 +281,7 @@ def main():
         row["sequential_vs_daemon"] = row["sequential"]["wall_s"] / d["wall_s"]
         row["python_vs_daemon_wall"] = row["python"]["wall_s"] / d["wall_s"]
         row["daemon_cpu_vs_python_cpu"] = d["cpu_s"] / row["python"]["cpu_s"]
+        row["floor_cpu_vs_python_cpu"] = row["floor"]["cpu_s"] / row["python"]["cpu_s"]
         results["reclaim"].append(row)
     for n in [int(x) for x in args.steady_sizes.split(",")]:
         print("bench: steady state N=%d ..." % n, file=sys.stderr, flush=True)
@@ -240,15 +290,18 @@ def main():
 
     with open(args.out, "w") as f:
         json.dump(results, f, indent=1)
-    print("| N | bound | daemon wall | ×bound | daemon CPU | daemon peak RSS | conns | python wall | python CPU | "
-          "daemon CPU / python CPU | sequential wall | sequential / daemon |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| N | bound | daemon wall | ×bound | daemon CPU | daemon peak RSS | conns | floor CPU | python wall | "
+          "python CPU | python peak RSS | daemon CPU / python CPU | floor CPU / python CPU | sequential wall | "
+          "sequential / daemon |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results["reclaim"]:
-        d, py, sq = r["daemon"], r["python"], r["sequential"]
-        print("| %d | %.2f s | %.2f s | %.2f | %.3f s | %.1f MB | %d | %.2f s | %.2f s | %.3f | %s%.1f s | %.1f× |" % (
-            r["n"], r["bound_s"], d["wall_s"], r["daemon_vs_bound"], d["cpu_s"], d["maxrss_kb"] / 1024,
-            d["connections"], py["wall_s"], py["cpu_s"], r["daemon_cpu_vs_python_cpu"],
-            "~" if sq.get("extrapolated") else "", sq["wall_s"], r["sequential_vs_daemon"]))
+        d, fl, py, sq = r["daemon"], r["floor"], r["python"], r["sequential"]
+        print("| %d | %.2f s | %.2f s | %.2f | %.3f s | %.1f MB | %d | %.3f s | %.2f s | %.2f s | %.1f MB | %.3f | %.3f "
+              "| %s%.1f s | %.1f× |" % (
+                  r["n"], r["bound_s"], d["wall_s"], r["daemon_vs_bound"], d["cpu_s"], d["maxrss_kb"] / 1024,
+                  d["connections"], fl["cpu_s"], py["wall_s"], py["cpu_s"], py["maxrss_kb"] / 1024,
+                  r["daemon_cpu_vs_python_cpu"], r["floor_cpu_vs_python_cpu"], "~" if sq.get("extrapolated") else "",
+                  sq["wall_s"], r["sequential_vs_daemon"]))
     print()
     print("| N live, none due | cycles measured | CPU per cycle | cycle wall (median) | RSS start → end | VmHWM |")
     print("|---|---|---|---|---|---|")

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 ./scripts/deps.sh
 
 echo "== clang-format"
-clang-format --dry-run --Werror daemon/*.c daemon/*.h tests/unit/*.c fuzz/*.c
+clang-format --dry-run --Werror daemon/*.c daemon/*.h tests/unit/*.c fuzz/*.c bench/*.c
 
 jobs=$(nproc)
 echo "== build (-Werror)"
