@@ -37,8 +37,10 @@ static int on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *
         struct epoll_event ev = { .data.fd = fd };
 
         (void) easy;
-        if (what == CURL_POLL_REMOVE)
-                return epoll_ctl(l->epfd, EPOLL_CTL_DEL, fd, NULL), 0;
+        if (what == CURL_POLL_REMOVE) {
+                epoll_ctl(l->epfd, EPOLL_CTL_DEL, fd, NULL);
+                return 0;
+        }
         ev.events = (what & CURL_POLL_IN ? EPOLLIN : 0u) | (what & CURL_POLL_OUT ? EPOLLOUT : 0u);
         if (socketp)
                 return epoll_ctl(l->epfd, EPOLL_CTL_MOD, fd, &ev);

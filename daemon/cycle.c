@@ -580,38 +580,28 @@ out:
         return r;
 }
 
-/* Returns 0, or -ENOMEM (nothing is then closed). */
-static int decide(struct cycle *c) {
+/* ages[i] is the age of c->list->items[i], from state_sync().
+ * Returns 0, or -ENOMEM (nothing is then closed). */
+static int decide(struct cycle *c, const uint64_t *ages) {
         const struct config *cfg = c->env.config;
         int64_t now = now_mono_ms();
         size_t n_due = 0, n_ready = 0, cap = 0;
-        uint64_t *ages = NULL;
         int r;
 
-        if (has_capacity_policy(cfg) && c->list->n > 0) {
-                ages = malloc(c->list->n * sizeof *ages);
-                if (!ages)
-                        return -ENOMEM;
-        }
         for (size_t i = 0; i < c->list->n; i++) {
                 const struct session *s = &c->list->items[i];
                 struct decision d;
 
-                policy_decide(cfg, s, state_age_ms(c->env.state, s->session_id, now), &d);
-                if (ages)
-                        ages[i] = d.age_ms;
+                policy_decide(cfg, s, ages[i], &d);
                 if (d.kind == DECISION_PROTECTED && d.policy && d.age_ms >= d.policy->after_ms)
                         c->res.protected_due++;
                 if (d.kind != DECISION_CLOSE)
                         continue;
-                if (push_job(c, &n_due, &cap, s, d.policy, d.age_ms) < 0) {
-                        free(ages);
+                if (push_job(c, &n_due, &cap, s, d.policy, d.age_ms) < 0)
                         return -ENOMEM;
-                }
         }
-        if (ages) {
+        if (has_capacity_policy(cfg) && c->list->n > 0) {
                 r = decide_capacity(c, ages, &n_due, &cap);
-                free(ages);
                 if (r < 0)
                         return r;
         }
@@ -732,6 +722,7 @@ static void project_list_done(const struct http_response *resp, void *userdata) 
 
 /* The list is in: record it, decide, close. */
 static void after_list(struct cycle *c) {
+        uint64_t *ages;
         int ret;
 
         c->res.listed = c->list->n;
@@ -752,11 +743,15 @@ static void after_list(struct cycle *c) {
                 return;
         }
 
-        ret = state_sync(c->env.state, c->list, now_mono_ms());
+        /* One state lookup per listed session: state_sync() hands back the
+         * ages that decide() needs. */
+        ages = malloc((c->list->n > 0 ? c->list->n : 1) * sizeof *ages);
+        ret = ages ? state_sync(c->env.state, c->list, now_mono_ms(), ages) : -ENOMEM;
         if (ret >= 0) {
                 retry_prune(c->env.retries, c->list);
-                ret = decide(c);
+                ret = decide(c, ages);
         }
+        free(ages);
         if (ret < 0) {
                 /* Nothing was closed: a cycle with half a decision is no cycle. */
                 list_failed(c, "out of memory while deciding", 0, 0);

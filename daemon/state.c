@@ -201,6 +201,10 @@ int state_load(struct state *s, int64_t now_wall_ms, int64_t now_mono_ms, bool r
         return 0;
 }
 
+static uint64_t age_at(int64_t first_seen_mono_ms, int64_t now_mono_ms) {
+        return now_mono_ms < first_seen_mono_ms ? 0 : (uint64_t) (now_mono_ms - first_seen_mono_ms);
+}
+
 bool state_first_seen(const struct state *s, const char *session_id, int64_t *ret_first_seen_mono_ms) {
         struct state_entry key = { .session_id = (char *) (uintptr_t) session_id }, **found;
 
@@ -213,9 +217,9 @@ bool state_first_seen(const struct state *s, const char *session_id, int64_t *re
 uint64_t state_age_ms(const struct state *s, const char *session_id, int64_t now_mono_ms) {
         int64_t first;
 
-        if (!state_first_seen(s, session_id, &first) || now_mono_ms < first)
+        if (!state_first_seen(s, session_id, &first))
                 return 0;
-        return (uint64_t) (now_mono_ms - first);
+        return age_at(first, now_mono_ms);
 }
 
 /* twalk() takes no user data; state code is single-threaded, so a file-local
@@ -234,7 +238,7 @@ static void collect_stale(const void *node, VISIT which, int depth) {
                 sweep_ctx.stale[sweep_ctx.n_stale++] = e;
 }
 
-int state_sync(struct state *s, const struct session_list *l, int64_t now_mono_ms) {
+int state_sync(struct state *s, const struct session_list *l, int64_t now_mono_ms, uint64_t *ret_ages) {
         size_t marked = 0;
 
         /* Mark every listed session with this generation, adding new ones;
@@ -249,6 +253,8 @@ int state_sync(struct state *s, const struct session_list *l, int64_t now_mono_m
                         if ((*found)->seen_generation != s->generation)
                                 marked++;
                         (*found)->seen_generation = s->generation;
+                        if (ret_ages)
+                                ret_ages[i] = age_at((*found)->first_seen_mono_ms, now_mono_ms);
                         continue;
                 }
                 int r = insert(&s->root, l->items[i].session_id, now_mono_ms, s->generation);
@@ -257,6 +263,8 @@ int state_sync(struct state *s, const struct session_list *l, int64_t now_mono_m
                 s->n++;
                 marked++;
                 s->dirty = true;
+                if (ret_ages)
+                        ret_ages[i] = 0;
         }
         if (s->n > marked) {
                 /* Some entries were not listed: collect them, then delete. */

@@ -29,9 +29,12 @@ int state_load(struct state *s, int64_t now_wall_ms, int64_t now_mono_ms, bool r
 bool state_first_seen(const struct state *s, const char *session_id, int64_t *ret_first_seen_mono_ms);
 
 /* Records sessions seen for the first time at now_mono_ms and forgets the
- * ones no longer listed. Returns 0 or -ENOMEM (the state is then unchanged
- * in meaning: at worst some new sessions are not yet recorded). */
-int state_sync(struct state *s, const struct session_list *l, int64_t now_mono_ms);
+ * ones no longer listed. When ret_ages is not NULL it has room for l->n
+ * ages and gets each listed session's age at now_mono_ms (what state_age_ms
+ * would return), found by the same lookup that marks it. Returns 0, or
+ * -ENOMEM (the state is then unchanged in meaning: at worst some new
+ * sessions are not yet recorded; ret_ages is then not to be used). */
+int state_sync(struct state *s, const struct session_list *l, int64_t now_mono_ms, uint64_t *ret_ages);
 
 /* Age of a listed session (after state_sync), 0 when unknown. */
 uint64_t state_age_ms(const struct state *s, const char *session_id, int64_t now_mono_ms);

@@ -57,6 +57,7 @@ static void test_sync_and_ages(void **st) {
         static const char *const first[] = { "a", "b", "c" }, *const second[] = { "b", "c", "d" };
         struct session_list *l1 = list_of(first, 3), *l2 = list_of(second, 3);
         int64_t seen;
+        uint64_t ages[3];
         struct state *s = NULL;
         char *warning = NULL;
 
@@ -67,20 +68,28 @@ static void test_sync_and_ages(void **st) {
         assert_int_equal(state_size(s), 0);
         assert_false(state_dirty(s));
 
-        assert_int_equal(state_sync(s, l1, 1000), 0);
+        memset(ages, 0xff, sizeof ages);
+        assert_int_equal(state_sync(s, l1, 1000, ages), 0);
         assert_true(state_dirty(s));
+        for (size_t i = 0; i < 3; i++)
+                assert_int_equal(ages[i], 0); /* first seen now */
         assert_int_equal(state_size(s), 3);
         assert_int_equal(state_age_ms(s, "a", 61000), 60000);
 
         assert_int_equal(state_save(s, 2000000, 2000), 0);
         assert_false(state_dirty(s));
         /* The same list again changes nothing and writes nothing. */
-        assert_int_equal(state_sync(s, l1, 3000), 0);
+        assert_int_equal(state_sync(s, l1, 3000, NULL), 0);
         assert_false(state_dirty(s));
 
         /* a is gone, d is new, b and c keep their first sight. */
-        assert_int_equal(state_sync(s, l2, 5000), 0);
+        assert_int_equal(state_sync(s, l2, 5000, ages), 0);
         assert_true(state_dirty(s));
+        /* The ages come in list order (b, c, d) and agree with state_age_ms(). */
+        assert_int_equal(ages[0], 4000);
+        assert_int_equal(ages[1], 4000);
+        assert_int_equal(ages[2], 0);
+        assert_int_equal(state_age_ms(s, "b", 5000), ages[0]);
         assert_false(state_first_seen(s, "a", &seen));
         assert_true(state_first_seen(s, "b", &seen));
         assert_int_equal(seen, 1000);
@@ -95,6 +104,7 @@ static void test_sync_and_ages(void **st) {
 static void test_restart_keeps_ages(void **st) {
         static const char *const ids[] = { "x", "y" };
         struct session_list *l = list_of(ids, 2);
+        uint64_t ages[2];
         struct state *s = NULL;
         char *warning = NULL;
         struct stat sb;
@@ -103,7 +113,7 @@ static void test_restart_keeps_ages(void **st) {
         assert_int_equal(state_new(path, &s), 0);
         assert_int_equal(state_load(s, 0, 0, false, &warning), 0);
         /* wall 10,000,000 = mono 100: x and y are first seen at wall 10,000,000 */
-        assert_int_equal(state_sync(s, l, 100), 0);
+        assert_int_equal(state_sync(s, l, 100, NULL), 0);
         assert_int_equal(state_save(s, 10000000, 100), 0);
         assert_int_equal(stat(path, &sb), 0);
         assert_int_equal(sb.st_mode & 0777, 0600);
@@ -115,6 +125,10 @@ static void test_restart_keeps_ages(void **st) {
         assert_null(warning);
         assert_int_equal(state_size(s), 2);
         assert_int_equal(state_age_ms(s, "x", 7), 3600000);
+        assert_false(state_dirty(s));
+        /* Sessions first seen before this boot: state_sync() gives the same age. */
+        assert_int_equal(state_sync(s, l, 7, ages), 0);
+        assert_int_equal(ages[0], 3600000);
         assert_false(state_dirty(s));
         state_free(s);
 
@@ -177,7 +191,7 @@ static void test_unwritable_dir(void **st) {
         (void) st;
         assert_int_equal(state_new("/nonexistent-dir/state.json", &s), 0);
         assert_int_equal(state_load(s, 0, 0, false, &warning), 0);
-        assert_int_equal(state_sync(s, l, 1), 0);
+        assert_int_equal(state_sync(s, l, 1, NULL), 0);
         assert_int_equal(state_save(s, 1, 1), -ENOENT);
         assert_true(state_dirty(s)); /* retried next time */
         state_free(s);
