@@ -1,5 +1,6 @@
 #include "cycle.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <inttypes.h>
@@ -18,6 +19,10 @@
 /* Failed closes back off from one poll interval up to this many. */
 #define RETRY_CAP_INTERVALS 64
 #define RETRY_CAP_MAX_MS    (3600 * 1000)
+/* A session no longer listed keeps its first-seen time for this many poll
+ * intervals, so that a list that now and then comes back short or empty
+ * resets no age. */
+#define STATE_GRACE_INTERVALS 10
 
 enum outcome {
         OUTCOME_CLOSED,
@@ -39,12 +44,19 @@ struct close_job {
         const struct policy *policy;   /* borrowed from the config */
         uint64_t age_ms;
         struct gateway_error close_err;
+        bool dispatched; /* counted in cycle->in_flight until finished */
+        bool finished;   /* its outcome is logged */
 };
 
 struct cycle {
         struct cycle_env env;
-        cycle_done_fn done;
+        cycle_phase_fn phase_fn;
         void *userdata;
+        enum cycle_phase phase;
+        int64_t last_progress_ms;
+        /* A configuration reloaded while this cycle runs: closes not yet sent
+         * must still be selected by it (see cycle_reconfigure()). */
+        const struct config *reloaded;
         struct session_list *list;
         struct close_job *jobs;
         size_t n_jobs, next_job, in_flight;
@@ -67,6 +79,65 @@ struct project_list {
 };
 
 static void dispatch(struct cycle *c);
+static void job_done(struct close_job *job, enum outcome outcome, const char *detail, long retry_after_s);
+
+/* A response (or a resume) arrived: the cycle is making progress. */
+static void progress(struct cycle *c) {
+        c->last_progress_ms = now_mono_ms();
+}
+
+/* A job that will not be sent after all, because the cycle is stopping. */
+static void job_deferred(struct close_job *job) {
+        struct cycle *c = job->cycle;
+
+        job->finished = true;
+        c->res.deferred++;
+        if (job->dispatched)
+                c->in_flight--;
+        dispatch(c);
+}
+
+/* Why the reloaded configuration, if any, no longer lets this job close its
+ * session; NULL when it does. */
+static const char *reloaded_refuses(const struct cycle *c, const struct close_job *job) {
+        const struct config *cfg = c->reloaded;
+        struct decision d;
+
+        if (!cfg)
+                return NULL;
+        policy_decide(cfg, job->session, job->age_ms, &d);
+        if (d.kind == DECISION_PROTECTED)
+                return "the reloaded configuration protects it";
+        if (job->policy->kind == POLICY_OVER_CAPACITY) {
+                for (size_t i = 0; i < cfg->n_policies; i++)
+                        if (cfg->policies[i].kind == POLICY_OVER_CAPACITY &&
+                            strcmp(cfg->policies[i].name, job->policy->name) == 0 &&
+                            policy_selects_user(&cfg->policies[i], job->session->user_id))
+                                return NULL;
+                return "the reloaded configuration no longer selects it";
+        }
+        if (d.kind != DECISION_CLOSE || strcmp(d.policy->name, job->policy->name) != 0)
+                return "the reloaded configuration no longer selects it";
+        return NULL;
+}
+
+/* Just before a request for the job goes out: not after a stop, and after a
+ * reload only while the new configuration still selects the session.
+ * Otherwise the job is finished here and false is returned. */
+static bool job_may_send(struct close_job *job) {
+        const char *why;
+
+        if (job->cycle->stopping) {
+                job_deferred(job);
+                return false;
+        }
+        why = reloaded_refuses(job->cycle, job);
+        if (why) {
+                job_done(job, OUTCOME_SKIPPED, why, 0);
+                return false;
+        }
+        return true;
+}
 
 /* log_struct() with the cycle's account added to the fields. */
 static void cycle_log(struct cycle *c, int priority, const char *message_id, const struct log_field *fields,
@@ -222,7 +293,8 @@ static void log_reclaim(struct close_job *job, enum outcome outcome, const char 
 static void cycle_end(struct cycle *c) {
         const struct cycle_result *res = &c->res;
         char f_listed[24], f_due[24], f_closed[24], f_already[24], f_failed[24], f_deferred[24],
-                f_protected[24], f_dry[24], f_dur[24], f_skipped[24], f_backoff[24], f_fused[24];
+                f_protected[24], f_dry[24], f_dur[24], f_skipped[24], f_backoff[24], f_fused[24],
+                f_malformed[24];
         struct log_field f[] = {
                 { "IVH_LISTED", f_listed },       { "IVH_DUE", f_due },
                 { "IVH_CLOSED", f_closed },       { "IVH_ALREADY_CLOSED", f_already },
@@ -230,8 +302,11 @@ static void cycle_end(struct cycle *c) {
                 { "IVH_PROTECTED", f_protected }, { "IVH_DRY_RUN", f_dry },
                 { "IVH_DURATION_MS", f_dur },     { "IVH_SKIPPED", f_skipped },
                 { "IVH_BACKING_OFF", f_backoff }, { "IVH_FUSED", f_fused },
+                { "IVH_MALFORMED", f_malformed },
         };
 
+        if (c->phase == CYCLE_ENDED)
+                return;
         ev_timer_stop(c->env.loop, &c->resume_timer);
         c->res.duration_ms = now_mono_ms() - c->res.started_ms;
         snprintf(f_listed, sizeof f_listed, "%zu", res->listed);
@@ -246,13 +321,27 @@ static void cycle_end(struct cycle *c) {
         snprintf(f_skipped, sizeof f_skipped, "%zu", res->skipped);
         snprintf(f_backoff, sizeof f_backoff, "%zu", res->backing_off);
         snprintf(f_fused, sizeof f_fused, "%zu", res->fused);
+        snprintf(f_malformed, sizeof f_malformed, "%zu", res->malformed);
         if (!c->env.plan_out)
                 cycle_log(c, res->list_failed ? LOG_WARNING : LOG_INFO, MESSAGE_ID_CYCLE, f, ELEMENTSOF(f),
                           "Cycle %s: listed=%s due=%s closed=%s already_closed=%s failed=%s skipped=%s "
-                          "deferred=%s backing_off=%s fused=%s protected=%s dry_run=%s duration=%sms",
+                          "deferred=%s backing_off=%s fused=%s protected=%s malformed=%s dry_run=%s "
+                          "duration=%sms",
                           res->list_failed ? "failed" : "done", f_listed, f_due, f_closed, f_already,
-                          f_failed, f_skipped, f_deferred, f_backoff, f_fused, f_protected, f_dry, f_dur);
-        c->done(c, &c->res, c->userdata);
+                          f_failed, f_skipped, f_deferred, f_backoff, f_fused, f_protected, f_malformed,
+                          f_dry, f_dur);
+        /* The runner frees the cycle from its advance step, not from here. */
+        c->phase = CYCLE_ENDED;
+        c->phase_fn(c, CYCLE_ENDED, c->userdata);
+}
+
+/* Leaves every close not yet sent to a later cycle. */
+static void defer_queued(struct cycle *c) {
+        for (; c->next_job < c->n_jobs; c->next_job++)
+                if (!c->jobs[c->next_job].finished) {
+                        c->jobs[c->next_job].finished = true;
+                        c->res.deferred++;
+                }
 }
 
 static void job_done(struct close_job *job, enum outcome outcome, const char *detail, long retry_after_s) {
@@ -260,6 +349,7 @@ static void job_done(struct close_job *job, enum outcome outcome, const char *de
         const struct config *cfg = c->env.config;
         const char *id = job->session->session_id;
 
+        job->finished = true;
         log_reclaim(job, outcome, detail);
         switch (outcome) {
         case OUTCOME_CLOSED:
@@ -290,7 +380,8 @@ static void job_done(struct close_job *job, enum outcome outcome, const char *de
                 c->res.dry_run++;
                 break;
         }
-        c->in_flight--;
+        if (job->dispatched)
+                c->in_flight--;
         /* The gateway asked us to slow down: hold back the remaining closes. */
         if (retry_after_s > 0 && c->next_job < c->n_jobs && !c->stopping) {
                 uint64_t pause_ms = (uint64_t) retry_after_s * 1000;
@@ -308,8 +399,7 @@ static void job_done(struct close_job *job, enum outcome outcome, const char *de
                                 "to a "
                                 "later cycle",
                                 retry_after_s, c->n_jobs - c->next_job);
-                        c->res.deferred += c->n_jobs - c->next_job;
-                        c->next_job = c->n_jobs;
+                        defer_queued(c);
                 }
         }
         dispatch(c);
@@ -329,6 +419,7 @@ static void postcheck_done(const struct http_response *resp, void *userdata) {
         char buf[512];
         int r;
 
+        progress(job->cycle);
         if (!transport_failed(resp, buf, sizeof buf)) {
                 r = gateway_parse_stat(resp->body, resp->body_len, &st, &err);
                 record_call(job->cycle, "statsession", resp, r, &err);
@@ -351,6 +442,7 @@ static void close_done(const struct http_response *resp, void *userdata) {
         char buf[512];
         int parsed;
 
+        progress(job->cycle);
         if (transport_failed(resp, buf, sizeof buf)) {
                 record_call(job->cycle, "closesession", resp, -1, &job->close_err);
                 close_failed(job, "closesession", buf, resp->retry_after_s);
@@ -362,7 +454,7 @@ static void close_done(const struct http_response *resp, void *userdata) {
                 job_done(job, OUTCOME_CLOSED, NULL, 0);
                 return;
         }
-        if (job->close_err.kind == GATEWAY_API_ERROR) {
+        if (job->close_err.kind == GATEWAY_API_ERROR && !job->cycle->stopping) {
                 /* Maybe the session went away between the list and now. */
                 if (post(job->cycle, "statsession", job->session->session_id, NULL, postcheck_done, job) >=
                     0)
@@ -374,6 +466,8 @@ static void close_done(const struct http_response *resp, void *userdata) {
 static void start_close(struct close_job *job) {
         int ret;
 
+        if (!job_may_send(job))
+                return;
         ret = post(job->cycle, "closesession", job->session->session_id, NULL, close_done, job);
         if (ret < 0)
                 close_failed(job, "closesession", strerror(-ret), 0);
@@ -391,6 +485,7 @@ static void precheck_done(const struct http_response *resp, void *userdata) {
         char buf[512];
         int parsed;
 
+        progress(c);
         memset(&err, 0, sizeof err);
         if (transport_failed(resp, buf, sizeof buf)) {
                 record_call(c, "statsession", resp, -1, &err);
@@ -436,28 +531,29 @@ static bool needs_precheck(const struct cycle *c, const struct close_job *job) {
  * calls job_done(), whose dispatch() returns here at once, and this loop
  * carries on. Ends the cycle when nothing is left. */
 static void dispatch(struct cycle *c) {
-        if (c->dispatching)
+        if (c->dispatching || c->phase == CYCLE_ENDED)
                 return;
         c->dispatching = true;
         while (!c->stopping && !ev_is_active(&c->resume_timer) && c->next_job < c->n_jobs &&
                c->in_flight < c->env.config->gateway.max_parallel) {
                 struct close_job *job = &c->jobs[c->next_job++];
 
+                if (job->finished)
+                        continue; /* skipped after a reload */
+                job->dispatched = true;
                 c->in_flight++;
-                if (needs_precheck(c, job)) {
+                if (!needs_precheck(c, job))
+                        start_close(job);
+                else if (job_may_send(job)) {
                         int ret;
 
                         ret = post(c, "statsession", job->session->session_id, NULL, precheck_done, job);
                         if (ret < 0)
                                 close_failed(job, "statsession before closing", strerror(-ret), 0);
-                } else {
-                        start_close(job);
                 }
         }
-        if (c->stopping && c->next_job < c->n_jobs) {
-                c->res.deferred += c->n_jobs - c->next_job;
-                c->next_job = c->n_jobs;
-        }
+        if (c->stopping)
+                defer_queued(c);
         c->dispatching = false;
         if (c->in_flight == 0 && c->next_job == c->n_jobs)
                 cycle_end(c);
@@ -466,6 +562,7 @@ static void dispatch(struct cycle *c) {
 static void resume_cb(struct ev_loop *loop, ev_timer *w, int revents) {
         (void) loop;
         (void) revents;
+        progress(w->data);
         dispatch(w->data);
 }
 
@@ -505,6 +602,8 @@ static size_t apply_share_fuse(struct cycle *c, size_t n_due) {
                 { "IVH_MIN_SESSIONS", f_min },
         };
 
+        /* Entries never acted on still hold a slot: they count as live. */
+        live = c->list->n_malformed;
         for (size_t i = 0; i < c->list->n; i++)
                 live += policy_session_is_live(&c->list->items[i]);
         for (size_t i = 0; i < n_due; i++)
@@ -650,6 +749,8 @@ static void list_done(const struct http_response *resp, void *userdata) {
         char buf[512];
         int ret;
 
+        progress(c);
+        c->res.list_bytes += resp->body_len;
         memset(&err, 0, sizeof err);
         if (transport_failed(resp, buf, sizeof buf)) {
                 record_call(c, "listsessionofuin", resp, -1, &err);
@@ -677,6 +778,8 @@ static void project_list_done(const struct http_response *resp, void *userdata) 
         char buf[512];
         int ret = -EIO;
 
+        progress(c);
+        c->res.list_bytes += resp->body_len;
         memset(&err, 0, sizeof err);
         if (transport_failed(resp, buf, sizeof buf))
                 record_call(c, "listsessionofprojectid", resp, -1, &err);
@@ -720,13 +823,47 @@ static void project_list_done(const struct http_response *resp, void *userdata) 
         after_list(c);
 }
 
+/* Entries never acted on: counted every cycle, each id warned about once
+ * (again only after it has been gone for a cycle), escaped. */
+static void report_malformed(struct cycle *c) {
+        const struct session_list *l = c->list;
+
+        c->res.malformed = l->n_malformed;
+        for (size_t i = 0; i < l->n_malformed; i++) {
+                struct log_field f[] = { { "IVH_SESSION_ID", l->malformed[i].id },
+                                         { "IVH_REASON", l->malformed[i].reason } };
+                int r = c->env.malformed_logged ? idset_mark(c->env.malformed_logged, l->malformed[i].id)
+                                                : 1;
+
+                if (r == 0)
+                        continue;
+                cycle_log(c, LOG_WARNING, NULL, f, ELEMENTSOF(f),
+                          "Ignoring listed session \"%s\": %s; it is never acted on, and counts as live for "
+                          "the fuses",
+                          l->malformed[i].id, l->malformed[i].reason);
+        }
+        if (c->env.malformed_logged)
+                idset_round_end(c->env.malformed_logged);
+}
+
 /* The list is in: record it, decide, close. */
 static void after_list(struct cycle *c) {
-        uint64_t *ages;
+        const struct config *cfg = c->env.config;
+        uint64_t *ages, grace;
+        size_t anchored;
         int ret;
 
         c->res.listed = c->list->n;
         metrics_listed(c->env.metrics, c->list);
+        report_malformed(c);
+        /* The gateway accepted our signature, so the wall clock is within its
+         * window: ages from before a reboot can be trusted now. */
+        anchored = state_anchor(c->env.state, now_wall_ms(), now_mono_ms());
+        if (anchored > 0)
+                cycle_log(c, LOG_INFO, NULL, NULL, 0,
+                          "The gateway accepted our clock; %zu first-seen time(s) from before the restart "
+                          "now count from the wall clock",
+                          anchored);
         if (c->list->n_duplicates > 0)
                 cycle_log(c, LOG_WARNING, NULL, NULL, 0,
                           "The session list named %zu session(s) more than once; using the first entry of "
@@ -746,7 +883,8 @@ static void after_list(struct cycle *c) {
         /* One state lookup per listed session: state_sync() hands back the
          * ages that decide() needs. */
         ages = malloc((c->list->n > 0 ? c->list->n : 1) * sizeof *ages);
-        ret = ages ? state_sync(c->env.state, c->list, now_mono_ms(), ages) : -ENOMEM;
+        grace = cfg->poll_interval_ms * STATE_GRACE_INTERVALS;
+        ret = ages ? state_sync(c->env.state, c->list, now_mono_ms(), grace, ages) : -ENOMEM;
         if (ret >= 0) {
                 retry_prune(c->env.retries, c->list);
                 ret = decide(c, ages);
@@ -763,10 +901,13 @@ static void after_list(struct cycle *c) {
         if (c->env.dry_run) {
                 for (size_t i = 0; i < c->n_jobs; i++) {
                         log_reclaim(&c->jobs[i], OUTCOME_DRY_RUN, NULL);
+                        c->jobs[i].finished = true;
                         c->res.dry_run++;
                 }
                 c->next_job = c->n_jobs;
         }
+        c->phase = CYCLE_CLOSING;
+        c->phase_fn(c, CYCLE_CLOSING, c->userdata);
         dispatch(c);
 }
 
@@ -800,7 +941,7 @@ static int start_listing(struct cycle *c) {
         return r;
 }
 
-int cycle_start(const struct cycle_env *env, cycle_done_fn done, void *userdata, struct cycle **ret) {
+int cycle_start(const struct cycle_env *env, cycle_phase_fn phase, void *userdata, struct cycle **ret) {
         struct cycle *c = calloc(1, sizeof *c);
         int r;
 
@@ -812,9 +953,10 @@ int cycle_start(const struct cycle_env *env, cycle_done_fn done, void *userdata,
                 return -ENOMEM;
         }
         c->env = *env;
-        c->done = done;
+        c->phase_fn = phase;
         c->userdata = userdata;
-        c->res.started_ms = now_mono_ms();
+        c->phase = CYCLE_LISTING;
+        c->res.started_ms = c->last_progress_ms = now_mono_ms();
         ev_init(&c->resume_timer, resume_cb);
         c->resume_timer.data = c;
         r = start_listing(c);
@@ -834,15 +976,53 @@ int cycle_start(const struct cycle_env *env, cycle_done_fn done, void *userdata,
 }
 
 void cycle_stop(struct cycle *c) {
+        assert(c);
+        if (c->phase == CYCLE_ENDED)
+                return;
         c->stopping = true;
-        if (ev_is_active(&c->resume_timer)) {
+        if (ev_is_active(&c->resume_timer))
                 ev_timer_stop(c->env.loop, &c->resume_timer);
+        if (c->phase == CYCLE_CLOSING)
                 dispatch(c); /* counts what was held back, and ends the cycle if idle */
-        }
 }
 
-int64_t cycle_started_ms(const struct cycle *c) {
-        return c->res.started_ms;
+void cycle_reconfigure(struct cycle *c, const struct config *cfg) {
+        assert(c && cfg);
+        c->reloaded = cfg;
+        if (c->phase != CYCLE_CLOSING)
+                return; /* still listing: decide() will use the old file, job_may_send() the new */
+        /* Check every close not yet sent now, not only when its turn comes:
+         * an operator who protects a user as an emergency brake sees the
+         * effect at once. dispatch() is held off until all are checked. */
+        c->dispatching = true;
+        for (size_t i = c->next_job; i < c->n_jobs; i++) {
+                struct close_job *job = &c->jobs[i];
+                const char *why;
+
+                if (job->finished)
+                        continue;
+                why = reloaded_refuses(c, job);
+                if (why)
+                        job_done(job, OUTCOME_SKIPPED, why, 0);
+        }
+        c->dispatching = false;
+        dispatch(c);
+}
+
+enum cycle_phase cycle_phase(const struct cycle *c) {
+        return c->phase;
+}
+
+const struct cycle_result *cycle_result(const struct cycle *c) {
+        return &c->res;
+}
+
+void cycle_get_progress(const struct cycle *c, struct cycle_progress *ret) {
+        *ret = (struct cycle_progress){
+                .last_progress_ms = c->last_progress_ms,
+                .paused = ev_is_active(&c->resume_timer),
+                .in_flight = c->in_flight,
+        };
 }
 
 void cycle_free(struct cycle *c) {

@@ -11,6 +11,7 @@
 #include "credentials.h"
 #include "gateway.h"
 #include "http.h"
+#include "idset.h"
 #include "metrics.h"
 #include "retry.h"
 #include "state.h"
@@ -27,6 +28,7 @@ struct cycle_env {
         struct retry_table *retries;
         struct metrics *metrics; /* may be NULL */
         bool dry_run;
+        struct idset *malformed_logged; /* ids already warned about (owned by the runner) */
         FILE *plan_out; /* non-NULL for --plan: print the plan, close nothing, record nothing */
 };
 
@@ -37,25 +39,53 @@ struct cycle_result {
         size_t backing_off;      /* due, but waiting after an earlier failure */
         size_t fused;            /* due live sessions held back by the share fuse */
         size_t protected_due;    /* would be due but for a protect rule */
+        size_t malformed;        /* listed entries never acted on (hostile or unusable ids) */
         uint64_t retry_after_ms; /* the list call's Retry-After, 0 if none */
+        size_t list_bytes;       /* size of the list reply (or replies) */
         int64_t started_ms, duration_ms;
+};
+
+/* Where a cycle is. It only ever moves forward. */
+enum cycle_phase {
+        CYCLE_LISTING, /* list call(s) in flight */
+        CYCLE_CLOSING, /* deciding is done; statsession/closesession calls go out */
+        CYCLE_ENDED,   /* summary logged; nothing in flight; waiting to be freed */
 };
 
 struct cycle;
 
-/* Called once when the cycle has ended, as the cycle's last action; the
- * callee frees the cycle. */
-typedef void (*cycle_done_fn)(struct cycle *c, const struct cycle_result *res, void *userdata);
+/* Told when the cycle enters a new phase. It runs inside the cycle's own
+ * request callbacks, so it may only record the change and arm a watcher: it
+ * must not free the cycle, nor end or start one. */
+typedef void (*cycle_phase_fn)(struct cycle *c, enum cycle_phase phase, void *userdata);
 
 /* Sends the list call. Returns 0, or a negative errno (already logged as a
  * failed cycle) when not even that could be started. */
-int cycle_start(const struct cycle_env *env, cycle_done_fn done, void *userdata, struct cycle **ret);
+int cycle_start(const struct cycle_env *env, cycle_phase_fn phase, void *userdata, struct cycle **ret);
 
-/* Starts no further request; the cycle ends once those in flight have.
- * May end it (and call done) before returning. */
+/* Starts no further request of any kind; the cycle ends once those in flight
+ * have. May enter CYCLE_ENDED (and call the phase function) before returning. */
 void cycle_stop(struct cycle *c);
 
-int64_t cycle_started_ms(const struct cycle *c);
+/* A reloaded configuration arrived while the cycle runs. Closes not yet sent
+ * are checked against it at once, and again just before each is sent: a
+ * session it protects, or that no policy of it selects any more, is skipped.
+ * cfg must outlive the cycle (the runner keeps it as its pending config);
+ * call again with the newer one if another reload comes. */
+void cycle_reconfigure(struct cycle *c, const struct config *cfg);
 
-/* Frees a cycle that has ended, or whose requests were cancelled. */
+enum cycle_phase cycle_phase(const struct cycle *c);
+const struct cycle_result *cycle_result(const struct cycle *c);
+
+/* For the watchdog: when a request last finished (or the cycle started or
+ * resumed), and whether dispatch is paused by a Retry-After timer. */
+struct cycle_progress {
+        int64_t last_progress_ms;
+        bool paused;
+        size_t in_flight;
+};
+void cycle_get_progress(const struct cycle *c, struct cycle_progress *ret);
+
+/* Frees a cycle that has ended, or whose requests were cancelled. Never from
+ * inside the cycle's own callbacks. */
 void cycle_free(struct cycle *c);

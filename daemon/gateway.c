@@ -233,6 +233,140 @@ static int get_tristate(const cJSON *v, enum tristate *ret) {
         return 0;
 }
 
+/* Length of the UTF-8 sequence at p (at most n bytes) and its code point,
+ * or 0 when it is not valid UTF-8 (overlong forms, surrogates and values
+ * above U+10FFFF included). */
+static size_t utf8_decode(const unsigned char *p, size_t n, uint32_t *ret) {
+        uint32_t cp, min;
+        size_t len;
+
+        if (p[0] < 0x80) {
+                *ret = p[0];
+                return 1;
+        }
+        if ((p[0] & 0xe0) == 0xc0)
+                len = 2, cp = p[0] & 0x1f, min = 0x80;
+        else if ((p[0] & 0xf0) == 0xe0)
+                len = 3, cp = p[0] & 0x0f, min = 0x800;
+        else if ((p[0] & 0xf8) == 0xf0)
+                len = 4, cp = p[0] & 0x07, min = 0x10000;
+        else
+                return 0;
+        if (len > n)
+                return 0;
+        for (size_t i = 1; i < len; i++) {
+                if ((p[i] & 0xc0) != 0x80)
+                        return 0;
+                cp = cp << 6 | (p[i] & 0x3f);
+        }
+        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+                return 0;
+        *ret = cp;
+        return len;
+}
+
+const char *gateway_id_problem(const char *s, size_t len) {
+        const unsigned char *p = (const unsigned char *) s;
+
+        if (len > GATEWAY_ID_MAX)
+                return "longer than 256 bytes";
+        for (size_t i = 0; i < len;) {
+                uint32_t cp;
+                size_t n = utf8_decode(p + i, len - i, &cp);
+
+                if (n == 0)
+                        return "not valid UTF-8";
+                if (cp < 0x20 || cp == 0x7f || (cp >= 0x80 && cp <= 0x9f) || cp == 0x2028 || cp == 0x2029)
+                        return "contains a control character";
+                i += n;
+        }
+        return NULL;
+}
+
+/* Records a skipped entry with its SessionId escaped. */
+static int add_malformed(struct session_list *l, size_t cap, const char *id, const char *reason) {
+        char buf[GATEWAY_ID_MAX * 4 + 8];
+
+        if (l->n_malformed == cap)
+                return -ENOMEM; /* cannot happen: cap is the number of entries */
+        escape_bytes(id ? id : "", buf, sizeof buf);
+        l->malformed[l->n_malformed].id = strdup(buf);
+        if (!l->malformed[l->n_malformed].id)
+                return -ENOMEM;
+        l->malformed[l->n_malformed++].reason = reason;
+        return 0;
+}
+
+/* The ids of an entry that has the documented shape: NULL when both may be
+ * acted on, else why not. */
+static const char *entry_id_problem(const struct session *s) {
+        const char *why = gateway_id_problem(s->session_id, strlen(s->session_id));
+
+        if (why)
+                return why;
+        why = gateway_id_problem(s->user_id, strlen(s->user_id));
+        return why ? "UserId is not a usable id" : NULL;
+}
+
+/* cJSON keeps strings NUL-terminated, so an escaped NUL ("\u0000") or a raw
+ * NUL byte would silently cut an id short ("victim\u0000x" would read as
+ * "victim", another session). One pass over the raw text finds them and
+ * counts the values an upper bound: commas and opening brackets outside
+ * strings, plus one. Returns whether a NUL was found. */
+static bool scan_json(const char *text, size_t len, size_t *ret_values) {
+        bool in_string = false, nul = false;
+        size_t values = 1;
+
+        for (size_t i = 0; i < len; i++) {
+                char ch = text[i];
+
+                if (ch == '\0')
+                        nul = true;
+                else if (in_string) {
+                        if (ch == '\\') {
+                                if (i + 5 < len && text[i + 1] == 'u' &&
+                                    memcmp(text + i + 2, "0000", 4) == 0)
+                                        nul = true;
+                                i++;
+                        } else if (ch == '"')
+                                in_string = false;
+                } else if (ch == '"')
+                        in_string = true;
+                else if (ch == ',' || ch == '[' || ch == '{')
+                        values++;
+        }
+        *ret_values = values;
+        return nul;
+}
+
+/* A copy of text in which every NUL, raw or escaped, is U+0001 instead: a
+ * control character, which gateway_id_problem() refuses, so the entry is
+ * skipped rather than read as a shorter id. */
+static char *neutralize_nul(const char *text, size_t len) {
+        char *copy = malloc(len + 1);
+        bool in_string = false;
+
+        if (!copy)
+                return NULL;
+        memcpy(copy, text, len);
+        copy[len] = '\0';
+        for (size_t i = 0; i < len; i++) {
+                if (copy[i] == '\0')
+                        copy[i] = '\x01';
+                else if (in_string) {
+                        if (copy[i] == '\\') {
+                                if (i + 5 < len && copy[i + 1] == 'u' &&
+                                    memcmp(copy + i + 2, "0000", 4) == 0)
+                                        copy[i + 5] = '1';
+                                i++;
+                        } else if (copy[i] == '"')
+                                in_string = false;
+                } else if (copy[i] == '"')
+                        in_string = true;
+        }
+        return copy;
+}
+
 static int parse_session(const cJSON *item, size_t idx, struct session *s, struct gateway_error *err) {
         const cJSON *id, *user, *status;
 
@@ -305,10 +439,25 @@ int gateway_parse_list(const char *body, size_t len, struct session_list **ret_l
                        struct gateway_error *err) {
         struct session_list *l = NULL;
         cJSON *root = NULL, *payload, *sessions, *item;
-        size_t count;
+        char *clean = NULL;
+        size_t count, values;
         int r;
 
+        memset(err, 0, sizeof *err);
+        if (scan_json(body, len, &values)) {
+                clean = neutralize_nul(body, len);
+                if (!clean)
+                        return -ENOMEM;
+                body = clean;
+        }
+        if (values > GATEWAY_LIST_MAX_VALUES) {
+                free(clean);
+                return fail(err, GATEWAY_BAD_RESPONSE,
+                            "the list has more than %d JSON values; refusing it unparsed",
+                            GATEWAY_LIST_MAX_VALUES);
+        }
         r = parse_envelope(body, len, &root, err);
+        free(clean);
         if (r < 0)
                 return r;
         payload = cJSON_GetObjectItemCaseSensitive(root, "Payload");
@@ -343,10 +492,25 @@ int gateway_parse_list(const char *body, size_t len, struct session_list **ret_l
         }
         /* cJSON arrays are linked lists: walk them, never index them. */
         cJSON_ArrayForEach(item, sessions) {
-                r = parse_session(item, l->n, &l->items[l->n], err);
+                const char *why;
+
+                r = parse_session(item, l->n + l->n_malformed, &l->items[l->n], err);
                 if (r < 0)
                         goto out;
-                l->n++;
+                why = entry_id_problem(&l->items[l->n]);
+                if (!why) {
+                        l->n++;
+                        continue;
+                }
+                /* Never acted on; counted and reported by the caller. */
+                if (!l->malformed && !(l->malformed = calloc(count, sizeof *l->malformed))) {
+                        r = -ENOMEM;
+                        goto out;
+                }
+                r = add_malformed(l, count, l->items[l->n].session_id, why);
+                if (r < 0)
+                        goto out;
+                memset(&l->items[l->n], 0, sizeof l->items[l->n]);
         }
         r = drop_duplicates(l);
         if (r < 0)
@@ -400,6 +564,9 @@ void session_list_free(struct session_list *l) {
                         free(l->items[i].session_id);
                         free(l->items[i].user_id);
                 }
+        for (size_t i = 0; i < l->n_malformed; i++)
+                free(l->malformed[i].id);
+        free(l->malformed);
         free(l->docs);
         free(l->items);
         free(l);
@@ -410,12 +577,16 @@ int session_list_merge(struct session_list **lists, size_t n, struct session_lis
         size_t items = 0, docs = 0;
         int r = -ENOMEM;
 
+        size_t malformed = 0;
+
         for (size_t i = 0; i < n; i++) {
                 items += lists[i]->n;
                 docs += lists[i]->n_docs;
+                malformed += lists[i]->n_malformed;
         }
         if (!m || !(m->items = calloc(items ? items : 1, sizeof *m->items)) ||
-            !(m->docs = calloc(docs ? docs : 1, sizeof *m->docs)))
+            !(m->docs = calloc(docs ? docs : 1, sizeof *m->docs)) ||
+            !(m->malformed = calloc(malformed ? malformed : 1, sizeof *m->malformed)))
                 goto out;
         for (size_t i = 0; i < n; i++) {
                 if (lists[i]->n > 0)
@@ -425,8 +596,12 @@ int session_list_merge(struct session_list **lists, size_t n, struct session_lis
                 if (lists[i]->n_docs > 0)
                         memcpy(m->docs + m->n_docs, lists[i]->docs, lists[i]->n_docs * sizeof *m->docs);
                 m->n_docs += lists[i]->n_docs;
+                if (lists[i]->n_malformed > 0)
+                        memcpy(m->malformed + m->n_malformed, lists[i]->malformed,
+                               lists[i]->n_malformed * sizeof *m->malformed);
+                m->n_malformed += lists[i]->n_malformed;
                 /* The merged list owns the items' strings and documents now. */
-                lists[i]->n = lists[i]->n_docs = 0;
+                lists[i]->n = lists[i]->n_docs = lists[i]->n_malformed = 0;
         }
         {
                 size_t before = m->n_duplicates;

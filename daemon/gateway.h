@@ -11,6 +11,17 @@
 #define GATEWAY_REQID_LEN     32
 #define GATEWAY_SIGNATURE_LEN 44 /* base64 of a 32-byte HMAC-SHA256 */
 
+/* The longest SessionId or UserId acted on, in bytes. The documentation
+ * shows 32-character hex session ids; anything this long is not an id. */
+#define GATEWAY_ID_MAX 256
+
+/* A list reply with more JSON values than this is refused before it is
+ * parsed: every value costs a cJSON node (about 80 bytes), so this bounds
+ * the memory one reply can take (about 20 MB) whatever its shape. A real
+ * session entry has fewer than 12 values, so this is about 20,000 sessions
+ * per list call. */
+#define GATEWAY_LIST_MAX_VALUES 250000
+
 struct cJSON;
 
 enum session_status {
@@ -29,10 +40,21 @@ struct session {
         enum tristate started; /* IsSessionStarted; unknown when absent */
 };
 
+/* A listed entry that is never acted on: its SessionId or UserId is not a
+ * usable id (see gateway_id_problem()). */
+struct malformed_entry {
+        char *id;           /* the SessionId, escaped (\xNN) so it can be logged */
+        const char *reason; /* static text */
+};
+
 struct session_list {
         struct session *items;
         size_t n;
         size_t n_duplicates; /* entries dropped because their SessionId came twice */
+        /* Entries skipped because an id is hostile. They hold a slot on the
+         * account, so they count as live for the fuses. */
+        struct malformed_entry *malformed;
+        size_t n_malformed;
         /* The parsed replies (cJSON trees) the items' strings point into;
          * none when the list owns its strings (lists built by hand). */
         struct cJSON **docs;
@@ -83,6 +105,12 @@ int gateway_new_reqid(char ret[GATEWAY_REQID_LEN + 1]);
 /* {"Header":{},"Payload":{"ReqId":..., "SessionId":..., "VirtualmanProjectId":...}};
  * session_id and project_id may be NULL. */
 int gateway_build_body(const char *reqid, const char *session_id, const char *project_id, char **ret_body);
+
+/* NULL when s (len bytes) may be acted on as a SessionId or UserId;
+ * otherwise why not: it contains NUL or another control character (C0, DEL,
+ * C1, U+2028, U+2029), is not valid UTF-8, or is longer than
+ * GATEWAY_ID_MAX bytes. An empty UserId is allowed. */
+const char *gateway_id_problem(const char *s, size_t len);
 
 /* Parses a listsessionofuin reply. Returns 0 with *ret_list, -EPROTO with err
  * filled in for an API error or a malformed reply, or -ENOMEM. */

@@ -35,7 +35,14 @@ struct http {
         size_t n_idle, cap_idle;
         size_t in_flight;
         unsigned long connections;
+        /* check_multi_info() is handing responses to their owners: an
+         * http_free() from one of those callbacks is only recorded here and
+         * carried out when the loop over finished transfers has returned. */
+        unsigned completing;
+        bool free_requested;
 };
+
+static void http_free_now(struct http *h);
 
 /* Frees a request. Its easy handle goes back to the idle pool when reuse is
  * set and there is room: creating one per request costs more CPU than the
@@ -70,7 +77,8 @@ static void check_multi_info(struct http *h) {
         CURLMsg *msg;
         int left;
 
-        while ((msg = curl_multi_info_read(h->multi, &left))) {
+        h->completing++;
+        while (!h->free_requested && (msg = curl_multi_info_read(h->multi, &left))) {
                 struct request *req = NULL;
                 struct http_response resp = { 0 };
                 CURLcode result;
@@ -104,8 +112,10 @@ static void check_multi_info(struct http *h) {
                              : req->errbuf[0]     ? req->errbuf
                                                   : curl_easy_strerror(result);
                 req->done(&resp, req->userdata);
-                request_free(h, req, true);
+                request_free(h, req, !h->free_requested);
         }
+        if (--h->completing == 0 && h->free_requested)
+                http_free_now(h);
 }
 
 static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents) {
@@ -260,6 +270,17 @@ oom:
 void http_free(struct http *h) {
         if (!h)
                 return;
+        if (h->completing > 0) {
+                /* Called from a completion callback of this very handle:
+                 * freeing now would pull the multi handle out from under
+                 * check_multi_info(). Cancel the rest once it returns. */
+                h->free_requested = true;
+                return;
+        }
+        http_free_now(h);
+}
+
+static void http_free_now(struct http *h) {
         while (h->requests) {
                 struct request *req = h->requests;
 
@@ -280,9 +301,12 @@ void http_free(struct http *h) {
 }
 
 int http_post_json(struct http *h, const char *url, const char *body, http_done_fn done, void *userdata) {
-        struct request *req = calloc(1, sizeof *req);
+        struct request *req;
         CURLcode rc = CURLE_OK;
 
+        if (h->free_requested)
+                return -ESHUTDOWN;
+        req = calloc(1, sizeof *req);
         if (!req)
                 return -ENOMEM;
         req->http = h;

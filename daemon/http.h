@@ -34,7 +34,11 @@ typedef void (*http_done_fn)(const struct http_response *resp, void *userdata);
 int http_new(struct ev_loop *loop, const struct http_options *opt, struct http **ret);
 
 /* Frees the multi handle. In-flight requests are cancelled without their
- * callbacks being called. Must run while the loop still exists. */
+ * callbacks being called. Must run while the loop still exists. Called from
+ * one of this handle's own completion callbacks, it only marks the handle:
+ * no further callback runs, new requests are refused, and the memory is
+ * released once the completion loop has returned. The runner never relies on
+ * this (it frees handles only from its advance step); it is a safety net. */
 void http_free(struct http *h);
 
 /* Starts an asynchronous POST of a JSON body. done is called exactly once,

@@ -4,6 +4,7 @@
 #include <ev.h>
 #include <getopt.h>
 #include <malloc.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,30 +20,46 @@ enum {
         EXIT_OK = 0,
         EXIT_FAIL = 1,    /* --once/--plan: the list call failed; or a runtime error */
         EXIT_USAGE = 64,  /* bad command line */
+        EXIT_BUSY = 75,   /* EX_TEMPFAIL: another instance holds the state file's lock */
         EXIT_CONFIG = 78, /* invalid configuration or missing credentials */
 };
 
 static void help(FILE *out) {
-        fprintf(out,
-                "Usage: ivh-reclaimd [OPTION]...\n"
-                "Reclaims leaked Tencent Cloud IVH interactive sessions according to YAML policies.\n"
-                "\n"
-                "  -c, --config FILE        policy file (default " CONFIG_DEFAULT_PATH ")\n"
-                "      --once               run one cycle, wait for its closes, and exit\n"
-                "      --dry-run            decide and log everything, never call closesession\n"
-                "      --plan               list sessions once, print what would happen to each, close "
-                "nothing\n"
-                "      --check-config       validate the policy file and exit\n"
-                "      --log-target TARGET  auto, journal or console (default auto)\n"
-                "  -v, --verbose            also log debug messages\n"
-                "  -h, --help               show this help\n"
-                "      --version            show the version\n"
-                "\n"
-                "The access token is read from gateway.accesstoken_file, else\n"
-                "$CREDENTIALS_DIRECTORY/accesstoken, else $IVH_ACCESS_TOKEN.\n"
-                "\n"
-                "Exit status: 0 success; 1 the session list could not be fetched (--once, --plan)\n"
-                "or a runtime error; 64 usage error; 78 invalid configuration or missing credentials.\n");
+        fprintf(out, "Usage: ivh-reclaimd [OPTION]...\n"
+                     "Reclaims leaked Tencent Cloud IVH interactive sessions according to YAML policies.\n"
+                     "\n"
+                     "  -c, --config FILE        policy file (default " CONFIG_DEFAULT_PATH ")\n"
+                     "      --once               run one cycle, wait for its closes, and exit\n"
+                     "      --dry-run            decide and log everything, never call closesession\n"
+                     "      --plan               list sessions once, print what would happen to each, close "
+                     "nothing\n"
+                     "      --check-config       validate the policy file and exit\n"
+                     "      --log-target TARGET  auto, journal or console (default auto)\n"
+                     "  -v, --verbose            also log debug messages\n"
+                     "  -h, --help               show this help\n"
+                     "      --version            show the version\n"
+                     "\n"
+                     "The access token is read from gateway.accesstoken_file, else\n"
+                     "$CREDENTIALS_DIRECTORY/accesstoken, else $IVH_ACCESS_TOKEN.\n"
+                     "\n"
+                     "Exit status: 0 success; 1 the session list could not be fetched (--once, --plan)\n"
+                     "or a runtime error; 64 usage error; 75 another instance uses the same state file;\n"
+                     "78 invalid configuration or missing credentials.\n");
+}
+
+/* Before anything else: SIGHUP and SIGUSR1 would kill a process that has
+ * not installed its handlers yet (--once, --plan, a daemon still loading
+ * its state), and the README suggests `kill -USR1 $(pidof ivh-reclaimd)`.
+ * They are ignored until the daemon's signal watchers take them over. A
+ * closed stderr pipe must not kill the daemon either: SIGPIPE is ignored,
+ * and writes fail with EPIPE instead. */
+static void ignore_signals(void) {
+        struct sigaction sa = { .sa_handler = SIG_IGN };
+
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGHUP, &sa, NULL);
+        sigaction(SIGUSR1, &sa, NULL);
+        sigaction(SIGPIPE, &sa, NULL);
 }
 
 int main(int argc, char **argv) {
@@ -69,6 +86,7 @@ int main(int argc, char **argv) {
         char *errors = NULL, errbuf[512];
         int c, ret, status;
 
+        ignore_signals();
         while ((c = getopt_long(argc, argv, "c:vh", options, NULL)) >= 0) {
                 switch (c) {
                 case 'c':
@@ -166,8 +184,10 @@ int main(int argc, char **argv) {
         if (ret < 0) {
                 log_error("%s", errbuf);
                 status = ret == -ENOMEM ? EXIT_FAIL : EXIT_CONFIG;
-        } else if (reclaimer_start(r) < 0) {
-                status = EXIT_FAIL;
+        } else if ((ret = reclaimer_start(r)) < 0) {
+                status = ret == -EBUSY                      ? EXIT_BUSY
+                         : ret == -EISDIR || ret == -EBADFD ? EXIT_CONFIG
+                                                            : EXIT_FAIL;
         } else {
                 if (ropt.mode == RECLAIMER_DAEMON)
                         sd_notify(0, "READY=1");

@@ -56,6 +56,10 @@ void policy_decide(const struct config *c, const struct session *s, uint64_t age
         *ret = d;
 }
 
+bool policy_selects_user(const struct policy *p, const char *user_id) {
+        return p->user_ids.n == 0 || glob_match_any(&p->user_ids, user_id);
+}
+
 bool policy_session_is_live(const struct session *s) {
         return is_live(s->status);
 }
@@ -103,6 +107,9 @@ int policy_capacity_victims(const struct config *c, const struct session_list *l
 
         for (size_t p = 0; p < c->n_policies; p++) {
                 const struct policy *pol = &c->policies[p];
+                /* Entries never acted on (l->n_malformed) are not counted:
+                 * what they are is unknown, and counting them could only
+                 * make this policy take more sessions. */
                 size_t live = 0, excess, n_cand = 0;
 
                 if (pol->kind != POLICY_OVER_CAPACITY)

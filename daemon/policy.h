@@ -30,6 +30,9 @@ void policy_decide(const struct config *c, const struct session *s, uint64_t age
 
 const char *decision_to_string(const struct decision *d);
 
+/* Whether the policy's user_ids selector (none: every user) matches. */
+bool policy_selects_user(const struct policy *p, const char *user_id);
+
 /* Whether a session counts as live for the share fuse: status 1 or 3. */
 bool policy_session_is_live(const struct session *s);
 

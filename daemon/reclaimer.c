@@ -1,8 +1,30 @@
+/* The loop's owner: one runner per account, signals, the watchdog.
+ *
+ * Each runner is a state machine (enum runner_state):
+ *
+ *     IDLE --poll timer--> LISTING --list in--> CLOSING --all done--> ENDED
+ *       ^                     |                                        |
+ *       +---------------------+------------- advance() ----------------+
+ *                                                  |
+ *                      SIGTERM: LISTING/CLOSING -> STOPPING -> ENDED -> DONE
+ *                      --once/--plan: ENDED -> DONE
+ *
+ * The rule: callbacks of a cycle or of the HTTP layer (request completions,
+ * the cycle's phase function) only record what happened and arm the
+ * runner's advance watcher (an ev_prepare, run by the loop before it next
+ * waits). They never free anything, never end, start or schedule a cycle,
+ * and never swap a configuration or an HTTP handle. Only advance() does
+ * that, from the loop, when no callback of the objects it frees is on the
+ * stack. Signal watchers and the poll timer are the loop's own callbacks:
+ * they may start a cycle or apply a reload when no cycle is running, and
+ * otherwise only mark the runner and let advance() act. */
 #include "reclaimer.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <inttypes.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +35,7 @@
 #include "duration.h"
 #include "health.h"
 #include "http.h"
+#include "idset.h"
 #include "log.h"
 #include "metrics.h"
 #include "retry.h"
@@ -21,28 +44,52 @@
 
 #define MAX_RESPONSE_SIZE      (16u * 1024 * 1024)
 #define SHUTDOWN_GRACE_EXTRA_S 1.0
+/* A Retry-After on the list call delays the next poll by at most
+ * max(poll_interval, this): a gateway cannot switch the daemon off. */
+#define LIST_RETRY_AFTER_CAP_MS (5 * 60 * 1000)
+/* After a cycle whose list replies were this large, free memory is handed
+ * back to the kernel. */
+#define TRIM_AFTER_LIST_BYTES (1024 * 1024)
 
 struct reclaimer;
+
+enum runner_state {
+        RUNNER_IDLE,     /* between cycles: the poll timer is armed */
+        RUNNER_LISTING,  /* a cycle runs: list call(s) in flight */
+        RUNNER_CLOSING,  /* a cycle runs: re-checks and closes in flight */
+        RUNNER_STOPPING, /* SIGTERM came during a cycle: no new request; waiting for it to end */
+        RUNNER_ENDED,    /* the cycle has ended; advance() wraps it up */
+        RUNNER_DONE,     /* nothing more runs (stopped, or --once/--plan finished) */
+};
+
+static const char *const runner_state_names[] = {
+        [RUNNER_IDLE] = "idle",         [RUNNER_LISTING] = "listing", [RUNNER_CLOSING] = "closing",
+        [RUNNER_STOPPING] = "stopping", [RUNNER_ENDED] = "ended",     [RUNNER_DONE] = "done",
+};
 
 /* One account: its own connections, state, timer and cycle, so that a
  * gateway that hangs stalls only its own account. */
 struct runner {
         struct reclaimer *r;
+        enum runner_state run_state;
         struct config *config; /* the account's configuration (owned) */
         struct credentials *creds;
         struct gateway_signer signer; /* derived from creds: reset when they change */
-        /* A reloaded configuration waiting for this account's cycle to end. */
+        /* A reloaded configuration, waiting for the running cycle to end
+         * (that cycle already checks its unsent closes against it). */
         struct config *pending_config;
         struct credentials *pending_creds;
+        bool sweep_requested; /* SIGUSR1 during a cycle: run another one right after */
         struct http *http;
         struct state *state;
         struct retry_table *retries;
         struct metrics *metrics;
-        struct cycle *cycle; /* NULL between cycles */
+        struct idset *malformed_logged;
+        struct cycle *cycle; /* from LISTING to ENDED */
         int64_t last_cycle_started_ms;
+        int64_t next_poll_wall_s; /* for STATUS= */
         ev_timer poll_timer;
-        bool sweep_requested; /* SIGUSR1 during a cycle: run another one right after */
-        bool cycled;          /* --once/--plan: its one cycle has ended */
+        ev_prepare advance_watcher;
         struct cycle_result last;
 };
 
@@ -56,7 +103,7 @@ struct reclaimer {
         ev_timer grace_timer;
         ev_timer watchdog_timer;
         ev_signal sig_term, sig_int, sig_hup, sig_usr1;
-        bool stopping;
+        bool stopping; /* SIGTERM/SIGINT received: every runner heads for DONE */
         bool any_list_failed;
         bool unhealthy_logged;
         unsigned long cycles;
@@ -94,20 +141,40 @@ static void ulog(const struct runner *u, int priority, const char *fmt, ...) {
         va_end(ap);
 }
 
-/* The next cycle starts poll_interval after the previous one started (or
- * after the gateway's Retry-After, if later), and never before it ended. */
+/* The next cycle starts poll_interval after the previous one started, and
+ * never before it ended. A Retry-After from the list call can push it later,
+ * by at most max(poll_interval, LIST_RETRY_AFTER_CAP_MS), and the real time
+ * of the next poll is then logged. */
 static void schedule_next(struct runner *u, int64_t started_mono_ms, uint64_t retry_after_ms,
                           bool after_cycle) {
         int64_t now = now_mono_ms(), next = started_mono_ms + (int64_t) u->config->poll_interval_ms;
+        uint64_t cap = u->config->poll_interval_ms > LIST_RETRY_AFTER_CAP_MS ? u->config->poll_interval_ms
+                                                                             : LIST_RETRY_AFTER_CAP_MS;
         double delay;
 
-        if (retry_after_ms > 0 && now + (int64_t) retry_after_ms > next)
-                next = now + (int64_t) retry_after_ms;
         if (next <= now && after_cycle)
                 ulog(u, LOG_WARNING,
                      "The cycle took longer than poll_interval (%" PRIu64 " ms); starting the next one now",
                      u->config->poll_interval_ms);
+        if (retry_after_ms > 0 && now + (int64_t) retry_after_ms > next) {
+                char when[32], asked[32], waiting[32];
+                uint64_t wait = retry_after_ms > cap ? cap : retry_after_ms;
+                time_t t = time(NULL) + (time_t) ((wait + 999) / 1000);
+                struct tm tm;
+
+                next = now + (int64_t) wait;
+                localtime_r(&t, &tm);
+                strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", &tm);
+                duration_format(retry_after_ms, asked, sizeof asked);
+                duration_format(wait, waiting, sizeof waiting);
+                ulog(u, LOG_WARNING,
+                     "The gateway asked to wait %s (Retry-After) before listing again%s; next poll at %s, "
+                     "in "
+                     "%s",
+                     asked, wait < retry_after_ms ? ", more than the daemon allows" : "", when, waiting);
+        }
         delay = next > now ? (double) (next - now) / 1000.0 : 0.;
+        u->next_poll_wall_s = (int64_t) time(NULL) + (int64_t) (delay + 0.5);
         ev_timer_stop(u->r->loop, &u->poll_timer);
         ev_timer_set(&u->poll_timer, delay, 0.);
         ev_timer_start(u->r->loop, &u->poll_timer);
@@ -116,7 +183,7 @@ static void schedule_next(struct runner *u, int64_t started_mono_ms, uint64_t re
 /* STATUS= for `systemctl status`: one line about the last cycles. */
 static void notify_status(struct reclaimer *r, struct runner *u) {
         char every[32], when[32];
-        time_t t = time(NULL) + (time_t) (ev_timer_remaining(r->loop, &u->poll_timer) + 0.5);
+        time_t t = (time_t) u->next_poll_wall_s;
         size_t listed = 0, reclaimed = 0, failed = 0, list_failed = 0;
         struct tm tm;
 
@@ -189,14 +256,15 @@ static void write_metrics(struct reclaimer *r) {
                             r->metrics_file, strerror(-ret));
 }
 
-/* Swaps in a reloaded configuration; only between cycles, so that a cycle
- * runs from start to end with one configuration. */
+/* Swaps in a reloaded configuration; only between cycles (IDLE or from
+ * advance()), never from a callback of the HTTP handle it may replace. */
 static void apply_pending(struct runner *u) {
         struct http_options old_opt, new_opt;
         struct http *http = NULL;
         int ret;
 
-        if (!u->pending_config || u->cycle)
+        assert(!u->cycle);
+        if (!u->pending_config)
                 return;
         old_opt = http_options_for(u->config);
         new_opt = http_options_for(u->pending_config);
@@ -229,67 +297,39 @@ static void apply_pending(struct runner *u) {
              u->config->n_policies, u->config->poll_interval_ms, dry_run(u) ? ", dry run" : "");
 }
 
-static bool all_cycled(const struct reclaimer *r) {
-        for (size_t i = 0; i < r->n_runners; i++)
-                if (!r->runners[i].cycled)
-                        return false;
-        return true;
+/* Arms the runner's advance watcher: advance() runs before the loop next
+ * waits, outside every callback. */
+static void kick(struct runner *u) {
+        ev_prepare_start(u->r->loop, &u->advance_watcher);
 }
 
-static bool any_cycle(const struct reclaimer *r) {
-        for (size_t i = 0; i < r->n_runners; i++)
-                if (r->runners[i].cycle)
-                        return true;
-        return false;
-}
-
-/* An account's cycle ended in --once or --plan mode, or while stopping.
- * --plan runs the accounts one after the other so that their tables do not
- * interleave; the loop ends when no cycle is left to run. */
-static void one_shot_done(struct reclaimer *r, struct runner *u) {
-        if (r->opt.mode == RECLAIMER_PLAN && !r->stopping && u + 1 < r->runners + r->n_runners) {
-                ev_timer_set(&u[1].poll_timer, 0., 0.);
-                ev_timer_start(r->loop, &u[1].poll_timer);
-                return;
-        }
-        if (!any_cycle(r) && (r->stopping || all_cycled(r)))
-                ev_break(r->loop, EVBREAK_ALL);
-}
-
-static void cycle_done(struct cycle *c, const struct cycle_result *res, void *userdata) {
+/* The cycle's phase function: a callback from inside the cycle (and so from
+ * inside curl's completion handling). It records, and arms advance(). */
+static void cycle_phase_changed(struct cycle *c, enum cycle_phase phase, void *userdata) {
         struct runner *u = userdata;
-        struct reclaimer *r = u->r;
 
-        u->last = *res;
-        r->cycles++;
-        r->total_reclaimed += res->closed + res->already_closed;
-        if (res->list_failed)
-                r->any_list_failed = true;
-        if (r->stopping && res->deferred > 0)
-                ulog(u, LOG_WARNING,
-                     "Stopping: %zu due session(s) were not closed; they will be closed after restart",
-                     res->deferred);
-        if (r->opt.mode != RECLAIMER_PLAN)
-                metrics_cycle(u->metrics, !res->list_failed, now_wall_ms());
-        if (!res->list_failed)
-                save_state(u);
-        write_metrics(r);
-        u->cycle = NULL;
-        u->cycled = true;
-        cycle_free(c); /* res points into c: use u->last from here on */
+        (void) c;
+        if (phase == CYCLE_ENDED)
+                u->run_state = RUNNER_ENDED;
+        else if (phase == CYCLE_CLOSING && u->run_state == RUNNER_LISTING)
+                u->run_state = RUNNER_CLOSING;
+        kick(u);
+}
 
-        if (r->stopping || r->opt.mode != RECLAIMER_DAEMON) {
-                one_shot_done(r, u);
+/* A wall-clock step is harmless to ages (they run on CLOCK_BOOTTIME) but
+ * makes the wall-clock times in the state file stale: write it again. */
+static void check_clock(struct runner *u) {
+        int64_t step = state_check_clock(u->state, now_wall_ms(), now_mono_ms());
+        char amount[32];
+
+        if (step == 0)
                 return;
-        }
-        apply_pending(u);
-        if (u->sweep_requested) {
-                u->sweep_requested = false;
-                schedule_next(u, u->last.started_ms - (int64_t) u->config->poll_interval_ms,
-                              u->last.retry_after_ms, false);
-        } else
-                schedule_next(u, u->last.started_ms, u->last.retry_after_ms, true);
-        notify_status(r, u);
+        duration_format((uint64_t) (step < 0 ? -step : step), amount, sizeof amount);
+        ulog(u, LOG_WARNING,
+             "The wall clock stepped %s by %s; session ages are kept on the boot-time clock and do not "
+             "change; writing the state file again",
+             step < 0 ? "back" : "forward", amount);
+        save_state(u);
 }
 
 static void start_cycle(struct runner *u) {
@@ -305,29 +345,106 @@ static void start_cycle(struct runner *u) {
                 .retries = u->retries,
                 .metrics = u->metrics,
                 .dry_run = dry_run(u),
+                .malformed_logged = u->malformed_logged,
                 .plan_out = r->opt.mode == RECLAIMER_PLAN ? r->opt.plan_out : NULL,
         };
         int ret;
 
-        if (u->cycle) {
-                ulog(u, LOG_WARNING, "The previous cycle is still running; skipping this tick");
-                return;
-        }
+        assert(u->run_state == RUNNER_IDLE && !u->cycle);
+        if (r->opt.mode != RECLAIMER_PLAN)
+                check_clock(u);
         if (env.plan_out && r->n_runners > 1)
                 fprintf(env.plan_out, "%s== account %s\n", u == r->runners ? "" : "\n", account(u));
         u->last_cycle_started_ms = now_mono_ms();
-        ret = cycle_start(&env, cycle_done, u, &u->cycle);
+        u->run_state = RUNNER_LISTING;
+        ret = cycle_start(&env, cycle_phase_changed, u, &u->cycle);
         if (ret < 0) {
                 /* Already logged as a failed cycle. */
                 u->cycle = NULL;
-                u->cycled = true;
                 r->cycles++;
                 r->any_list_failed = true;
-                if (r->opt.mode != RECLAIMER_DAEMON)
-                        one_shot_done(r, u);
-                else
+                u->last =
+                        (struct cycle_result){ .list_failed = true, .started_ms = u->last_cycle_started_ms };
+                if (r->opt.mode != RECLAIMER_DAEMON) {
+                        u->run_state = RUNNER_DONE;
+                        kick(u);
+                } else {
+                        u->run_state = RUNNER_IDLE;
                         schedule_next(u, u->last_cycle_started_ms, 0, false);
+                        notify_status(r, u);
+                }
         }
+}
+
+/* The cycle has ended: record it, free it, write state and metrics. */
+static void finish_cycle(struct runner *u) {
+        struct reclaimer *r = u->r;
+
+        u->last = *cycle_result(u->cycle);
+        cycle_free(u->cycle);
+        u->cycle = NULL;
+        r->cycles++;
+        r->total_reclaimed += u->last.closed + u->last.already_closed;
+        if (u->last.list_failed)
+                r->any_list_failed = true;
+        if (r->stopping && u->last.deferred > 0)
+                ulog(u, LOG_WARNING,
+                     "Stopping: %zu due session(s) were not closed; they will be closed after restart",
+                     u->last.deferred);
+        if (r->opt.mode != RECLAIMER_PLAN)
+                metrics_cycle(u->metrics, !u->last.list_failed, now_wall_ms());
+        if (r->opt.mode != RECLAIMER_PLAN)
+                check_clock(u);
+        if (!u->last.list_failed)
+                save_state(u);
+        write_metrics(r);
+        /* A large list leaves many small freed blocks in the heap: give the
+         * memory back rather than keep the peak for the life of the daemon. */
+        if (u->last.list_bytes >= TRIM_AFTER_LIST_BYTES)
+                malloc_trim(0);
+}
+
+/* The one place that moves a runner on after a cycle, called from the loop
+ * (the advance watcher), never from inside a callback of the cycle or its
+ * HTTP handle. */
+static void advance(struct runner *u) {
+        struct reclaimer *r = u->r;
+
+        if (u->run_state == RUNNER_ENDED) {
+                finish_cycle(u);
+                if (r->stopping || r->opt.mode != RECLAIMER_DAEMON) {
+                        u->run_state = RUNNER_DONE;
+                        /* --plan runs the accounts one after the other, so that
+                         * their tables do not interleave. */
+                        if (r->opt.mode == RECLAIMER_PLAN && !r->stopping &&
+                            u + 1 < r->runners + r->n_runners) {
+                                ev_timer_set(&u[1].poll_timer, 0., 0.);
+                                ev_timer_start(r->loop, &u[1].poll_timer);
+                        }
+                } else {
+                        u->run_state = RUNNER_IDLE;
+                        apply_pending(u);
+                        if (u->sweep_requested) {
+                                u->sweep_requested = false;
+                                schedule_next(u, u->last.started_ms - (int64_t) u->config->poll_interval_ms,
+                                              u->last.retry_after_ms, false);
+                        } else
+                                schedule_next(u, u->last.started_ms, u->last.retry_after_ms, true);
+                        notify_status(r, u);
+                }
+        }
+        if (u->run_state == RUNNER_DONE) {
+                for (size_t i = 0; i < r->n_runners; i++)
+                        if (r->runners[i].run_state != RUNNER_DONE)
+                                return;
+                ev_break(r->loop, EVBREAK_ALL);
+        }
+}
+
+static void advance_cb(struct ev_loop *loop, ev_prepare *w, int revents) {
+        (void) revents;
+        ev_prepare_stop(loop, w);
+        advance(w->data);
 }
 
 static void poll_cb(struct ev_loop *loop, ev_timer *w, int revents) {
@@ -335,6 +452,11 @@ static void poll_cb(struct ev_loop *loop, ev_timer *w, int revents) {
 
         (void) loop;
         (void) revents;
+        if (u->run_state != RUNNER_IDLE || u->r->stopping) {
+                ulog(u, LOG_WARNING, "The previous cycle is still %s; skipping this tick",
+                     runner_state_names[u->run_state]);
+                return;
+        }
         start_cycle(u);
 }
 
@@ -415,9 +537,9 @@ static void reload(struct reclaimer *r) {
         /* Valid: hand each account its new configuration. */
         for (size_t i = 0; i < n; i++) {
                 struct runner *u = &r->runners[i];
+                struct config *old_pending = u->pending_config;
+                struct credentials *old_creds = u->pending_creds;
 
-                config_free(u->pending_config);
-                credentials_free(u->pending_creds);
                 if (accounts) {
                         u->pending_config = accounts[i];
                         accounts[i] = NULL;
@@ -427,14 +549,22 @@ static void reload(struct reclaimer *r) {
                 }
                 u->pending_creds = creds[i];
                 creds[i] = NULL;
-                if (u->cycle)
-                        ulog(u, LOG_INFO, "Reloaded; it takes effect when the running cycle ends");
-                else {
+                if (u->cycle) {
+                        /* The running cycle checks its unsent closes against
+                         * the new file now; the rest waits for its end. The
+                         * cycle is told before the older pending file goes. */
+                        cycle_reconfigure(u->cycle, u->pending_config);
+                        ulog(u, LOG_INFO,
+                             "Reloaded; closes not yet sent are checked against the new file now, the rest "
+                             "takes effect when the running cycle ends");
+                } else if (u->run_state == RUNNER_IDLE) {
                         apply_pending(u);
                         /* A new poll_interval counts from the start of the last cycle. */
                         if (ev_is_active(&u->poll_timer))
                                 schedule_next(u, u->last_cycle_started_ms, 0, false);
                 }
+                config_free(old_pending);
+                credentials_free(old_creds);
         }
         free(r->metrics_file);
         r->metrics_file = metrics_file;
@@ -448,7 +578,7 @@ done:
         sd_notify(0, "READY=1");
 }
 
-/* Pings the systemd watchdog, but only while every account keeps cycling. */
+/* Pings the systemd watchdog, but only while every account makes progress. */
 static void watchdog_cb(struct ev_loop *loop, ev_timer *w, int revents) {
         struct reclaimer *r = w->data;
         const char *reason = NULL;
@@ -458,15 +588,21 @@ static void watchdog_cb(struct ev_loop *loop, ev_timer *w, int revents) {
         (void) revents;
         for (size_t i = 0; i < r->n_runners && !stalled; i++) {
                 struct runner *u = &r->runners[i];
+                struct cycle_progress p = { 0 };
                 struct health_input in = {
                         .now_ms = now_mono_ms(),
                         .stopping = r->stopping,
+                        .done = u->run_state == RUNNER_DONE,
                         .cycle_running = u->cycle != NULL,
-                        .cycle_started_ms = u->cycle ? cycle_started_ms(u->cycle) : 0,
                         .next_cycle_scheduled = ev_is_active(&u->poll_timer),
                 };
 
-                if (!health_ok(&in, health_cycle_budget_ms(u->config), &reason))
+                if (u->cycle) {
+                        cycle_get_progress(u->cycle, &p);
+                        in.last_progress_ms = p.last_progress_ms;
+                        in.paused = p.paused;
+                }
+                if (!health_ok(&in, health_progress_budget_ms(u->config), &reason))
                         stalled = u;
         }
         if (!stalled) {
@@ -474,10 +610,10 @@ static void watchdog_cb(struct ev_loop *loop, ev_timer *w, int revents) {
                 r->unhealthy_logged = false;
         } else if (!r->unhealthy_logged) {
                 ulog(stalled, LOG_ERR,
-                     "Reclaiming has stalled: %s; withholding the watchdog ping so that systemd restarts "
-                     "the "
-                     "service",
-                     reason);
+                     "Reclaiming has stalled (%s): %s; withholding the watchdog ping so that systemd "
+                     "restarts the service",
+                     runner_state_names[stalled->run_state], reason);
+                sd_notifyf(0, "STATUS=Stalled (%s): %s", runner_state_names[stalled->run_state], reason);
                 r->unhealthy_logged = true;
         }
 }
@@ -498,6 +634,7 @@ static void grace_cb(struct ev_loop *loop, ev_timer *w, int revents) {
 static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents) {
         struct reclaimer *r = w->data;
         double grace = 0;
+        bool waiting = false;
 
         (void) revents;
         if (w->signum == SIGHUP) {
@@ -513,15 +650,17 @@ static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents) {
                 for (size_t i = 0; i < r->n_runners; i++) {
                         struct runner *u = &r->runners[i];
 
-                        if (u->cycle) {
+                        if (u->run_state != RUNNER_IDLE) {
                                 ulog(u, LOG_INFO,
                                      "Sweep requested (SIGUSR1); starting another cycle when the running "
                                      "one ends");
                                 u->sweep_requested = true;
                         } else {
+                                /* The poll timer starts it, from the loop. */
                                 ulog(u, LOG_INFO, "Sweep requested (SIGUSR1); starting a cycle now");
                                 ev_timer_stop(loop, &u->poll_timer);
-                                start_cycle(u);
+                                ev_timer_set(&u->poll_timer, 0., 0.);
+                                ev_timer_start(loop, &u->poll_timer);
                         }
                 }
                 return;
@@ -532,22 +671,34 @@ static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents) {
         sd_notify(0, "STOPPING=1");
         log_info("Received %s, stopping", strsignal(w->signum));
         for (size_t i = 0; i < r->n_runners; i++) {
-                double g = (double) r->runners[i].config->gateway.timeout_ms / 1000.0;
+                struct runner *u = &r->runners[i];
+                double g = (double) u->config->gateway.timeout_ms / 1000.0;
 
-                ev_timer_stop(loop, &r->runners[i].poll_timer);
+                ev_timer_stop(loop, &u->poll_timer);
                 if (g > grace)
                         grace = g;
+                switch (u->run_state) {
+                case RUNNER_IDLE:
+                        u->run_state = RUNNER_DONE;
+                        break;
+                case RUNNER_LISTING:
+                case RUNNER_CLOSING:
+                        u->run_state = RUNNER_STOPPING;
+                        waiting = true;
+                        cycle_stop(u->cycle); /* may end it at once: then the state is ENDED */
+                        break;
+                case RUNNER_STOPPING:
+                case RUNNER_ENDED:
+                case RUNNER_DONE:
+                        break;
+                }
+                kick(u);
         }
-        if (!any_cycle(r)) {
-                ev_break(loop, EVBREAK_ALL);
-                return;
+        if (waiting) {
+                /* Let in-flight requests finish, but not for longer than one may take. */
+                ev_timer_set(&r->grace_timer, grace + SHUTDOWN_GRACE_EXTRA_S, 0.);
+                ev_timer_start(loop, &r->grace_timer);
         }
-        /* Let in-flight closes finish, but not for longer than one request may take. */
-        ev_timer_set(&r->grace_timer, grace + SHUTDOWN_GRACE_EXTRA_S, 0.);
-        ev_timer_start(loop, &r->grace_timer);
-        for (size_t i = 0; i < r->n_runners; i++)
-                if (r->runners[i].cycle)
-                        cycle_stop(r->runners[i].cycle); /* may end the cycle, and break the loop, at once */
 }
 
 static int runner_init(struct reclaimer *r, struct runner *u, struct config *config, char *errbuf,
@@ -558,8 +709,11 @@ static int runner_init(struct reclaimer *r, struct runner *u, struct config *con
         u->r = r;
         u->config = config;
         gateway_signer_reset(&u->signer);
+        u->run_state = RUNNER_IDLE;
         ev_init(&u->poll_timer, poll_cb);
         u->poll_timer.data = u;
+        ev_prepare_init(&u->advance_watcher, advance_cb);
+        u->advance_watcher.data = u;
         ret = credentials_load(&config->gateway, NULL, config->account, &u->creds, errbuf, errlen);
         if (ret < 0)
                 return ret;
@@ -570,6 +724,8 @@ static int runner_init(struct reclaimer *r, struct runner *u, struct config *con
                 ret = retry_table_new(&u->retries);
         if (ret >= 0)
                 ret = metrics_new(&u->metrics);
+        if (ret >= 0)
+                ret = idset_new(&u->malformed_logged);
         if (ret < 0)
                 snprintf(errbuf, errlen, "%s", strerror(-ret));
         return ret;
@@ -579,6 +735,7 @@ static void runner_done(struct runner *u) {
         if (!u->r)
                 return;
         ev_timer_stop(u->r->loop, &u->poll_timer);
+        ev_prepare_stop(u->r->loop, &u->advance_watcher);
         /* Cancels what is still in flight (the grace period ran out); no callback runs. */
         http_free(u->http);
         cycle_free(u->cycle);
@@ -587,6 +744,7 @@ static void runner_done(struct runner *u) {
         state_free(u->state);
         retry_table_free(u->retries);
         metrics_free(u->metrics);
+        idset_free(u->malformed_logged);
         config_free(u->config);
         credentials_free(u->creds);
         config_free(u->pending_config);
@@ -662,11 +820,31 @@ int reclaimer_start(struct reclaimer *r) {
                 char *warning = NULL;
                 int ret;
 
+                /* Two daemons acting on one account from one state file would
+                 * both close, and each overwrite the other's ages. --plan
+                 * only reads, and needs no lock. */
+                if (r->opt.mode != RECLAIMER_PLAN) {
+                        ret = state_lock(u->state);
+                        if (ret == -EBUSY) {
+                                ulog(u, LOG_ERR,
+                                     "Another ivh-reclaimd is already running with state file %s (it holds "
+                                     "%s.lock); refusing to start a second one",
+                                     u->config->state_file, u->config->state_file);
+                                return ret;
+                        }
+                        if (ret < 0) {
+                                ulog(u, LOG_ERR, "Failed to lock state file %s.lock: %s",
+                                     u->config->state_file, strerror(-ret));
+                                return ret;
+                        }
+                }
                 ret = state_load(u->state, now_wall_ms(), now_mono_ms(), r->opt.mode == RECLAIMER_PLAN,
                                  &warning);
                 if (ret < 0) {
-                        ulog(u, LOG_ERR, "Failed to read state file %s: %s", u->config->state_file,
-                             strerror(-ret));
+                        ulog(u, LOG_ERR, "Failed to read state file %s: %s%s", u->config->state_file,
+                             file_strerror(ret),
+                             ret == -EISDIR || ret == -EBADFD ? "; state_file must name a regular file"
+                                                              : "");
                         return ret;
                 }
                 if (warning) {
@@ -702,7 +880,7 @@ int reclaimer_start(struct reclaimer *r) {
                                      "No policies are configured: nothing will be reclaimed");
                 }
         }
-        /* --plan starts with the first account; one_shot_done() moves on. */
+        /* --plan starts with the first account; advance() moves on. */
         for (size_t i = 0; i < (r->opt.mode == RECLAIMER_PLAN ? 1 : r->n_runners); i++) {
                 ev_timer_set(&r->runners[i].poll_timer, 0., 0.);
                 ev_timer_start(r->loop, &r->runners[i].poll_timer);

@@ -55,6 +55,10 @@ uint64_t retry_delay_ms(unsigned failures, uint64_t base_ms, uint64_t cap_ms, ui
         /* Jitter: spread retries over [d/2, d] so that a burst of failures does
          * not come back as a burst. */
         d = d / 2 + (uint64_t) ((double) (d - d / 2) * ((double) random / (double) UINT32_MAX));
+        /* The gateway's Retry-After is honoured, but never holds a session
+         * back beyond the backoff cap. */
+        if (retry_after_ms > cap_ms)
+                retry_after_ms = cap_ms;
         return d > retry_after_ms ? d : retry_after_ms;
 }
 

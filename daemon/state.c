@@ -1,5 +1,6 @@
 #include "state.h"
 
+#include <assert.h>
 #include <cjson/cJSON.h>
 #include <dirent.h>
 #include <errno.h>
@@ -10,25 +11,35 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include "util.h"
 
-#define STATE_VERSION  1
-#define STATE_MAX_SIZE (256 * 1024 * 1024)
+#define STATE_VERSION       2
+#define STATE_MAX_SIZE      (256 * 1024 * 1024)
+#define CLOCK_STEP_LIMIT_MS 2000
 
 struct state_entry {
         char *session_id;
-        int64_t first_seen_mono_ms;
+        int64_t first_seen_mono_ms; /* when anchored */
+        int64_t first_seen_wall_ms; /* when not: from a file of another boot */
+        int64_t last_listed_mono_ms;
         uint64_t seen_generation; /* the last state_sync() that listed it */
+        bool anchored;
 };
 
 struct state {
         char *path;
         void *root; /* tsearch tree of struct state_entry, keyed by session_id */
-        size_t n;
+        size_t n, n_unanchored;
         uint64_t generation;
         bool dirty;
+        bool wall_trusted; /* the gateway accepted our clock since the last step */
+        bool offset_known; /* offset_ms holds the last wall - boot-time offset seen */
+        int64_t offset_ms;
+        char boot_id[37]; /* "" when unknown: then no file is taken as this boot's */
+        int lock_fd;
 };
 
 static int compare_entry(const void *a, const void *b) {
@@ -46,13 +57,17 @@ static void entry_free(void *p) {
 int state_new(const char *path, struct state **ret) {
         struct state *s = calloc(1, sizeof *s);
 
+        assert(path && ret);
         if (!s)
                 return -ENOMEM;
+        s->lock_fd = -1;
         s->path = strdup(path);
         if (!s->path) {
                 free(s);
                 return -ENOMEM;
         }
+        if (read_boot_id(s->boot_id) < 0)
+                s->boot_id[0] = '\0';
         *ret = s;
         return 0;
 }
@@ -61,19 +76,45 @@ void state_free(struct state *s) {
         if (!s)
                 return;
         tdestroy(s->root, entry_free);
+        if (s->lock_fd >= 0)
+                close(s->lock_fd);
         free(s->path);
         free(s);
 }
 
+void state_set_boot_id(struct state *s, const char *boot_id) {
+        snprintf(s->boot_id, sizeof s->boot_id, "%s", boot_id);
+}
+
+int state_lock(struct state *s) {
+        char path[4096];
+        int fd;
+
+        if (snprintf(path, sizeof path, "%s.lock", s->path) >= (int) sizeof path)
+                return -ENAMETOOLONG;
+        fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOCTTY | O_NONBLOCK, 0600);
+        if (fd < 0)
+                return -errno;
+        if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+                int r = errno == EWOULDBLOCK ? -EBUSY : -errno;
+
+                close(fd);
+                return r;
+        }
+        if (s->lock_fd >= 0)
+                close(s->lock_fd);
+        s->lock_fd = fd;
+        return 0;
+}
+
 /* Inserts a new entry; returns 1 if added, 0 if the id was there, <0 on ENOMEM. */
-static int insert(void **root, const char *id, int64_t first_seen_mono_ms, uint64_t generation) {
-        struct state_entry *e = calloc(1, sizeof *e), **found;
+static int insert(void **root, const struct state_entry *proto) {
+        struct state_entry *e = malloc(sizeof *e), **found;
 
         if (!e)
                 return -ENOMEM;
-        e->session_id = strdup(id);
-        e->first_seen_mono_ms = first_seen_mono_ms;
-        e->seen_generation = generation;
+        *e = *proto;
+        e->session_id = strdup(proto->session_id);
         if (!e->session_id) {
                 free(e);
                 return -ENOMEM;
@@ -91,69 +132,99 @@ static int insert(void **root, const char *id, int64_t first_seen_mono_ms, uint6
 }
 
 static int parse_state(struct state *s, const char *data, size_t size, int64_t now_wall_ms,
-                       int64_t now_mono_ms) {
-        cJSON *root = json_parse_exact(data, size), *version, *sessions, *it;
+                       int64_t now_mono_ms, char **ret_notice) {
+        cJSON *root = json_parse_exact(data, size), *version, *sessions, *boot, *offset, *trusted, *it;
+        bool same_boot = false, file_trusted = true;
+        int64_t file_offset = 0;
         void *tree = NULL;
-        size_t n = 0;
+        size_t n = 0, n_unanchored = 0, dropped = 0;
         int r = -EBADMSG;
 
         if (!cJSON_IsObject(root))
                 goto out;
         version = cJSON_GetObjectItemCaseSensitive(root, "version");
         sessions = cJSON_GetObjectItemCaseSensitive(root, "first_seen");
-        if (!cJSON_IsNumber(version) || version->valuedouble != STATE_VERSION || !cJSON_IsObject(sessions))
+        if (!cJSON_IsNumber(version) ||
+            (version->valuedouble != 1 && version->valuedouble != STATE_VERSION) ||
+            !cJSON_IsObject(sessions))
                 goto out;
+        if (version->valuedouble == STATE_VERSION) {
+                boot = cJSON_GetObjectItemCaseSensitive(root, "boot_id");
+                offset = cJSON_GetObjectItemCaseSensitive(root, "offset_ms");
+                trusted = cJSON_GetObjectItemCaseSensitive(root, "wall_trusted");
+                if (!cJSON_IsString(boot) || !cJSON_IsNumber(offset) || !isfinite(offset->valuedouble) ||
+                    fabs(offset->valuedouble) > 1e15 || !cJSON_IsBool(trusted))
+                        goto out;
+                file_offset = (int64_t) offset->valuedouble;
+                file_trusted = cJSON_IsTrue(trusted);
+                same_boot = s->boot_id[0] && strcmp(boot->valuestring, s->boot_id) == 0;
+        }
+        /* Version 1 files have no boot id: they are read as another boot's,
+         * and were written only after a list the gateway accepted. */
         cJSON_ArrayForEach(it, sessions) {
                 double wall = it->valuedouble;
-                int64_t age;
+                struct state_entry e = { .session_id = it->string, .last_listed_mono_ms = now_mono_ms };
 
-                if (!cJSON_IsNumber(it) || !isfinite(wall) || wall < 0 || wall > 1e15 || !it->string[0])
+                if (!cJSON_IsNumber(it) || !isfinite(wall) || wall < 0 || wall > 1e15 || !it->string[0]) {
+                        r = -EBADMSG; /* one bad entry makes the whole file suspect */
                         goto out;
-                /* A time in the future means the clock went back: count from now. */
-                age = now_wall_ms - (int64_t) wall;
-                if (age < 0)
-                        age = 0;
-                r = insert(&tree, it->string, now_mono_ms - age, 0);
+                }
+                if (same_boot) {
+                        e.anchored = true;
+                        e.first_seen_mono_ms = (int64_t) wall - file_offset;
+                        if (e.first_seen_mono_ms > now_mono_ms)
+                                e.first_seen_mono_ms = now_mono_ms;
+                } else if (file_trusted) {
+                        e.first_seen_wall_ms = (int64_t) wall;
+                } else {
+                        dropped++;
+                        continue;
+                }
+                r = insert(&tree, &e);
                 if (r < 0)
                         goto out;
                 n += (size_t) r;
+                if (r > 0 && !e.anchored)
+                        n_unanchored++;
         }
         tdestroy(s->root, entry_free);
         s->root = tree;
         s->n = n;
-        s->dirty = false;
+        s->n_unanchored = n_unanchored;
+        s->dirty = dropped > 0;
+        s->offset_known = true;
+        s->offset_ms = now_wall_ms - now_mono_ms;
         tree = NULL;
         r = 0;
+        if (dropped > 0 &&
+            asprintf(ret_notice,
+                     "state file %s was written in another boot while the wall clock was unconfirmed; "
+                     "the ages of its %zu session(s) restart from zero",
+                     s->path, dropped) < 0)
+                *ret_notice = NULL;
 out:
         tdestroy(tree, entry_free);
         cJSON_Delete(root);
         return r;
 }
 
-/* Removes PATH.XXXXXX files that a write interrupted by a crash left behind. */
+/* Removes the temporary files that a write interrupted by a crash left
+ * behind: ".#NAME.XXXXXX" only, never another file of the operator's. */
 static void remove_stale_temporaries(const char *path) {
         char dirbuf[4096], basebuf[4096];
         const char *base;
-        size_t base_len;
         DIR *d;
         struct dirent *de;
 
         snprintf(dirbuf, sizeof dirbuf, "%s", path);
         snprintf(basebuf, sizeof basebuf, "%s", path);
         base = basename(basebuf);
-        base_len = strlen(base);
         d = opendir(dirname(dirbuf));
         if (!d)
                 return;
-        while ((de = readdir(d))) {
-                const char *suffix = de->d_name + base_len;
-
-                if (strncmp(de->d_name, base, base_len) != 0 || suffix[0] != '.' || strlen(suffix) != 7 ||
-                    strspn(suffix + 1, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") !=
-                            6)
-                        continue;
-                unlinkat(dirfd(d), de->d_name, 0);
-        }
+        while ((de = readdir(d)))
+                if (is_atomic_temporary(de->d_name, base))
+                        unlinkat(dirfd(d), de->d_name, 0);
         closedir(d);
 }
 
@@ -163,7 +234,10 @@ int state_load(struct state *s, int64_t now_wall_ms, int64_t now_mono_ms, bool r
         size_t size = 0;
         int r;
 
+        assert(s && ret_warning);
         *ret_warning = NULL;
+        s->offset_known = true;
+        s->offset_ms = now_wall_ms - now_mono_ms;
         if (!read_only)
                 remove_stale_temporaries(s->path);
         r = read_file_full(s->path, STATE_MAX_SIZE, &data, &size);
@@ -172,7 +246,7 @@ int state_load(struct state *s, int64_t now_wall_ms, int64_t now_mono_ms, bool r
         if (r < 0 && r != -EFBIG)
                 return r;
         if (r == 0) {
-                r = parse_state(s, data, size, now_wall_ms, now_mono_ms);
+                r = parse_state(s, data, size, now_wall_ms, now_mono_ms, ret_warning);
                 free(data);
                 if (r != -EBADMSG)
                         return r;
@@ -201,17 +275,72 @@ int state_load(struct state *s, int64_t now_wall_ms, int64_t now_mono_ms, bool r
         return 0;
 }
 
+static void anchor_one(const void *node, VISIT which, void *closure) {
+        struct state_entry *e = *(struct state_entry *const *) node;
+        const int64_t *now = closure; /* { wall, mono } */
+        int64_t age;
+
+        if ((which != postorder && which != leaf) || e->anchored)
+                return;
+        /* A time in the future means a clock went back: count from now. */
+        age = now[0] - e->first_seen_wall_ms;
+        e->first_seen_mono_ms = now[1] - (age > 0 ? age : 0);
+        e->anchored = true;
+}
+
+size_t state_anchor(struct state *s, int64_t now_wall_ms, int64_t now_mono_ms) {
+        int64_t now[2] = { now_wall_ms, now_mono_ms };
+        size_t n = s->n_unanchored;
+
+        if (!s->wall_trusted)
+                s->dirty = true; /* record that the clock is confirmed */
+        s->wall_trusted = true;
+        s->offset_known = true;
+        s->offset_ms = now_wall_ms - now_mono_ms;
+        if (n == 0)
+                return 0;
+        twalk_r(s->root, anchor_one, now);
+        s->n_unanchored = 0;
+        s->dirty = true;
+        return n;
+}
+
+int64_t state_check_clock(struct state *s, int64_t now_wall_ms, int64_t now_mono_ms) {
+        int64_t offset = now_wall_ms - now_mono_ms, step;
+
+        if (!s->offset_known) {
+                s->offset_known = true;
+                s->offset_ms = offset;
+                return 0;
+        }
+        step = offset - s->offset_ms;
+        s->offset_ms = offset; /* slow drift (NTP slewing) never adds up to a step */
+        if (step >= -CLOCK_STEP_LIMIT_MS && step <= CLOCK_STEP_LIMIT_MS)
+                return 0;
+        s->wall_trusted = false;
+        s->dirty = true;
+        return step;
+}
+
 static uint64_t age_at(int64_t first_seen_mono_ms, int64_t now_mono_ms) {
         return now_mono_ms < first_seen_mono_ms ? 0 : (uint64_t) (now_mono_ms - first_seen_mono_ms);
 }
 
-bool state_first_seen(const struct state *s, const char *session_id, int64_t *ret_first_seen_mono_ms) {
+static struct state_entry *lookup(const struct state *s, const char *session_id) {
         struct state_entry key = { .session_id = (char *) (uintptr_t) session_id }, **found;
 
         found = tfind(&key, &s->root, compare_entry);
-        if (found && ret_first_seen_mono_ms)
-                *ret_first_seen_mono_ms = (*found)->first_seen_mono_ms;
-        return found != NULL;
+        return found ? *found : NULL;
+}
+
+bool state_first_seen(const struct state *s, const char *session_id, int64_t *ret_first_seen_mono_ms) {
+        const struct state_entry *e = lookup(s, session_id);
+
+        if (!e || !e->anchored)
+                return false;
+        if (ret_first_seen_mono_ms)
+                *ret_first_seen_mono_ms = e->first_seen_mono_ms;
+        return true;
 }
 
 uint64_t state_age_ms(const struct state *s, const char *session_id, int64_t now_mono_ms) {
@@ -222,42 +351,61 @@ uint64_t state_age_ms(const struct state *s, const char *session_id, int64_t now
         return age_at(first, now_mono_ms);
 }
 
-/* twalk() takes no user data; state code is single-threaded, so a file-local
- * struct carries the context of one walk at a time. */
-static struct {
+struct sweep {
         uint64_t generation;
+        int64_t forget_before_ms; /* last listed before this: forgotten */
         struct state_entry **stale;
-        size_t n_stale;
-} sweep_ctx;
+        size_t n_stale, n_unlisted;
+};
 
-static void collect_stale(const void *node, VISIT which, int depth) {
+static void collect_stale(const void *node, VISIT which, void *closure) {
         struct state_entry *e = *(struct state_entry *const *) node;
+        struct sweep *sw = closure;
 
-        (void) depth;
-        if ((which == postorder || which == leaf) && e->seen_generation != sweep_ctx.generation)
-                sweep_ctx.stale[sweep_ctx.n_stale++] = e;
+        if ((which != postorder && which != leaf) || e->seen_generation == sw->generation)
+                return;
+        sw->n_unlisted++;
+        if (e->last_listed_mono_ms < sw->forget_before_ms)
+                sw->stale[sw->n_stale++] = e;
 }
 
-int state_sync(struct state *s, const struct session_list *l, int64_t now_mono_ms, uint64_t *ret_ages) {
+int state_sync(struct state *s, const struct session_list *l, int64_t now_mono_ms, uint64_t grace_ms,
+               uint64_t *ret_ages) {
         size_t marked = 0;
 
         /* Mark every listed session with this generation, adding new ones;
-         * then sweep out the entries the list no longer names. In the steady
-         * state (nothing new, nothing gone) this allocates nothing. */
+         * then sweep out the entries not listed for longer than the grace
+         * period. In the steady state (nothing new, nothing gone) this
+         * allocates nothing. */
         s->generation++;
         for (size_t i = 0; i < l->n; i++) {
-                struct state_entry key = { .session_id = l->items[i].session_id }, **found;
+                struct state_entry *e = lookup(s, l->items[i].session_id);
 
-                found = tfind(&key, &s->root, compare_entry);
-                if (found) {
-                        if ((*found)->seen_generation != s->generation)
+                if (e && !e->anchored) {
+                        /* Not anchored yet (state_anchor() was not called):
+                         * no age can be given, so it counts from now. */
+                        e->anchored = true;
+                        e->first_seen_mono_ms = now_mono_ms;
+                        s->n_unanchored--;
+                        s->dirty = true;
+                }
+                if (e) {
+                        if (e->seen_generation != s->generation)
                                 marked++;
-                        (*found)->seen_generation = s->generation;
+                        e->seen_generation = s->generation;
+                        e->last_listed_mono_ms = now_mono_ms;
                         if (ret_ages)
-                                ret_ages[i] = age_at((*found)->first_seen_mono_ms, now_mono_ms);
+                                ret_ages[i] = age_at(e->first_seen_mono_ms, now_mono_ms);
                         continue;
                 }
-                int r = insert(&s->root, l->items[i].session_id, now_mono_ms, s->generation);
+                struct state_entry proto = {
+                        .session_id = l->items[i].session_id,
+                        .first_seen_mono_ms = now_mono_ms,
+                        .last_listed_mono_ms = now_mono_ms,
+                        .seen_generation = s->generation,
+                        .anchored = true,
+                };
+                int r = insert(&s->root, &proto);
                 if (r < 0)
                         return r; /* the rest is recorded next cycle; nothing is swept */
                 s->n++;
@@ -267,24 +415,28 @@ int state_sync(struct state *s, const struct session_list *l, int64_t now_mono_m
                         ret_ages[i] = 0;
         }
         if (s->n > marked) {
-                /* Some entries were not listed: collect them, then delete. */
-                sweep_ctx.generation = s->generation;
-                sweep_ctx.n_stale = 0;
-                sweep_ctx.stale = malloc(s->n * sizeof *sweep_ctx.stale);
-                if (!sweep_ctx.stale)
-                        return -ENOMEM;
-                twalk(s->root, collect_stale);
-                for (size_t i = 0; i < sweep_ctx.n_stale; i++) {
-                        struct state_entry *e = sweep_ctx.stale[i];
+                /* Some entries were not listed: collect those past their grace, then delete. */
+                struct sweep sw = {
+                        .generation = s->generation,
+                        .forget_before_ms = now_mono_ms - (int64_t) grace_ms,
+                        .stale = malloc(s->n * sizeof *sw.stale),
+                };
 
+                if (!sw.stale)
+                        return -ENOMEM;
+                twalk_r(s->root, collect_stale, &sw);
+                for (size_t i = 0; i < sw.n_stale; i++) {
+                        struct state_entry *e = sw.stale[i];
+
+                        if (!e->anchored)
+                                s->n_unanchored--;
                         tdelete(e, &s->root, compare_entry);
                         entry_free(e);
                 }
-                s->n -= sweep_ctx.n_stale;
-                if (sweep_ctx.n_stale > 0)
+                s->n -= sw.n_stale;
+                if (sw.n_stale > 0)
                         s->dirty = true;
-                free(sweep_ctx.stale);
-                sweep_ctx.stale = NULL;
+                free(sw.stale);
         }
         return 0;
 }
@@ -297,49 +449,51 @@ bool state_dirty(const struct state *s) {
         return s->dirty;
 }
 
-/* twalk() takes no user data; the save is single-threaded, so a file-local
- * pointer carries the context for the duration of one walk. */
-static struct {
+struct save {
         cJSON *obj;
         int64_t offset_ms;
         bool oom;
-} save_ctx;
+};
 
-static void save_one(const void *node, VISIT which, int depth) {
+static void save_one(const void *node, VISIT which, void *closure) {
         const struct state_entry *e = *(struct state_entry *const *) node;
+        struct save *sv = closure;
 
-        (void) depth;
         if (which != postorder && which != leaf)
                 return;
-        if (!cJSON_AddNumberToObject(save_ctx.obj, e->session_id,
-                                     (double) (e->first_seen_mono_ms + save_ctx.offset_ms)))
-                save_ctx.oom = true;
+        if (!cJSON_AddNumberToObject(sv->obj, e->session_id,
+                                     (double) (e->first_seen_mono_ms + sv->offset_ms)))
+                sv->oom = true;
 }
 
 int state_save(struct state *s, int64_t now_wall_ms, int64_t now_mono_ms) {
+        struct save sv = { .offset_ms = now_wall_ms - now_mono_ms };
         cJSON *root;
         char *text;
         int r;
 
-        if (!s->dirty)
+        if (!s->dirty || s->n_unanchored > 0)
                 return 0;
         root = cJSON_CreateObject();
         if (!root || !cJSON_AddNumberToObject(root, "version", STATE_VERSION) ||
-            !(save_ctx.obj = cJSON_AddObjectToObject(root, "first_seen"))) {
+            !cJSON_AddStringToObject(root, "boot_id", s->boot_id) ||
+            !cJSON_AddNumberToObject(root, "offset_ms", (double) sv.offset_ms) ||
+            !cJSON_AddBoolToObject(root, "wall_trusted", s->wall_trusted) ||
+            !(sv.obj = cJSON_AddObjectToObject(root, "first_seen"))) {
                 cJSON_Delete(root);
                 return -ENOMEM;
         }
-        save_ctx.offset_ms = now_wall_ms - now_mono_ms;
-        save_ctx.oom = false;
-        twalk(s->root, save_one);
-        text = save_ctx.oom ? NULL : cJSON_PrintUnformatted(root);
+        twalk_r(s->root, save_one, &sv);
+        text = sv.oom ? NULL : cJSON_PrintUnformatted(root);
         cJSON_Delete(root);
-        save_ctx.obj = NULL;
         if (!text)
                 return -ENOMEM;
         r = write_file_atomic(s->path, text, strlen(text), 0600);
         free(text);
-        if (r >= 0)
+        if (r >= 0) {
                 s->dirty = false;
+                s->offset_known = true;
+                s->offset_ms = sv.offset_ms;
+        }
         return r;
 }

@@ -37,7 +37,8 @@ int read_file_full(const char *path, size_t max_size, char **ret_data, size_t *r
         size_t len = 0;
         int fd, r;
 
-        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+        /* O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer. */
+        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
         if (fd < 0)
                 return -errno;
         if (fstat(fd, &st) < 0) {
@@ -45,7 +46,7 @@ int read_file_full(const char *path, size_t max_size, char **ret_data, size_t *r
                 goto out;
         }
         if (!S_ISREG(st.st_mode)) {
-                r = -EINVAL;
+                r = S_ISDIR(st.st_mode) ? -EISDIR : -EBADFD;
                 goto out;
         }
         if ((uint64_t) st.st_size > max_size) {
@@ -95,14 +96,52 @@ static int write_all(int fd, const char *data, size_t size) {
         return 0;
 }
 
+const char *file_strerror(int negative_errno) {
+        return negative_errno == -EBADFD ? "not a regular file" : strerror(-negative_errno);
+}
+
+bool is_atomic_temporary(const char *name, const char *base) {
+        size_t n = strlen(base);
+
+        /* ".#" base "." and six characters from mkostemp() */
+        return strncmp(name, ".#", 2) == 0 && strncmp(name + 2, base, n) == 0 && name[2 + n] == '.' &&
+               strlen(name + 3 + n) == 6 &&
+               strspn(name + 3 + n, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") == 6;
+}
+
 int write_file_atomic(const char *path, const char *data, size_t size, unsigned mode) {
-        char tmp[PATH_MAX], dir[PATH_MAX];
+        char target[PATH_MAX], tmp[PATH_MAX], dir[PATH_MAX], base[PATH_MAX];
+        struct stat st;
         int fd, dfd, r;
 
-        if (snprintf(tmp, sizeof tmp, "%s.XXXXXX", path) >= (int) sizeof tmp)
+        /* Write through a symbolic link: replace what it points to, not the
+         * link (an operator may keep the state on another volume). */
+        if (lstat(path, &st) == 0 && S_ISLNK(st.st_mode)) {
+                if (!realpath(path, target)) {
+                        /* A dangling link: its target is the file to create. */
+                        ssize_t n = readlink(path, target, sizeof target - 1);
+
+                        if (n < 0)
+                                return -errno;
+                        target[n] = '\0';
+                        if (target[0] != '/') {
+                                char linkdir[PATH_MAX], joined[PATH_MAX];
+
+                                snprintf(linkdir, sizeof linkdir, "%s", path);
+                                if (snprintf(joined, sizeof joined, "%s/%s", dirname(linkdir), target) >=
+                                    (int) sizeof joined)
+                                        return -ENAMETOOLONG;
+                                snprintf(target, sizeof target, "%s", joined);
+                        }
+                }
+        } else if (snprintf(target, sizeof target, "%s", path) >= (int) sizeof target)
                 return -ENAMETOOLONG;
-        if (snprintf(dir, sizeof dir, "%s", path) >= (int) sizeof dir)
+
+        snprintf(dir, sizeof dir, "%s", target);
+        snprintf(base, sizeof base, "%s", target);
+        if (snprintf(tmp, sizeof tmp, "%s/.#%s.XXXXXX", dirname(dir), basename(base)) >= (int) sizeof tmp)
                 return -ENAMETOOLONG;
+        snprintf(dir, sizeof dir, "%s", target);
 
         fd = mkostemp(tmp, O_CLOEXEC);
         if (fd < 0)
@@ -124,7 +163,7 @@ int write_file_atomic(const char *path, const char *data, size_t size, unsigned 
                 goto fail;
         }
         fd = -1;
-        if (rename(tmp, path) < 0) {
+        if (rename(tmp, target) < 0) {
                 r = -errno;
                 goto fail;
         }
@@ -142,6 +181,63 @@ fail:
                 close(fd);
         unlink(tmp);
         return r;
+}
+
+int read_boot_id(char ret[37]) {
+        char *data = NULL;
+        size_t size = 0;
+        int r = read_file_full("/proc/sys/kernel/random/boot_id", 64, &data, &size);
+
+        /* procfs reports size 0 for this file: read it with stdio instead. */
+        if (r < 0 || size == 0) {
+                FILE *f = fopen("/proc/sys/kernel/random/boot_id", "re");
+
+                free(data);
+                data = NULL;
+                if (!f)
+                        return -errno;
+                data = calloc(1, 64);
+                if (!data) {
+                        fclose(f);
+                        return -ENOMEM;
+                }
+                size = fread(data, 1, 63, f);
+                fclose(f);
+        }
+        while (size > 0 && (data[size - 1] == '\n' || data[size - 1] == ' '))
+                data[--size] = '\0';
+        if (size != 36) {
+                free(data);
+                return -EBADMSG;
+        }
+        memcpy(ret, data, 37);
+        free(data);
+        return 0;
+}
+
+char *escape_bytes(const char *s, char *buf, size_t n) {
+        size_t i = 0;
+
+        if (n == 0)
+                return buf;
+        for (; s && *s; s++) {
+                unsigned char ch = (unsigned char) *s;
+                char esc[5];
+                size_t len;
+
+                if (ch == '\\')
+                        len = (size_t) snprintf(esc, sizeof esc, "\\\\");
+                else if (ch >= 0x20 && ch < 0x7f)
+                        esc[0] = (char) ch, esc[1] = '\0', len = 1;
+                else
+                        len = (size_t) snprintf(esc, sizeof esc, "\\x%02x", ch);
+                if (i + len + 1 > n)
+                        break;
+                memcpy(buf + i, esc, len);
+                i += len;
+        }
+        buf[i] = '\0';
+        return buf;
 }
 
 char *sanitize_printable(const char *s, char *buf, size_t n) {

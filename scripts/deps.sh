@@ -5,7 +5,7 @@ set -eu
 
 PACKAGES="gcc make cmake pkg-config clang-format
 libev-dev libcurl4-openssl-dev libssl-dev libcjson-dev libyaml-dev libsystemd-dev libcmocka-dev
-openssl ca-certificates python3 systemd dpkg-dev clang libclang-rt-14-dev valgrind curl jq time"
+openssl ca-certificates python3 systemd dpkg-dev clang libclang-rt-14-dev valgrind curl jq time faketime"
 
 missing=""
 for p in $PACKAGES; do

@@ -120,8 +120,9 @@ class Gateway:
         cut in half, with a Content-Length that matches the cut),
         "huge" (megabytes=: a valid list padded to that size),
         "duplicate" (the list names every session twice), "null_sessions"
-        (the list says "Sessions": null), "wrong_types" (the list sends
-        SessionStatus as a list).
+        (the list says "Sessions": null), "no_sessions" (Code 0 and no
+        "Sessions" at all), "wrong_types" (the list sends SessionStatus as a
+        list).
         """
         with self.lock:
             self.faults.append(dict(endpoint=endpoint, kind=kind, count=count,
@@ -219,7 +220,7 @@ class Gateway:
                 if fault["kind"] == "mutate" and sid in self.sessions:
                     self.sessions[sid].update(fault["updates"])
                 if fault["kind"] in ("trickle", "truncate", "huge", "duplicate", "null_sessions",
-                                     "wrong_types"):
+                                     "no_sessions", "wrong_types"):
                     post = fault
                 if fault["kind"] == "api_error":
                     record["outcome"] = "error"
@@ -257,6 +258,8 @@ class Gateway:
             doc["Payload"]["Sessions"] = sessions + [dict(s) for s in sessions]
         elif kind == "null_sessions":
             doc["Payload"]["Sessions"] = None
+        elif kind == "no_sessions":
+            del doc["Payload"]["Sessions"]
         elif kind == "wrong_types" and sessions:
             sessions[0]["SessionStatus"] = [sessions[0]["SessionStatus"]]
         return json.dumps(doc).encode()

@@ -120,14 +120,19 @@ class Journal(DaemonTest):
         self.assertEqual(e["MESSAGE_ID"], "f8e2aad76f6749b7a1433345838414f1")
         self.assertEqual(e["PRIORITY"], "3")
 
-    def test_user_id_with_newline_stays_one_field(self):
-        user = "evil\nMESSAGE_ID=00000000000000000000000000000000-" + uuid.uuid4().hex[:8]
-        self.gw.add_session(user, STREAM_FAILED)
+    def test_user_id_with_newline_is_never_acted_on_nor_forges_a_field(self):
+        tag = uuid.uuid4().hex[:8]
+        user = "evil\nMESSAGE_ID=00000000000000000000000000000000-" + tag
+        sid = self.gw.add_session(user, STREAM_FAILED, session_id="evil-" + tag + "\nIVH_OUTCOME=closed")
         self.write_config([("failed-streams", "failed", "0s")])
         run = self.run_daemon("--once", "--log-target", "journal")
         self.assertEqual(run.returncode, 0, run)
-        wait_for(lambda: [x for x in journal("SYSLOG_IDENTIFIER=ivh-reclaimd", "IVH_OUTCOME=closed")
-                          if x.get("IVH_USER_ID") == user], what="the entry")
+        # A control character makes the entry hostile: never closed, one warning with the bytes escaped.
+        wait_for(lambda: [x for x in journal("SYSLOG_IDENTIFIER=ivh-reclaimd", "PRIORITY=4")
+                          if x.get("IVH_SESSION_ID") == "evil-" + tag + "\\x0aIVH_OUTCOME=closed"],
+                 what="the warning about the hostile entry")
+        self.assertEqual(self.gw.closed_ids(), [])
+        self.assertNotIn(sid, self.gw.closed_ids())
         forged = journal("MESSAGE_ID=00000000000000000000000000000000")
         self.assertEqual(forged, [])
 

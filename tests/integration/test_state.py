@@ -37,13 +37,17 @@ class Restart(DaemonTest):
         self.assertEqual(run.returncode, 0, run)
         self.assertEqual(self.gw.closed_ids(), [])
 
-    def test_unlisted_sessions_are_dropped(self):
+    def test_unlisted_sessions_are_dropped_after_their_grace_period(self):
         a = self.gw.add_session("u1", IN_PROGRESS)
         self.seed_state({a: 60, "gone-1": 600, "gone-2": 6000})
-        self.write_config([("old", "max_age", "1d")])
+        # 10 poll intervals of 100ms: 1 s of grace.
+        self.write_config([("old", "max_age", "1d")], poll_interval="100ms")
         run = self.run_daemon("--once")
         self.assertEqual(run.returncode, 0, run)
-        self.assertEqual(list(self.read_state()), [a])
+        self.assertEqual(sorted(self.read_state()), sorted([a, "gone-1", "gone-2"]))
+        p = self.start_daemon()
+        wait_for(lambda: sorted(self.read_state()) == [a], timeout=15, what="the grace period to pass")
+        self.stop_daemon(p)
 
     def test_corrupt_state_is_set_aside(self):
         a = self.gw.add_session("u1", IN_PROGRESS)
@@ -66,5 +70,7 @@ class Restart(DaemonTest):
         self.assertEqual(os.stat(self.state_file).st_mode & 0o777, 0o600)
         with open(self.state_file) as f:
             doc = json.load(f)
-        self.assertEqual(doc["version"], 1)
-        self.assertEqual([n for n in os.listdir(self.dir) if n.startswith("state.json.")], [])
+        self.assertEqual(doc["version"], 2)
+        self.assertEqual(len(doc["boot_id"]), 36)
+        self.assertTrue(doc["wall_trusted"])
+        self.assertEqual([n for n in os.listdir(self.dir) if n.startswith(".#state.json.")], [])

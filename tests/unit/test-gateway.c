@@ -3,6 +3,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -264,6 +265,94 @@ static void test_merge(void **state) {
         session_list_free(m);
 }
 
+/* Issue 10, item 2: ids are hostile bytes. */
+static void test_id_problem(void **state) {
+        static const struct {
+                const char *s;
+                size_t len;
+                bool ok;
+        } cases[] = {
+                { "abc", 3, true },
+                { "", 0, true },
+                { "\xc3\xbc"
+                  "ber",
+                  5, true },                     /* ü */
+                { "\xf0\x9f\x98\x80", 4, true }, /* an emoji */
+                { "a\0b", 3, false },            /* NUL */
+                { "a\x1f"
+                  "b",
+                  3, false },                     /* C0 */
+                { "a\x7f", 2, false },            /* DEL */
+                { "a\xc2\x85", 3, false },        /* C1 (NEL) */
+                { "a\xe2\x80\xa8", 4, false },    /* U+2028 */
+                { "a\xe2\x80\xa9", 4, false },    /* U+2029 */
+                { "a\xff", 2, false },            /* not UTF-8 */
+                { "\xc0\xaf", 2, false },         /* overlong */
+                { "\xed\xa0\x80", 3, false },     /* surrogate */
+                { "\xf4\x90\x80\x80", 4, false }, /* above U+10FFFF */
+                { "\xe2\x80", 2, false },         /* cut short */
+        };
+        char big[GATEWAY_ID_MAX + 2];
+
+        (void) state;
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+                assert_int_equal(gateway_id_problem(cases[i].s, cases[i].len) == NULL, cases[i].ok);
+        memset(big, 'x', sizeof big);
+        assert_null(gateway_id_problem(big, GATEWAY_ID_MAX));
+        assert_non_null(gateway_id_problem(big, GATEWAY_ID_MAX + 1));
+}
+
+static void test_parse_list_hostile_ids_skipped(void **state) {
+        /* An escaped NUL would cut "victim\u0000x" to "victim", another session. */
+        static const char json[] = "{\"Header\":{\"Code\":0},\"Payload\":{\"Sessions\":["
+                                   "{\"SessionId\":\"victim\\u0000x\",\"UserId\":\"u\",\"SessionStatus\":4},"
+                                   "{\"SessionId\":\"ok\",\"UserId\":\"a\\u2028b\",\"SessionStatus\":4},"
+                                   "{\"SessionId\":\"a\\\\u0000\",\"UserId\":\"u\",\"SessionStatus\":4},"
+                                   "{\"SessionId\":\"victim\",\"UserId\":\"u\",\"SessionStatus\":1}]}}";
+        struct session_list *l = NULL;
+        struct gateway_error err;
+
+        (void) state;
+        assert_int_equal(gateway_parse_list(json, strlen(json), &l, &err), 0);
+        /* "a\\u0000" is a backslash and "u0000": a harmless id. */
+        assert_int_equal(l->n, 2);
+        assert_string_equal(l->items[0].session_id, "a\\u0000");
+        assert_string_equal(l->items[1].session_id, "victim");
+        assert_int_equal(l->n_malformed, 2);
+        assert_string_equal(l->malformed[0].id, "victim\\x01x");
+        assert_string_equal(l->malformed[1].id, "ok");
+        session_list_free(l);
+
+        /* A raw NUL byte inside a string is no id either. */
+        {
+                static const char raw[] = "{\"Header\":{\"Code\":0},\"Payload\":{\"Sessions\":["
+                                          "{\"SessionId\":\"v\0x\",\"UserId\":\"u\",\"SessionStatus\":4}]}}";
+
+                l = NULL;
+                assert_int_equal(gateway_parse_list(raw, sizeof raw - 1, &l, &err), 0);
+                assert_int_equal(l->n, 0);
+                assert_int_equal(l->n_malformed, 1);
+                session_list_free(l);
+        }
+}
+
+static void test_parse_list_value_cap(void **state) {
+        size_t n = GATEWAY_LIST_MAX_VALUES + 10, len = 0;
+        char *json = malloc(n * 2 + 128);
+        struct session_list *l = NULL;
+        struct gateway_error err;
+
+        (void) state;
+        len += (size_t) sprintf(json, "{\"Header\":{\"Code\":0},\"Payload\":{\"Sessions\":[],\"X\":[");
+        for (size_t i = 0; i < n; i++)
+                json[len++] = i ? ',' : '0', json[len++] = '0';
+        len += (size_t) sprintf(json + len, "]}}");
+        assert_int_equal(gateway_parse_list(json, len, &l, &err), -EPROTO);
+        assert_int_equal(err.kind, GATEWAY_BAD_RESPONSE);
+        assert_non_null(strstr(err.message, "JSON values"));
+        free(json);
+}
+
 static void test_parse_not_nul_terminated(void **state) {
         /* The parser must honour the length and never read past it. */
         const char text[] = "{\"Header\":{\"Code\":0},\"Payload\":{}}";
@@ -292,6 +381,9 @@ int main(void) {
                 cmocka_unit_test(test_parse_ack_and_stat),
                 cmocka_unit_test(test_merge),
                 cmocka_unit_test(test_parse_not_nul_terminated),
+                cmocka_unit_test(test_id_problem),
+                cmocka_unit_test(test_parse_list_hostile_ids_skipped),
+                cmocka_unit_test(test_parse_list_value_cap),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

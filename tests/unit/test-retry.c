@@ -22,6 +22,9 @@ static void test_delay(void **state) {
         /* Retry-After wins when longer. */
         assert_int_equal(retry_delay_ms(1, 1000, 64000, 5000, UINT32_MAX), 5000);
         assert_int_equal(retry_delay_ms(7, 1000, 64000, 5000, UINT32_MAX), 64000);
+        /* A Retry-After never holds a session back beyond the cap (issue 10, item 7). */
+        assert_int_equal(retry_delay_ms(1, 1000, 64000, 86400000, 0), 64000);
+        assert_int_equal(retry_delay_ms(1, 30000, 3600000, 86400000, UINT32_MAX), 3600000);
         /* Jitter stays inside [50 %, 100 %]. */
         for (uint32_t r = 0; r < UINT32_MAX - 0x01000000u; r += 0x01000000u) {
                 uint64_t d = retry_delay_ms(3, 1000, 64000, 0, r);

@@ -69,7 +69,7 @@ static void test_sync_and_ages(void **st) {
         assert_false(state_dirty(s));
 
         memset(ages, 0xff, sizeof ages);
-        assert_int_equal(state_sync(s, l1, 1000, ages), 0);
+        assert_int_equal(state_sync(s, l1, 1000, 0, ages), 0);
         assert_true(state_dirty(s));
         for (size_t i = 0; i < 3; i++)
                 assert_int_equal(ages[i], 0); /* first seen now */
@@ -79,11 +79,11 @@ static void test_sync_and_ages(void **st) {
         assert_int_equal(state_save(s, 2000000, 2000), 0);
         assert_false(state_dirty(s));
         /* The same list again changes nothing and writes nothing. */
-        assert_int_equal(state_sync(s, l1, 3000, NULL), 0);
+        assert_int_equal(state_sync(s, l1, 3000, 0, NULL), 0);
         assert_false(state_dirty(s));
 
-        /* a is gone, d is new, b and c keep their first sight. */
-        assert_int_equal(state_sync(s, l2, 5000, ages), 0);
+        /* a is gone (no grace period here), d is new, b and c keep their first sight. */
+        assert_int_equal(state_sync(s, l2, 5000, 0, ages), 0);
         assert_true(state_dirty(s));
         /* The ages come in list order (b, c, d) and agree with state_age_ms(). */
         assert_int_equal(ages[0], 4000);
@@ -111,33 +111,232 @@ static void test_restart_keeps_ages(void **st) {
 
         (void) st;
         assert_int_equal(state_new(path, &s), 0);
+        state_set_boot_id(s, "11111111-1111-1111-1111-111111111111");
         assert_int_equal(state_load(s, 0, 0, false, &warning), 0);
         /* wall 10,000,000 = mono 100: x and y are first seen at wall 10,000,000 */
-        assert_int_equal(state_sync(s, l, 100, NULL), 0);
+        assert_int_equal(state_sync(s, l, 100, 0, NULL), 0);
+        assert_int_equal(state_anchor(s, 10000000, 100), 0); /* the gateway accepted our clock */
         assert_int_equal(state_save(s, 10000000, 100), 0);
         assert_int_equal(stat(path, &sb), 0);
         assert_int_equal(sb.st_mode & 0777, 0600);
         state_free(s);
 
-        /* After a restart (the boot clock restarted too), an hour later by the wall clock. */
+        /* After a reboot (the boot clock restarted too), an hour later by the wall clock. */
         assert_int_equal(state_new(path, &s), 0);
+        state_set_boot_id(s, "22222222-2222-2222-2222-222222222222");
         assert_int_equal(state_load(s, 10000000 + 3600000, 7, false, &warning), 0);
         assert_null(warning);
         assert_int_equal(state_size(s), 2);
+        /* No age until the gateway has accepted a signed request. */
+        assert_false(state_first_seen(s, "x", NULL));
+        assert_int_equal(state_age_ms(s, "x", 7), 0);
+        assert_int_equal(state_save(s, 10000000 + 3600000, 7), 0); /* nothing written meanwhile */
+        assert_int_equal(state_anchor(s, 10000000 + 3600000, 7), 2);
         assert_int_equal(state_age_ms(s, "x", 7), 3600000);
-        assert_false(state_dirty(s));
         /* Sessions first seen before this boot: state_sync() gives the same age. */
-        assert_int_equal(state_sync(s, l, 7, ages), 0);
+        assert_int_equal(state_sync(s, l, 7, 0, ages), 0);
         assert_int_equal(ages[0], 3600000);
-        assert_false(state_dirty(s));
+        assert_int_equal(state_save(s, 10000000 + 3600000, 7), 0);
         state_free(s);
 
-        /* The wall clock went back: the sessions count as seen now, never older. */
+        /* After another reboot the wall clock went back: the sessions count as seen now, never older. */
         assert_int_equal(state_new(path, &s), 0);
+        state_set_boot_id(s, "33333333-3333-3333-3333-333333333333");
         assert_int_equal(state_load(s, 5000000, 7, false, &warning), 0);
+        state_anchor(s, 5000000, 7);
         assert_int_equal(state_age_ms(s, "y", 7), 0);
         state_free(s);
         session_list_free(l);
+}
+
+/* Item 3 of issue 10: a wall clock 8 h ahead at start-up, in the same boot,
+ * must not age anything; nor may a skew during a save. */
+static void test_same_boot_ignores_wall_clock(void **st) {
+        static const char *const ids[] = { "x" };
+        struct session_list *l = list_of(ids, 1);
+        const int64_t hour = 3600000;
+        uint64_t ages[1];
+        struct state *s = NULL;
+        char *warning = NULL;
+
+        (void) st;
+        assert_int_equal(state_new(path, &s), 0);
+        state_set_boot_id(s, "11111111-1111-1111-1111-111111111111");
+        assert_int_equal(state_load(s, 100 * hour, 1000, false, &warning), 0);
+        assert_int_equal(state_sync(s, l, 1000, 0, NULL), 0); /* first seen at boot time 1 s */
+        /* Saved while the wall clock was 4 minutes behind. */
+        assert_int_equal(state_save(s, 100 * hour + 5000 - 240000, 5000), 0);
+        state_free(s);
+
+        /* Restarted 7 s later in the same boot, the wall clock now 8 h ahead. */
+        assert_int_equal(state_new(path, &s), 0);
+        state_set_boot_id(s, "11111111-1111-1111-1111-111111111111");
+        assert_int_equal(state_load(s, 108 * hour + 8000, 8000, false, &warning), 0);
+        assert_null(warning);
+        assert_true(state_first_seen(s, "x", NULL));
+        assert_int_equal(state_age_ms(s, "x", 8000), 7000);
+        /* Neither the gateway's confirmation nor the sync changes a same-boot age. */
+        state_anchor(s, 108 * hour + 8000, 8000);
+        assert_int_equal(state_sync(s, l, 8000, 0, ages), 0);
+        assert_int_equal(ages[0], 7000);
+        state_free(s);
+        session_list_free(l);
+}
+
+/* A file written while the wall clock was not confirmed by the gateway is
+ * not trusted across a reboot: ages restart from zero. */
+static void test_untrusted_file_after_reboot(void **st) {
+        static const char *const ids[] = { "x" };
+        struct session_list *l = list_of(ids, 1);
+        struct state *s = NULL;
+        char *warning = NULL;
+
+        (void) st;
+        assert_int_equal(state_new(path, &s), 0);
+        state_set_boot_id(s, "11111111-1111-1111-1111-111111111111");
+        assert_int_equal(state_load(s, 10000000, 100, false, &warning), 0);
+        assert_int_equal(state_sync(s, l, 100, 0, NULL), 0);
+        assert_int_equal(state_save(s, 10000000, 100), 0); /* never anchored: untrusted */
+        state_free(s);
+
+        assert_int_equal(state_new(path, &s), 0);
+        state_set_boot_id(s, "22222222-2222-2222-2222-222222222222");
+        assert_int_equal(state_load(s, 10000000 + 3600000, 7, false, &warning), 0);
+        assert_non_null(warning);
+        assert_non_null(strstr(warning, "restart from zero"));
+        free(warning);
+        assert_int_equal(state_size(s), 0);
+        state_free(s);
+        session_list_free(l);
+}
+
+/* A step of the wall clock is noticed and makes the file due again. */
+static void test_clock_step(void **st) {
+        struct state *s = NULL;
+        char *warning = NULL;
+
+        (void) st;
+        assert_int_equal(state_new(path, &s), 0);
+        assert_int_equal(state_load(s, 1000000, 500, false, &warning), 0);
+        assert_false(state_dirty(s));
+        assert_int_equal(state_check_clock(s, 1001000, 1500), 0); /* in step */
+        assert_int_equal(state_check_clock(s, 1002500, 2000), 0); /* 1 s drift: tolerated */
+        assert_false(state_dirty(s));
+        assert_int_equal(state_check_clock(s, 1002500 + 3600000, 2000), 3600000); /* drift is not a step */
+        assert_true(state_dirty(s));
+        assert_int_equal(state_check_clock(s, 1002500 + 3600000, 2000), 0);
+        state_free(s);
+}
+
+/* Sessions that drop out of the list keep their first sight for the grace period. */
+static void test_grace_period(void **st) {
+        static const char *const ids[] = { "a", "b" };
+        struct session_list *both = list_of(ids, 2), *none = list_of(ids, 0);
+        uint64_t ages[2];
+        struct state *s = NULL;
+        char *warning = NULL;
+
+        (void) st;
+        assert_int_equal(state_new(path, &s), 0);
+        assert_int_equal(state_load(s, 1000000, 0, false, &warning), 0);
+        assert_int_equal(state_sync(s, both, 1000, 10000, NULL), 0);
+        /* An empty list now and then forgets nothing within the grace period. */
+        assert_int_equal(state_sync(s, none, 5000, 10000, NULL), 0);
+        assert_int_equal(state_size(s), 2);
+        assert_int_equal(state_sync(s, both, 9000, 10000, ages), 0);
+        assert_int_equal(ages[0], 8000);
+        assert_int_equal(ages[1], 8000);
+        /* Gone for longer than the grace period: forgotten. */
+        assert_int_equal(state_sync(s, none, 19001, 10000, NULL), 0);
+        assert_int_equal(state_size(s), 0);
+        state_free(s);
+        session_list_free(both);
+        session_list_free(none);
+}
+
+/* Only ".#state.json.XXXXXX" files are temporaries; the operator's own files stay. */
+static void test_temporaries(void **st) {
+        static const char *const keep[] = { "state.json.backup", "state.json.before", "state.json.old001",
+                                            ".#state.json.backup1", ".#other.json.abc123" };
+        char p[256];
+        struct state *s = NULL;
+        char *warning = NULL;
+
+        (void) st;
+        for (size_t i = 0; i < ELEMENTSOF(keep); i++) {
+                snprintf(p, sizeof p, "%s/%s", dir, keep[i]);
+                write_text("{}");
+                assert_int_equal(rename(path, p), 0);
+        }
+        snprintf(p, sizeof p, "%s/.#state.json.Ab12Z9", dir);
+        write_text("{}");
+        assert_int_equal(rename(path, p), 0);
+        assert_int_equal(state_new(path, &s), 0);
+        assert_int_equal(state_load(s, 0, 0, false, &warning), 0);
+        state_free(s);
+        assert_int_equal(access(p, F_OK), -1);
+        for (size_t i = 0; i < ELEMENTSOF(keep); i++) {
+                snprintf(p, sizeof p, "%s/%s", dir, keep[i]);
+                assert_int_equal(access(p, F_OK), 0);
+        }
+}
+
+/* A state path that is a symbolic link is written through to its target. */
+static void test_symlink_written_through(void **st) {
+        static const char *const ids[] = { "x" };
+        struct session_list *l = list_of(ids, 1);
+        char target[256];
+        struct state *s = NULL;
+        char *warning = NULL;
+        struct stat sb;
+
+        (void) st;
+        snprintf(target, sizeof target, "%s/real.json", dir);
+        assert_int_equal(symlink("real.json", path), 0); /* relative, dangling at first */
+        assert_int_equal(state_new(path, &s), 0);
+        assert_int_equal(state_load(s, 0, 0, false, &warning), 0);
+        assert_int_equal(state_sync(s, l, 1, 0, NULL), 0);
+        assert_int_equal(state_save(s, 1, 1), 0);
+        assert_int_equal(lstat(path, &sb), 0);
+        assert_true(S_ISLNK(sb.st_mode));
+        assert_int_equal(stat(target, &sb), 0);
+        assert_true(S_ISREG(sb.st_mode));
+        assert_int_equal(state_sync(s, l, 2, 0, NULL), 0);
+        assert_int_equal(state_check_clock(s, 100000, 2), 99998);
+        assert_int_equal(state_save(s, 100000, 2), 0); /* again, over the existing target */
+        assert_int_equal(lstat(path, &sb), 0);
+        assert_true(S_ISLNK(sb.st_mode));
+        state_free(s);
+        session_list_free(l);
+}
+
+/* Two daemons never share a state file. */
+static void test_lock(void **st) {
+        struct state *a = NULL, *b = NULL;
+
+        (void) st;
+        assert_int_equal(state_new(path, &a), 0);
+        assert_int_equal(state_new(path, &b), 0);
+        assert_int_equal(state_lock(a), 0);
+        assert_int_equal(state_lock(b), -EBUSY);
+        state_free(a);
+        assert_int_equal(state_lock(b), 0);
+        state_free(b);
+}
+
+/* A directory or a FIFO at the state path is an error, at once. */
+static void test_not_regular(void **st) {
+        struct state *s = NULL;
+        char *warning = NULL;
+
+        (void) st;
+        assert_int_equal(mkdir(path, 0700), 0);
+        assert_int_equal(state_new(path, &s), 0);
+        assert_int_equal(state_load(s, 0, 0, false, &warning), -EISDIR);
+        assert_int_equal(rmdir(path), 0);
+        assert_int_equal(mkfifo(path, 0600), 0);
+        assert_int_equal(state_load(s, 0, 0, false, &warning), -EBADFD); /* does not block */
+        state_free(s);
 }
 
 static void test_corrupt_is_set_aside(void **st) {
@@ -151,6 +350,11 @@ static void test_corrupt_is_set_aside(void **st) {
                 "{\"version\":1,\"first_seen\":{\"a\":-5}}",
                 "{\"version\":1,\"first_seen\":{\"\":5}}",
                 "{\"version\":1,\"first_seen\":{}} junk",
+                /* a valid first entry and a bad later one */
+                "{\"version\":1,\"first_seen\":{\"a\":5,\"b\":\"x\"}}",
+                "{\"version\":1,\"first_seen\":{\"a\":5,\"b\":-1}}",
+                "{\"version\":2,\"boot_id\":\"x\",\"offset_ms\":0,\"wall_trusted\":true,"
+                "\"first_seen\":{\"a\":5,\"\":1}}",
         };
 
         (void) st;
@@ -191,7 +395,7 @@ static void test_unwritable_dir(void **st) {
         (void) st;
         assert_int_equal(state_new("/nonexistent-dir/state.json", &s), 0);
         assert_int_equal(state_load(s, 0, 0, false, &warning), 0);
-        assert_int_equal(state_sync(s, l, 1, NULL), 0);
+        assert_int_equal(state_sync(s, l, 1, 0, NULL), 0);
         assert_int_equal(state_save(s, 1, 1), -ENOENT);
         assert_true(state_dirty(s)); /* retried next time */
         state_free(s);
@@ -202,6 +406,14 @@ int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_sync_and_ages, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_restart_keeps_ages, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_same_boot_ignores_wall_clock, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_untrusted_file_after_reboot, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_clock_step, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_grace_period, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_temporaries, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_symlink_written_through, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_lock, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_not_regular, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_corrupt_is_set_aside, setup, teardown),
                 cmocka_unit_test(test_unwritable_dir),
         };
