@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,42 +38,107 @@ static int token_take(char *raw, char **ret) {
         return 0;
 }
 
-static int load_file(const char *path, struct credentials *c, char *errbuf, size_t errlen) {
-        struct stat st;
-        char *raw = NULL;
-        size_t size = 0;
-        int r;
+static const char *file_type(mode_t mode) {
+        switch (mode & S_IFMT) {
+        case S_IFDIR:
+                return "a directory";
+        case S_IFIFO:
+                return "a FIFO";
+        case S_IFSOCK:
+                return "a socket";
+        case S_IFCHR:
+                return "a character device";
+        case S_IFBLK:
+                return "a block device";
+        default:
+                return "of an unknown type";
+        }
+}
 
-        if (stat(path, &st) < 0) {
+/* Reads at most TOKEN_MAX_SIZE bytes from fd into buf (size TOKEN_MAX_SIZE +
+ * 1) and terminates it. Returns the length, -EFBIG for a longer file, or
+ * -errno. */
+static ssize_t read_token_fd(int fd, char *buf) {
+        size_t len = 0;
+
+        for (;;) {
+                ssize_t n = read(fd, buf + len, TOKEN_MAX_SIZE + 1 - len);
+
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                if (n == 0)
+                        break;
+                len += (size_t) n;
+                if (len > TOKEN_MAX_SIZE)
+                        return -EFBIG;
+        }
+        buf[len] = '\0';
+        return (ssize_t) len;
+}
+
+/* Opens the file once and judges and reads that very file (no check by path
+ * followed by a later open, which another process could swap in between).
+ * O_NONBLOCK: a FIFO at the path cannot block start-up; it is then refused as
+ * not a regular file. The token never appears in a message. */
+static int load_file(const char *path, struct credentials *c, char *errbuf, size_t errlen) {
+        char raw[TOKEN_MAX_SIZE + 1];
+        struct stat st;
+        ssize_t len = 0;
+        int fd, r;
+
+        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+        if (fd < 0) {
                 r = -errno;
-                snprintf(errbuf, errlen, "access token file %s: %s", path, strerror(errno));
+                snprintf(errbuf, errlen, "access token file %s: %s", path, strerror(-r));
                 return r;
+        }
+        if (fstat(fd, &st) < 0) {
+                r = -errno;
+                snprintf(errbuf, errlen, "access token file %s: %s", path, strerror(-r));
+                goto out;
+        }
+        if (!S_ISREG(st.st_mode)) {
+                snprintf(errbuf, errlen, "access token file %s is not a regular file (it is %s)", path,
+                         file_type(st.st_mode));
+                r = -EINVAL;
+                goto out;
         }
         if (st.st_mode & S_IROTH) {
                 snprintf(errbuf, errlen,
                          "access token file %s is readable by others (mode %04o); refusing it: "
                          "run 'chmod o-r %s'",
                          path, (unsigned) (st.st_mode & 07777), path);
-                return -EPERM;
+                r = -EPERM;
+                goto out;
         }
-        r = read_file_full(path, TOKEN_MAX_SIZE, &raw, &size);
+        if ((uint64_t) st.st_size > TOKEN_MAX_SIZE) {
+                r = -EFBIG;
+        } else {
+                len = read_token_fd(fd, raw);
+                r = len < 0 ? (int) len : 0;
+        }
         if (r < 0) {
                 snprintf(errbuf, errlen, "access token file %s: %s", path,
                          r == -EFBIG ? "larger than 4 KiB" : strerror(-r));
-                return r;
+                goto out;
         }
-        r = token_take(raw, &c->token);
-        explicit_bzero(raw, size);
-        free(raw);
+        /* A NUL byte would silently end the token early. */
+        r = memchr(raw, '\0', (size_t) len) ? -EBADMSG : token_take(raw, &c->token);
         if (r < 0) {
                 snprintf(errbuf, errlen, "access token file %s: %s", path,
                          r == -ENODATA   ? "is empty"
                          : r == -EBADMSG ? "contains white space or non-printable characters"
                                          : strerror(-r));
-                return r;
+                goto out;
         }
         snprintf(c->source, sizeof c->source, "file %s", path);
-        return 0;
+out:
+        explicit_bzero(raw, sizeof raw);
+        close(fd);
+        return r;
 }
 
 int credentials_load(const struct gateway_config *g, const struct credentials *previous, const char *account,

@@ -1,5 +1,11 @@
 /* Logging: structured journald entries, or one logfmt line per entry on
- * stderr. Nothing secret is ever passed in here. */
+ * stderr. Nothing secret is ever passed in here.
+ *
+ * Long values are cut, never dropped: every field of an entry is always
+ * sent. A cut value ends in "…" (U+2026). In the journal, each field value
+ * is cut at LOG_FIELD_VALUE_MAX bytes. On the console, a line is at most
+ * 8 KiB with its newline; when the values do not fit, msg is shortened
+ * first, then the longest field values, so that every key still appears. */
 #pragma once
 
 #include <stdarg.h>
@@ -22,6 +28,9 @@ enum log_target {
         LOG_TARGET_JOURNAL,
         LOG_TARGET_CONSOLE,
 };
+
+/* The longest field value (in bytes) sent to the journal; longer ones are cut. */
+#define LOG_FIELD_VALUE_MAX 8192
 
 struct log_field {
         const char *name; /* journal field name, e.g. "IVH_SESSION_ID" */
@@ -57,3 +66,11 @@ void log_structv(int priority, const char *message_id, const struct log_field *f
 /* Appends `key=value` to buf in logfmt, quoting and escaping as needed.
  * Exposed for the tests. */
 void logfmt_append(char *buf, size_t size, size_t *off, const char *key, const char *value);
+
+/* Renders one console line (without its newline) into buf: ts, level, msg,
+ * message_id (if not NULL), then the fields. Whatever the values, the line
+ * fits in size (including the NUL) and carries every key, with long values
+ * cut as described above; only keys that cannot fit even with every value at
+ * its shortest are lost. Returns the length written. Exposed for the tests. */
+size_t logfmt_line(char *buf, size_t size, const char *ts, int priority, const char *message_id,
+                   const struct log_field *fields, size_t n_fields, const char *message);
