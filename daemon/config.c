@@ -19,12 +19,42 @@
 #define MIN_POLL_INTERVAL_MS 10
 #define MIN_TIMEOUT_MS       100
 
+/* Bounds on the shape of the policy file, so that any file under
+ * CONFIG_MAX_SIZE is loaded or refused in milliseconds and a few MB, whatever
+ * it holds. A real policy file nests about 6 levels deep (accounts, policies,
+ * user_ids), has at most a few thousand nodes and rarely any anchors, so each
+ * bound is far above what an operator writes. The first five are checked by
+ * a linear pass over libyaml's events (and, for directives, over the bytes)
+ * before the document is built, and the file is refused at the first one
+ * exceeded:
+ * - CONFIG_MAX_DEPTH: libyaml's scanner is quadratic in the nesting of flow
+ *   collections ('[' x 150,000 took minutes);
+ * - CONFIG_MAX_ALIASES: every alias is walked again where it is used, so
+ *   aliases multiply the work ("billion laughs");
+ * - CONFIG_MAX_ANCHORS: libyaml checks each new anchor against all earlier
+ *   ones, and each directive against all earlier ones;
+ * - CONFIG_MAX_NODES: scalars plus collections, in all documents.
+ * After loading, CONFIG_MAX_EXPANDED bounds the nodes visited by the walk,
+ * with aliases expanded and the global protect lists copied into every
+ * account, and CONFIG_MAX_ERRORS ends the walk once that many errors have been
+ * reported. Duplicate keys, names and project ids are found with a hash
+ * table, not by comparing every pair. */
+#define CONFIG_MAX_DEPTH      32
+#define CONFIG_MAX_ALIASES    100
+#define CONFIG_MAX_ANCHORS    100
+#define CONFIG_MAX_DIRECTIVES 16
+#define CONFIG_MAX_NODES      50000
+#define CONFIG_MAX_EXPANDED   100000
+#define CONFIG_MAX_ERRORS     100
+
 struct parser {
         const char *path;
         yaml_document_t *doc;
         FILE *err;
         size_t n_errors;
+        size_t n_visited; /* nodes walked, aliases expanded; see CONFIG_MAX_EXPANDED */
         bool oom;
+        bool stop; /* a bound was reached: report nothing more, walk no further */
 };
 
 static const char *const top_keys[] = {
@@ -71,11 +101,21 @@ const char *policy_kind_to_string(enum policy_kind k) {
 static void diag_at(struct parser *p, yaml_mark_t mark, const char *fmt, ...)
         __attribute__((format(printf, 3, 4)));
 
-/* libyaml marks count from zero; people count from one. */
+/* libyaml marks count from zero; people count from one. After
+ * CONFIG_MAX_ERRORS errors, one more line says so, and nothing else is
+ * reported (or parsed: the walkers check p->stop). */
 static void diag_at(struct parser *p, yaml_mark_t mark, const char *fmt, ...) {
         va_list ap;
 
+        if (p->stop)
+                return;
         fprintf(p->err, "%s:%zu:%zu: ", p->path, mark.line + 1, mark.column + 1);
+        if (p->n_errors >= CONFIG_MAX_ERRORS) {
+                fprintf(p->err, "more than %d errors; the rest are not reported\n", CONFIG_MAX_ERRORS);
+                p->n_errors++;
+                p->stop = true;
+                return;
+        }
         va_start(ap, fmt);
         vfprintf(p->err, fmt, ap);
         va_end(ap);
@@ -84,6 +124,86 @@ static void diag_at(struct parser *p, yaml_mark_t mark, const char *fmt, ...) {
 }
 
 #define diag(p, node, ...) diag_at((p), (node)->start_mark, __VA_ARGS__)
+
+/* Counts n more nodes walked at node at (see CONFIG_MAX_EXPANDED). Returns
+ * whether the walk may go on. */
+static bool spend(struct parser *p, const yaml_node_t *at, size_t n) {
+        if (p->stop)
+                return false;
+        if (n > CONFIG_MAX_EXPANDED - p->n_visited) {
+                diag(p, at,
+                     "more than %d nodes after expanding aliases and copying protect lists into accounts",
+                     CONFIG_MAX_EXPANDED);
+                p->stop = true;
+                return false;
+        }
+        p->n_visited += n;
+        return true;
+}
+
+/* Strings numbered 0, 1, 2, ... in the order they are added, grouped by
+ * equality in a hash table, so that duplicates are found in linear time.
+ * The strings are borrowed and must outlive the index. */
+struct strindex {
+        const char **keys; /* by number */
+        size_t *next;      /* the next number with the same string; SIZE_MAX at the end */
+        size_t *tail;      /* by a group's first number: its last */
+        size_t *slots;     /* the first number of each group; SIZE_MAX when free */
+        size_t mask;
+};
+
+static void strindex_free(struct strindex *x) {
+        free(x->keys);
+        free(x->next);
+        free(x->tail);
+        free(x->slots);
+        *x = (struct strindex){ 0 };
+}
+
+/* Room for up to n strings. */
+static int strindex_init(struct strindex *x, size_t n) {
+        size_t cap = 16;
+
+        *x = (struct strindex){ 0 };
+        while (cap < 2 * n)
+                cap *= 2;
+        x->keys = calloc(n ? n : 1, sizeof *x->keys);
+        x->next = calloc(n ? n : 1, sizeof *x->next);
+        x->tail = calloc(n ? n : 1, sizeof *x->tail);
+        x->slots = malloc(cap * sizeof *x->slots);
+        if (!x->keys || !x->next || !x->tail || !x->slots) {
+                strindex_free(x);
+                return -ENOMEM;
+        }
+        memset(x->slots, 0xff, cap * sizeof *x->slots);
+        x->mask = cap - 1;
+        return 0;
+}
+
+/* Adds s as number i (numbers added in increasing order, each below the n
+ * given to strindex_init) and returns the first number with an equal
+ * string: i itself if s is new. The earlier numbers with the same string are
+ * then, in increasing order, first, x->next[first], ..., up to i. */
+static size_t strindex_add(struct strindex *x, size_t i, const char *s) {
+        size_t h = 2166136261u;
+
+        for (const unsigned char *c = (const unsigned char *) s; *c; c++)
+                h = (h ^ *c) * 16777619u;
+        x->keys[i] = s;
+        x->next[i] = SIZE_MAX;
+        for (h &= x->mask; x->slots[h] != SIZE_MAX; h = (h + 1) & x->mask) {
+                size_t first = x->slots[h];
+
+                if (strcmp(x->keys[first], s) == 0) {
+                        x->next[x->tail[first]] = i;
+                        x->tail[first] = i;
+                        return first;
+                }
+        }
+        x->slots[h] = i;
+        x->tail[i] = i;
+        return i;
+}
 
 static yaml_node_t *node_get(struct parser *p, int id) {
         return yaml_document_get_node(p->doc, id);
@@ -138,7 +258,12 @@ static const char *nearest_key(const char *key, const char *const *keys) {
         size_t best_d = SIZE_MAX, limit = strlen(key) / 3 + 2;
 
         for (; *keys; keys++) {
-                size_t d = edit_distance(key, *keys);
+                size_t lk = strlen(key), lc = strlen(*keys), d;
+
+                /* The distance is at least the difference in length. */
+                if ((lk > lc ? lk - lc : lc - lk) > limit)
+                        continue;
+                d = edit_distance(key, *keys);
                 if (d < best_d) {
                         best_d = d;
                         best = *keys;
@@ -162,26 +287,34 @@ typedef void (*key_fn)(struct parser *p, const char *key, yaml_node_t *value, vo
  * suggestion), and calls fn for every known one. */
 static void walk_mapping(struct parser *p, const char *where, yaml_node_t *map, const char *const *keys,
                          key_fn fn, void *userdata) {
-        yaml_node_pair_t *pair, *other;
+        struct strindex seen;
+        size_t n_pairs, n_seen = 0;
 
         if (map->type != YAML_MAPPING_NODE) {
                 diag(p, map, "%s: expected a mapping, got %s", where, node_type_name(map));
                 return;
         }
-        for (pair = map->data.mapping.pairs.start; pair < map->data.mapping.pairs.top; pair++) {
+        n_pairs = (size_t) (map->data.mapping.pairs.top - map->data.mapping.pairs.start);
+        if (!spend(p, map, n_pairs))
+                return;
+        if (strindex_init(&seen, n_pairs) < 0) {
+                p->oom = true;
+                return;
+        }
+        for (yaml_node_pair_t *pair = map->data.mapping.pairs.start;
+             pair < map->data.mapping.pairs.top && !p->stop; pair++) {
                 yaml_node_t *k = node_get(p, pair->key), *v = node_get(p, pair->value);
                 const char *key = k ? scalar(k) : NULL;
                 const char *const *known;
                 bool dup = false;
 
+                if (key) {
+                        dup = strindex_add(&seen, n_seen, key) != n_seen;
+                        n_seen++;
+                }
                 if (!key || !v) {
                         diag(p, k ? k : map, "%s: keys must be plain strings", where);
                         continue;
-                }
-                for (other = map->data.mapping.pairs.start; other < pair; other++) {
-                        const char *okey = scalar(node_get(p, other->key));
-                        if (okey && strcmp(okey, key) == 0)
-                                dup = true;
                 }
                 if (dup) {
                         diag(p, k, "%s: duplicate key '%s'", where, key);
@@ -202,6 +335,7 @@ static void walk_mapping(struct parser *p, const char *where, yaml_node_t *map, 
                 }
                 fn(p, key, v, userdata);
         }
+        strindex_free(&seen);
 }
 
 static bool has_key(struct parser *p, yaml_node_t *map, const char *key) {
@@ -345,14 +479,15 @@ static void get_glob_list(struct parser *p, const char *where, yaml_node_t *n, s
                 return;
         }
         count = (size_t) (n->data.sequence.items.top - n->data.sequence.items.start);
-        if (count == 0)
+        if (count == 0 || !spend(p, n, count))
                 return;
         dst->items = calloc(count, sizeof(char *));
         if (!dst->items) {
                 p->oom = true;
                 return;
         }
-        for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top; it++) {
+        for (yaml_node_item_t *it = n->data.sequence.items.start;
+             it < n->data.sequence.items.top && !p->stop; it++) {
                 yaml_node_t *item = node_get(p, *it);
                 const char *s = item ? scalar(item) : NULL;
 
@@ -454,12 +589,19 @@ static void gateway_key(struct parser *p, const char *key, yaml_node_t *v, void 
         } else if (strcmp(key, "max_parallel") == 0) {
                 get_uint(p, where, v, 1, MAX_PARALLEL_LIMIT, &g->max_parallel);
         } else if (strcmp(key, "project_ids") == 0) {
+                struct strindex seen;
+
                 get_glob_list(p, where, v, &g->project_ids);
-                for (size_t i = 0; i < g->project_ids.n; i++)
-                        for (size_t j = 0; j < i; j++)
-                                if (strcmp(g->project_ids.items[i], g->project_ids.items[j]) == 0)
-                                        diag(p, v, "%s: '%s' is listed twice", where,
-                                             g->project_ids.items[i]);
+                if (strindex_init(&seen, g->project_ids.n) < 0) {
+                        p->oom = true;
+                        return;
+                }
+                /* One error for each earlier copy, as many as there are. */
+                for (size_t i = 0; i < g->project_ids.n && !p->stop; i++)
+                        for (size_t j = strindex_add(&seen, i, g->project_ids.items[i]); j != i && !p->stop;
+                             j = seen.next[j])
+                                diag(p, v, "%s: '%s' is listed twice", where, g->project_ids.items[i]);
+                strindex_free(&seen);
         }
 }
 
@@ -541,7 +683,21 @@ static void policy_key(struct parser *p, const char *key, yaml_node_t *v, void *
         } else if (strcmp(key, "after") == 0) {
                 get_duration(p, where, v, 0, &ctx->pol->after_ms);
         } else if (strcmp(key, "user_ids") == 0) {
-                get_glob_list(p, where, v, &ctx->pol->user_ids);
+                /* An empty selector would select every user: a template that
+                 * renders an empty list must not widen the policy. */
+                if (is_null(v))
+                        diag(p, v,
+                             "%s: is empty (null), which would select every user; "
+                             "omit user_ids to match every user",
+                             where);
+                else if (v->type == YAML_SEQUENCE_NODE &&
+                         v->data.sequence.items.top == v->data.sequence.items.start)
+                        diag(p, v,
+                             "%s: is an empty list, which would select every user; "
+                             "omit user_ids to match every user",
+                             where);
+                else
+                        get_glob_list(p, where, v, &ctx->pol->user_ids);
         } else if (strcmp(key, "capacity") == 0) {
                 get_uint(p, where, v, 1, 1000000, &ctx->pol->capacity);
         } else if (strcmp(key, "keep_free") == 0) {
@@ -553,6 +709,7 @@ static void parse_policies(struct parser *p, yaml_node_t *n, struct config *c) {
         static const char *const required[] = { "name", "kind", NULL };
         static const char *const required_timer[] = { "after", NULL };
         static const char *const required_capacity[] = { "capacity", NULL };
+        struct strindex names;
         size_t count;
 
         if (n->type != YAML_SEQUENCE_NODE) {
@@ -560,16 +717,17 @@ static void parse_policies(struct parser *p, yaml_node_t *n, struct config *c) {
                 return;
         }
         count = (size_t) (n->data.sequence.items.top - n->data.sequence.items.start);
-        if (count == 0)
+        if (count == 0 || !spend(p, n, count))
                 return;
         c->policies = calloc(count, sizeof(struct policy));
-        if (!c->policies) {
+        if (!c->policies || strindex_init(&names, count) < 0) {
                 p->oom = true;
                 return;
         }
-        for (size_t i = 0; i < count; i++) {
+        for (size_t i = 0; i < count && !p->stop; i++) {
                 yaml_node_t *item = node_get(p, n->data.sequence.items.start[i]);
                 struct policy_ctx ctx = { .pol = &c->policies[c->n_policies] };
+                size_t self;
 
                 if (!item)
                         continue;
@@ -594,11 +752,13 @@ static void parse_policies(struct parser *p, yaml_node_t *n, struct config *c) {
                 }
                 if (!ctx.pol->name)
                         continue;
-                for (size_t j = 0; j + 1 < c->n_policies; j++)
-                        if (c->policies[j].name && strcmp(c->policies[j].name, ctx.pol->name) == 0)
-                                diag(p, item, "%s: policy name '%s' is already used by policies[%zu]",
-                                     ctx.where, ctx.pol->name, j);
+                self = c->n_policies - 1;
+                for (size_t j = strindex_add(&names, self, ctx.pol->name); j != self && !p->stop;
+                     j = names.next[j])
+                        diag(p, item, "%s: policy name '%s' is already used by policies[%zu]", ctx.where,
+                             ctx.pol->name, j);
         }
+        strindex_free(&names);
 }
 
 static void top_key(struct parser *p, const char *key, yaml_node_t *v, void *userdata) {
@@ -763,6 +923,7 @@ static void account_key(struct parser *p, const char *key, yaml_node_t *v, void 
 
 static void parse_accounts(struct parser *p, yaml_node_t *n, struct config *top) {
         static const char *const required[] = { "name", "appkey", "policies", NULL };
+        struct strindex names;
         size_t count;
 
         if (n->type != YAML_SEQUENCE_NODE) {
@@ -774,17 +935,25 @@ static void parse_accounts(struct parser *p, yaml_node_t *n, struct config *top)
                 diag(p, n, "accounts: expected at least one account");
                 return;
         }
+        if (!spend(p, n, count))
+                return;
         top->accounts = calloc(count, sizeof *top->accounts);
-        if (!top->accounts) {
+        if (!top->accounts || strindex_init(&names, count) < 0) {
                 p->oom = true;
                 return;
         }
-        for (size_t i = 0; i < count; i++) {
+        for (size_t i = 0; i < count && !p->stop; i++) {
                 yaml_node_t *item = node_get(p, n->data.sequence.items.start[i]);
                 struct account_ctx ctx;
                 struct config *a;
+                size_t self;
 
-                if (!item || !(a = account_new(p, top)))
+                if (!item)
+                        continue;
+                /* Each account gets its own copy of the global protect lists. */
+                if (!spend(p, item, top->protect_user_ids.n + top->protect_session_ids.n))
+                        break;
+                if (!(a = account_new(p, top)))
                         continue;
                 top->accounts[top->n_accounts++] = a;
                 ctx.a = a;
@@ -793,14 +962,82 @@ static void parse_accounts(struct parser *p, yaml_node_t *n, struct config *top)
                 require_keys(p, ctx.where, item, required);
                 if (!a->account)
                         continue;
-                for (size_t j = 0; j + 1 < top->n_accounts; j++)
-                        if (top->accounts[j]->account && strcmp(top->accounts[j]->account, a->account) == 0)
-                                diag(p, item, "%s: account name '%s' is already used by accounts[%zu]",
-                                     ctx.where, a->account, j);
+                self = top->n_accounts - 1;
+                for (size_t j = strindex_add(&names, self, a->account); j != self && !p->stop;
+                     j = names.next[j])
+                        diag(p, item, "%s: account name '%s' is already used by accounts[%zu]", ctx.where,
+                             a->account, j);
                 a->state_file = account_state_file(top->state_file, a->account);
                 if (!a->state_file)
                         p->oom = true;
         }
+        strindex_free(&names);
+}
+
+/* The file a path names, for comparing two paths: realpath() when the file
+ * exists, else the real path of its directory with the last component
+ * appended, else the path as written. NULL when memory runs out. */
+static char *normalize_path(const char *path) {
+        const char *slash = strrchr(path, '/'), *base = slash ? slash + 1 : path;
+        char *r = realpath(path, NULL), *dir, *rdir;
+
+        if (r || errno == ENOMEM)
+                return r;
+        if (*base == '\0' || strcmp(base, ".") == 0 || strcmp(base, "..") == 0)
+                return strdup(path);
+        dir = slash ? strndup(path, slash == path ? 1 : (size_t) (slash - path)) : strdup(".");
+        if (!dir)
+                return NULL;
+        rdir = realpath(dir, NULL);
+        free(dir);
+        if (!rdir)
+                return strdup(path);
+        if (asprintf(&r, "%s%s%s", rdir, strcmp(rdir, "/") == 0 ? "" : "/", base) < 0)
+                r = NULL;
+        free(rdir);
+        return r;
+}
+
+/* Whether paths a and b name the same file (see normalize_path). */
+static bool same_file(struct parser *p, const char *a, const char *b) {
+        char *na = normalize_path(a), *nb = normalize_path(b);
+        bool same = na && nb && strcmp(na, nb) == 0;
+
+        if (!na || !nb)
+                p->oom = true;
+        free(na);
+        free(nb);
+        return same;
+}
+
+/* The metrics file is replaced on every cycle: it must not be the state
+ * file (of any account) or the policy file itself. */
+static void check_metrics_file(struct parser *p, yaml_node_t *root, const struct config *c) {
+        yaml_node_t *at = NULL;
+
+        if (!c->metrics_file || p->stop)
+                return;
+        for (yaml_node_pair_t *pair = root->data.mapping.pairs.start; pair < root->data.mapping.pairs.top;
+             pair++) {
+                yaml_node_t *k = node_get(p, pair->key);
+                const char *key = k ? scalar(k) : NULL;
+
+                if (key && strcmp(key, "metrics_file") == 0) {
+                        at = k;
+                        break;
+                }
+        }
+        if (!at)
+                return;
+        if (same_file(p, c->metrics_file, c->path))
+                diag(p, at, "metrics_file: '%s' is the same file as the policy file", c->metrics_file);
+        if (same_file(p, c->metrics_file, c->state_file))
+                diag(p, at, "metrics_file: '%s' is the same file as state_file", c->metrics_file);
+        for (size_t i = 0; i < c->n_accounts; i++)
+                if (c->accounts[i]->state_file && same_file(p, c->metrics_file, c->accounts[i]->state_file))
+                        diag(p, at,
+                             "metrics_file: '%s' is the same file as the state file of accounts[%zu] (%s)",
+                             c->metrics_file, i, c->accounts[i]->state_file);
 }
 
 static void parse_document(struct parser *p, struct config *c) {
@@ -823,6 +1060,7 @@ static void parse_document(struct parser *p, struct config *c) {
                 require_keys(p, "top level", root, required);
                 if (gateway)
                         require_keys(p, "gateway", gateway, required_gateway);
+                check_metrics_file(p, root, c);
                 return;
         }
         /* With accounts, what is per account cannot also be global. */
@@ -835,13 +1073,111 @@ static void parse_document(struct parser *p, struct config *c) {
                         diag(p, find_value(p, gateway, *k),
                              "gateway.%s: belongs in each account when 'accounts' is used", *k);
         parse_accounts(p, accounts, c);
+        check_metrics_file(p, root, c);
+}
+
+/* libyaml reads all the directives of a document before it reports the
+ * document's start, checking each %TAG against all earlier ones, so they are
+ * counted in the bytes: a '%' that starts a line. Returns whether the file is
+ * refused. */
+static bool too_many_directives(struct parser *p, const char *data, size_t size) {
+        yaml_mark_t mark = { 0 };
+        size_t n = 0;
+
+        for (size_t i = 0; i < size; i++) {
+                if (data[i] == '%' && (i == 0 || data[i - 1] == '\n' || data[i - 1] == '\r')) {
+                        if (++n > CONFIG_MAX_DIRECTIVES) {
+                                mark.index = i;
+                                diag_at(p, mark, "more than %d directives (lines that start with '%%')",
+                                        CONFIG_MAX_DIRECTIVES);
+                                return true;
+                        }
+                }
+                /* Line breaks as libyaml counts them; "\r\n" is one. */
+                if (data[i] == '\n' || (data[i] == '\r' && (i + 1 == size || data[i + 1] != '\n')))
+                        mark.line++;
+        }
+        return false;
+}
+
+/* A first, linear pass over the events of the whole stream that enforces
+ * CONFIG_MAX_DEPTH, _ALIASES, _ANCHORS and _NODES before yaml_parser_load()
+ * builds anything. Returns 1 when the file is refused (reported), 0 when the
+ * loader may run (a syntax error is left for the loader to report, at the
+ * same place), or -ENOMEM. */
+static int check_shape(struct parser *p, const char *data, size_t size) {
+        size_t depth = 0, nodes = 0, aliases = 0, anchors = 0;
+        yaml_parser_t parser;
+        yaml_event_t ev;
+        int r = 0;
+
+        if (too_many_directives(p, data, size))
+                return 1;
+        if (!yaml_parser_initialize(&parser))
+                return -ENOMEM;
+        yaml_parser_set_input_string(&parser, (const unsigned char *) data, size);
+        for (bool end = false; !end && r == 0;) {
+                const yaml_char_t *anchor = NULL;
+
+                if (!yaml_parser_parse(&parser, &ev)) {
+                        if (parser.error == YAML_MEMORY_ERROR)
+                                r = -ENOMEM;
+                        break;
+                }
+                switch (ev.type) {
+                case YAML_SEQUENCE_START_EVENT:
+                        anchor = ev.data.sequence_start.anchor;
+                        depth++;
+                        nodes++;
+                        break;
+                case YAML_MAPPING_START_EVENT:
+                        anchor = ev.data.mapping_start.anchor;
+                        depth++;
+                        nodes++;
+                        break;
+                case YAML_SEQUENCE_END_EVENT:
+                case YAML_MAPPING_END_EVENT:
+                        depth--;
+                        break;
+                case YAML_SCALAR_EVENT:
+                        anchor = ev.data.scalar.anchor;
+                        nodes++;
+                        break;
+                case YAML_ALIAS_EVENT:
+                        aliases++;
+                        break;
+                case YAML_STREAM_END_EVENT:
+                        end = true;
+                        break;
+                default:
+                        break;
+                }
+                anchors += anchor != NULL;
+                r = 1;
+                if (depth > CONFIG_MAX_DEPTH)
+                        diag_at(p, ev.start_mark, "nesting deeper than %d levels", CONFIG_MAX_DEPTH);
+                else if (aliases > CONFIG_MAX_ALIASES)
+                        diag_at(p, ev.start_mark, "more than %d aliases", CONFIG_MAX_ALIASES);
+                else if (anchors > CONFIG_MAX_ANCHORS)
+                        diag_at(p, ev.start_mark, "more than %d anchors", CONFIG_MAX_ANCHORS);
+                else if (nodes > CONFIG_MAX_NODES)
+                        diag_at(p, ev.start_mark, "more than %d nodes", CONFIG_MAX_NODES);
+                else
+                        r = 0;
+                yaml_event_delete(&ev);
+        }
+        yaml_parser_delete(&parser);
+        return r;
 }
 
 static int load_yaml(struct parser *p, const char *data, size_t size, struct config *c) {
         yaml_parser_t parser;
         yaml_document_t doc, extra;
-        int r = 0;
+        int r;
 
+        r = check_shape(p, data, size);
+        if (r != 0)
+                return r < 0 ? r : 0;
         if (!yaml_parser_initialize(&parser))
                 return -ENOMEM;
         yaml_parser_set_input_string(&parser, (const unsigned char *) data, size);
@@ -889,7 +1225,7 @@ int config_load(const char *path, struct config **ret_config, char **ret_errors)
         r = read_file_full(path, CONFIG_MAX_SIZE, &data, &size);
         if (r < 0) {
                 fprintf(p.err, "%s: cannot read configuration: %s\n", path,
-                        r == -EFBIG ? "file larger than 1 MiB" : strerror(-r));
+                        r == -EFBIG ? "file larger than 1 MiB" : file_strerror(r));
                 goto out;
         }
         c = calloc(1, sizeof *c);

@@ -26,7 +26,7 @@ struct policy {
         char *name;
         enum policy_kind kind;
         uint64_t after_ms;         /* over_capacity: the minimum age of a victim (default 0) */
-        struct glob_list user_ids; /* empty: every user */
+        struct glob_list user_ids; /* empty: every user (user_ids omitted; an empty list is refused) */
         unsigned capacity;         /* over_capacity only: purchased concurrency */
         unsigned keep_free;        /* over_capacity only: slots to keep free */
 };

@@ -4,7 +4,7 @@ import json
 import os
 import time
 
-from harness import DaemonTest
+from harness import DaemonTest, wait_for
 from gateway_sim import IN_PROGRESS
 
 

@@ -62,6 +62,9 @@ static char *load(const char *text, struct config **ret) {
 static void assert_error_at(const char *errors, unsigned line, unsigned col, const char *needle) {
         char prefix[128];
 
+        if (!errors)
+                fail_msg("expected an error at %u:%u with '%s', but the file was accepted", line, col,
+                         needle);
         snprintf(prefix, sizeof prefix, "%s:%u:%u: ", path, line, col);
         for (const char *p = errors; *p;) {
                 const char *eol = strchr(p, '\n'), *hit;
@@ -363,6 +366,263 @@ static void test_junk(void **state) {
         }
 }
 
+static void test_empty_selector(void **state) {
+        static const char *const empty[] = { "[]", "", "~", "null" };
+        struct config *c = NULL;
+        char text[512], *e;
+
+        (void) state;
+        for (size_t i = 0; i < ELEMENTSOF(empty); i++) {
+                snprintf(text, sizeof text,
+                         "gateway: {appkey: k}\npolicies:\n"
+                         "  - name: booth\n    kind: max_age\n    after: 2h\n    user_ids: %s\n"
+                         "  - {name: kiosks, kind: over_capacity, capacity: 9, user_ids: %s}\n",
+                         empty[i], empty[i]);
+                e = load(text, NULL);
+                assert_non_null(e);
+                assert_error_at(e, 6, *empty[i] ? 15 : 14, "policies[0].user_ids: is ");
+                assert_error_at(e, 6, *empty[i] ? 15 : 14, "omit user_ids to match every user");
+                assert_error_at(e, 7, 64, "policies[1].user_ids: ");
+                assert_error_at(e, 7, 64, "omit user_ids to match every user");
+                assert_int_equal(count_lines(e), 2);
+                free(e);
+        }
+
+        e = load("gateway: {url: 'http://127.0.0.1:1'}\naccounts:\n"
+                 "  - {name: a, appkey: k, policies: [{name: p, kind: failed, after: 1m, user_ids: []}]}\n",
+                 NULL);
+        assert_error_at(
+                e, 3, 82,
+                "policies[0].user_ids: is an empty list, which would select every user; omit user_ids to "
+                "match every user");
+        free(e);
+
+        /* Empty protect lists protect nothing, which is safe. */
+        assert_null(load("gateway: {appkey: k}\nprotect: {user_ids: [], session_ids: ~}\n"
+                         "policies: [{name: a, kind: failed, after: 1m, user_ids: [x]}]\n",
+                         &c));
+        assert_int_equal(c->protect_user_ids.n, 0);
+        assert_int_equal(c->policies[0].user_ids.n, 1);
+        config_free(c);
+}
+
+/* Builds a string with printf-like pieces; the caller frees it. */
+static char *build(size_t cap) {
+        char *s = malloc(cap);
+        assert_non_null(s);
+        s[0] = '\0';
+        return s;
+}
+
+/* Each must be refused quickly, with the bound named at FILE:LINE:COL. */
+static void test_hostile_sizes(void **state) {
+        size_t n, off;
+        char *text, *e;
+
+        (void) state;
+        /* 150,000 nested '[': libyaml's scanner is quadratic in flow nesting. */
+        n = 150000;
+        text = build(2 * n + 64);
+        off = (size_t) sprintf(text, "gateway: {appkey: k}\npolicies: ");
+        memset(text + off, '[', n);
+        memset(text + off + n, ']', n);
+        strcpy(text + off + 2 * n, "\n");
+        e = load(text, NULL);
+        assert_error_at(e, 2, 42, "nesting deeper than 32 levels");
+        assert_int_equal(count_lines(e), 1);
+        free(e);
+        free(text);
+
+        /* 90,000 keys: the duplicate-key check compared every pair. */
+        text = build(1024 * 1024);
+        off = (size_t) sprintf(text, "gateway: {appkey: k}\npolicies: []\n");
+        for (size_t i = 0; i < 90000; i++)
+                off += (size_t) sprintf(text + off, "k%zu: 1\n", i);
+        e = load(text, NULL);
+        assert_error_at(e, 24999, 9, "more than 50000 nodes");
+        assert_int_equal(count_lines(e), 1);
+        free(e);
+
+        /* 20,000 keys, under the node limit: each is an error, but the report
+         * stops after 100 of them. */
+        off = (size_t) sprintf(text, "gateway: {appkey: k}\npolicies: []\n");
+        for (size_t i = 0; i < 20000; i++)
+                off += (size_t) sprintf(text + off, "k%zu: 1\n", i % 10000);
+        e = load(text, NULL);
+        assert_error_at(e, 3, 1, "top level: unknown key 'k0' (valid keys: gateway");
+        assert_error_at(e, 103, 1, "more than 100 errors; the rest are not reported");
+        assert_int_equal(count_lines(e), 101);
+        free(e);
+
+        /* 4,000 aliases of a policy with a wide selector (1 GB before). */
+        off = (size_t) sprintf(text,
+                               "gateway: {appkey: k}\nx: &p {name: a, kind: failed, after: 1m, user_ids: [");
+        for (size_t i = 0; i < 200; i++)
+                off += (size_t) sprintf(text + off, "%su%zu", i ? ", " : "", i);
+        off += (size_t) sprintf(text + off, "]}\npolicies: [");
+        for (size_t i = 0; i < 4000; i++)
+                off += (size_t) sprintf(text + off, "%s*p", i ? ", " : "");
+        strcpy(text + off, "]\n");
+        e = load(text, NULL);
+        assert_error_at(e, 3, 412, "more than 100 aliases");
+        free(e);
+
+        /* Billion laughs: ten references to the level before, eleven times. */
+        off = (size_t) sprintf(
+                text, "gateway: {appkey: k}\nl0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        for (size_t i = 1; i <= 11; i++) {
+                off += (size_t) sprintf(text + off, "l%zu: &l%zu [", i, i);
+                for (size_t j = 0; j < 10; j++)
+                        off += (size_t) sprintf(text + off, "%s*l%zu", j ? ", " : "", i - 1);
+                off += (size_t) sprintf(text + off, "]\n");
+        }
+        strcpy(text + off, "policies: [{name: a, kind: failed, after: 1m, user_ids: *l11}]\n");
+        e = load(text, NULL);
+        assert_error_at(e, 13, 12, "more than 100 aliases");
+        free(e);
+
+        /* Under the alias limit, 30 accounts share one list of 30 policies
+         * that share one selector of 2,000 patterns: 1.8 million copies. */
+        off = (size_t) sprintf(
+                text, "gateway: {timeout: 5s}\naccounts:\n  - {name: a0, appkey: k, policies: &p [");
+        for (size_t i = 0; i < 30; i++) {
+                off += (size_t) sprintf(
+                        text + off, "%s{name: p%zu, kind: failed, after: 1m, user_ids: ", i ? ", " : "", i);
+                if (i == 0) {
+                        off += (size_t) sprintf(text + off, "&u [");
+                        for (size_t j = 0; j < 2000; j++)
+                                off += (size_t) sprintf(text + off, "%su%zu", j ? ", " : "", j);
+                        off += (size_t) sprintf(text + off, "]}");
+                } else
+                        off += (size_t) sprintf(text + off, "*u}");
+        }
+        off += (size_t) sprintf(text + off, "]}\n");
+        for (size_t i = 1; i < 30; i++)
+                off += (size_t) sprintf(text + off, "  - {name: a%zu, appkey: k, policies: *p}\n", i);
+        e = load(text, NULL);
+        assert_non_null(strstr(e, "more than 100000 nodes after expanding aliases"));
+        assert_int_equal(count_lines(e), 1);
+        free(e);
+
+        /* A global protect list copied into every one of 1,000 accounts. */
+        off = (size_t) sprintf(text, "gateway: {timeout: 5s}\nprotect:\n  session_ids: [");
+        for (size_t i = 0; i < 20000; i++)
+                off += (size_t) sprintf(text + off, "%ss%zu", i ? "," : "", i);
+        off += (size_t) sprintf(text + off, "]\naccounts:\n");
+        for (size_t i = 0; i < 1000; i++)
+                off += (size_t) sprintf(text + off, "  - {name: a%zu, appkey: k, policies: []}\n", i);
+        e = load(text, NULL);
+        assert_non_null(strstr(e, "copying protect lists into accounts"));
+        assert_int_equal(count_lines(e), 1);
+        free(e);
+
+        /* Anchors: libyaml compares each new one with all earlier ones. */
+        off = (size_t) sprintf(text, "gateway: {appkey: k}\npolicies: []\nprotect: {session_ids: [");
+        for (size_t i = 0; i < 60000; i++)
+                off += (size_t) sprintf(text + off, "%s&a%zu s", i ? "," : "", i);
+        strcpy(text + off, "]}\n");
+        e = load(text, NULL);
+        assert_error_at(e, 3, 715, "more than 100 anchors");
+        free(e);
+
+        /* Directives, likewise, before the document even starts. */
+        off = 0;
+        for (size_t i = 0; i < 60000; i++)
+                off += (size_t) sprintf(text + off, "%%TAG !%zu! t:\n", i);
+        strcpy(text + off, "---\ngateway: {appkey: k}\npolicies: []\n");
+        e = load(text, NULL);
+        assert_error_at(e, 17, 1, "more than 16 directives");
+        free(e);
+
+        /* One project id 40,000 times: one error per earlier copy, so the
+         * report is cut at 100 (it was 800 million lines). */
+        off = (size_t) sprintf(text, "gateway: {appkey: k, project_ids: [");
+        for (size_t i = 0; i < 40000; i++)
+                off += (size_t) sprintf(text + off, "%sp", i ? "," : "");
+        strcpy(text + off, "]}\npolicies: []\n");
+        e = load(text, NULL);
+        assert_error_at(e, 1, 35, "gateway.project_ids: 'p' is listed twice");
+        assert_error_at(e, 1, 35, "more than 100 errors");
+        assert_int_equal(count_lines(e), 101);
+        free(e);
+
+        /* 7,000 policies of one name: each pair was an error (8 s, 2 GB). */
+        off = (size_t) sprintf(text, "gateway: {appkey: k}\npolicies:\n");
+        for (size_t i = 0; i < 7000; i++)
+                off += (size_t) sprintf(text + off, "  - {name: a, kind: failed, after: 1m}\n");
+        e = load(text, NULL);
+        assert_error_at(e, 4, 5, "policies[1]: policy name 'a' is already used by policies[0]");
+        assert_non_null(strstr(e, "more than 100 errors"));
+        assert_int_equal(count_lines(e), 101);
+        free(e);
+        free(text);
+}
+
+/* Within the bounds, duplicates are reported exactly as before: one error
+ * for each earlier copy, in order. */
+static void test_duplicates(void **state) {
+        char *e;
+
+        (void) state;
+        e = load("gateway: {appkey: k, project_ids: [a, b, a, a]}\npolicies:\n"
+                 "  - {name: x, kind: failed, after: 1m}\n"
+                 "  - {name: x, kind: failed, after: 1m}\n"
+                 "  - {name: y, kind: failed, after: 1m}\n"
+                 "  - {name: x, kind: failed, after: 1m}\n"
+                 "dry_run: true\ndry_run: false\n",
+                 NULL);
+        assert_string_equal(strchr(e, ' '), strstr(e, " gateway.project_ids: 'a' is listed twice"));
+        assert_error_at(e, 4, 5, "policies[1]: policy name 'x' is already used by policies[0]");
+        assert_error_at(e, 6, 5, "policies[3]: policy name 'x' is already used by policies[0]");
+        assert_error_at(e, 6, 5, "policies[3]: policy name 'x' is already used by policies[1]");
+        assert_error_at(e, 8, 1, "top level: duplicate key 'dry_run'");
+        assert_int_equal(count_lines(e), 7); /* three for the project ids */
+        free(e);
+}
+
+static void test_metrics_file(void **state) {
+        struct config *c = NULL;
+        char text[1024], dir[] = "/tmp/ivh-test-metrics-XXXXXX", *e;
+
+        (void) state;
+        assert_non_null(mkdtemp(dir));
+
+        /* The state file, written another way (it need not exist). */
+        snprintf(text, sizeof text,
+                 "gateway: {appkey: k}\npolicies: []\nstate_file: %s/state.json\nmetrics_file: "
+                 "%s/./state.json\n",
+                 dir, dir);
+        e = load(text, NULL);
+        assert_error_at(e, 4, 1, "metrics_file: ");
+        assert_error_at(e, 4, 1, "is the same file as state_file");
+        free(e);
+
+        /* The policy file itself. */
+        snprintf(text, sizeof text, "gateway: {appkey: k}\nmetrics_file: %s\npolicies: []\n", path);
+        e = load(text, NULL);
+        assert_error_at(e, 2, 1, "is the same file as the policy file");
+        free(e);
+
+        /* The state file of an account. */
+        snprintf(text, sizeof text,
+                 "gateway: {url: 'http://127.0.0.1:1'}\nstate_file: %s/state.json\nmetrics_file: "
+                 "%s/state.b.json\n"
+                 "accounts:\n  - {name: a, appkey: k, policies: []}\n  - {name: b, appkey: k, policies: "
+                 "[]}\n",
+                 dir, dir);
+        e = load(text, NULL);
+        assert_error_at(e, 3, 1, "is the same file as the state file of accounts[1]");
+        assert_int_equal(count_lines(e), 1);
+        free(e);
+
+        snprintf(text, sizeof text,
+                 "gateway: {appkey: k}\npolicies: []\nstate_file: %s/state.json\nmetrics_file: %s/m.prom\n",
+                 dir, dir);
+        assert_null(load(text, &c));
+        config_free(c);
+        rmdir(dir);
+}
+
 static void test_loopback_hosts(void **state) {
         (void) state;
         assert_true(config_host_is_loopback("localhost"));
@@ -388,6 +648,10 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_missing_and_empty, setup, teardown),
                 cmocka_unit_test(test_unreadable),
                 cmocka_unit_test_setup_teardown(test_junk, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_empty_selector, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_hostile_sizes, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_duplicates, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_metrics_file, setup, teardown),
                 cmocka_unit_test(test_loopback_hosts),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
