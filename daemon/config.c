@@ -391,6 +391,10 @@ static void get_string(struct parser *p, const char *where, yaml_node_t *n, bool
                 diag(p, n, "%s: must not be empty", where);
                 return;
         }
+        if (strlen(s) != n->data.scalar.length) {
+                diag(p, n, "%s: must not contain a NUL character", where);
+                return;
+        }
         free(*dst);
         *dst = xstrdup(p, s);
 }
@@ -467,6 +471,33 @@ static void glob_list_free(struct glob_list *l) {
         l->n = 0;
 }
 
+/* Why a glob pattern would not mean what it seems to, or NULL. fnmatch()
+ * reads an unbalanced '[' literally, which quietly narrows a protect list. */
+static const char *glob_problem(const char *s) {
+        for (size_t i = 0; s[i]; i++) {
+                size_t j;
+
+                if (s[i] == '\\') {
+                        if (s[i + 1])
+                                i++;
+                        continue;
+                }
+                if (s[i] != '[')
+                        continue;
+                j = i + 1;
+                if (s[j] == '!' || s[j] == '^')
+                        j++;
+                if (s[j] == ']')
+                        j++;
+                while (s[j] && s[j] != ']')
+                        j++;
+                if (!s[j])
+                        return "has a '[' without a matching ']' (write [[] to match a literal '[')";
+                i = j;
+        }
+        return NULL;
+}
+
 static void get_glob_list(struct parser *p, const char *where, yaml_node_t *n, struct glob_list *dst) {
         size_t count;
 
@@ -495,6 +526,14 @@ static void get_glob_list(struct parser *p, const char *where, yaml_node_t *n, s
                         diag(p, item ? item : n, "%s: each entry must be a non-empty string, got %s", where,
                              item && s && !is_null(item) ? "an empty string"
                                                          : node_type_name(item ? item : n));
+                        continue;
+                }
+                if (strlen(s) != item->data.scalar.length) {
+                        diag(p, item, "%s: a pattern may not contain a NUL character", where);
+                        continue;
+                }
+                if (glob_problem(s)) {
+                        diag(p, item, "%s: pattern \"%s\" %s", where, s, glob_problem(s));
                         continue;
                 }
                 dst->items[dst->n] = xstrdup(p, s);

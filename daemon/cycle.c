@@ -108,6 +108,8 @@ static const char *reloaded_refuses(const struct cycle *c, const struct close_jo
         policy_decide(cfg, job->session, job->age_ms, &d);
         if (d.kind == DECISION_PROTECTED)
                 return "the reloaded configuration protects it";
+        if (cfg->dry_run)
+                return "the reloaded configuration is a dry run";
         if (job->policy->kind == POLICY_OVER_CAPACITY) {
                 for (size_t i = 0; i < cfg->n_policies; i++)
                         if (cfg->policies[i].kind == POLICY_OVER_CAPACITY &&

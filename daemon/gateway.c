@@ -283,17 +283,20 @@ const char *gateway_id_problem(const char *s, size_t len) {
         return NULL;
 }
 
-/* Records a skipped entry with its SessionId escaped. */
-static int add_malformed(struct session_list *l, size_t cap, const char *id, const char *reason) {
+/* Records an entry that is never acted on, with its SessionId escaped. */
+static int add_malformed(struct session_list *l, const char *id, const char *reason) {
         char buf[GATEWAY_ID_MAX * 4 + 8];
+        struct malformed_entry *m;
 
-        if (l->n_malformed == cap)
-                return -ENOMEM; /* cannot happen: cap is the number of entries */
-        escape_bytes(id ? id : "", buf, sizeof buf);
-        l->malformed[l->n_malformed].id = strdup(buf);
-        if (!l->malformed[l->n_malformed].id)
+        m = realloc(l->malformed, (l->n_malformed + 1) * sizeof *l->malformed);
+        if (!m)
                 return -ENOMEM;
-        l->malformed[l->n_malformed++].reason = reason;
+        l->malformed = m;
+        escape_bytes(id, buf, sizeof buf);
+        m[l->n_malformed] = (struct malformed_entry){ .id = strdup(buf), .raw_id = id, .reason = reason };
+        if (!m[l->n_malformed].id)
+                return -ENOMEM;
+        l->n_malformed++;
         return 0;
 }
 
@@ -393,7 +396,7 @@ static int parse_session(const cJSON *item, size_t idx, struct session *s, struc
 
 struct dedup_key {
         const char *id;
-        size_t index;
+        size_t index; /* into l->items; l->n + j for l->malformed[j] */
 };
 
 static int compare_dedup(const void *a, const void *b) {
@@ -403,17 +406,25 @@ static int compare_dedup(const void *a, const void *b) {
         return c ? c : (x->index > y->index) - (x->index < y->index);
 }
 
-/* Drops every entry whose SessionId came earlier in the list: one sort of
- * the ids, then one pass that keeps the first of each run. */
+static bool same_entry(const struct session *a, const struct session *b) {
+        return strcmp(a->user_id, b->user_id) == 0 && a->status == b->status && a->started == b->started;
+}
+
+/* A SessionId listed more than once: identical entries are reduced to the
+ * first. Entries that disagree (another user, status or start flag: one of
+ * them may be protected, or not due), or that sit beside a hostile entry
+ * with the same SessionId, make the session one that is never acted on.
+ * One sort of the ids, then one pass over each run of equal ids. */
 static int drop_duplicates(struct session_list *l) {
+        size_t n_keys = l->n + l->n_malformed, n_malformed = l->n_malformed, kept = 0;
         struct dedup_key *keys;
         bool *drop;
-        size_t kept = 0;
+        int r = 0;
 
-        if (l->n < 2)
+        if (n_keys < 2)
                 return 0;
-        keys = malloc(l->n * sizeof *keys);
-        drop = calloc(l->n, sizeof *drop);
+        keys = malloc(n_keys * sizeof *keys);
+        drop = calloc(l->n ? l->n : 1, sizeof *drop);
         if (!keys || !drop) {
                 free(keys);
                 free(drop);
@@ -421,18 +432,42 @@ static int drop_duplicates(struct session_list *l) {
         }
         for (size_t i = 0; i < l->n; i++)
                 keys[i] = (struct dedup_key){ l->items[i].session_id, i };
-        qsort(keys, l->n, sizeof *keys, compare_dedup);
-        for (size_t i = 1; i < l->n; i++)
-                if (strcmp(keys[i].id, keys[i - 1].id) == 0)
-                        drop[keys[i].index] = true;
+        for (size_t j = 0; j < n_malformed; j++)
+                keys[l->n + j] = (struct dedup_key){ l->malformed[j].raw_id, l->n + j };
+        qsort(keys, n_keys, sizeof *keys, compare_dedup);
+        for (size_t a = 0, b; a < n_keys && r >= 0; a = b) {
+                const struct session *first = NULL;
+                bool conflict = false, hostile = false;
+
+                for (b = a; b < n_keys && strcmp(keys[b].id, keys[a].id) == 0; b++) {
+                        if (keys[b].index >= l->n)
+                                hostile = true;
+                        else if (!first)
+                                first = &l->items[keys[b].index];
+                        else if (!same_entry(first, &l->items[keys[b].index]))
+                                conflict = true;
+                }
+                if (b - a < 2 || !first)
+                        continue;
+                for (size_t k = a; k < b; k++)
+                        if (keys[k].index < l->n &&
+                            (hostile || conflict || &l->items[keys[k].index] != first))
+                                drop[keys[k].index] = true;
+                if (hostile)
+                        continue; /* already counted as malformed */
+                if (conflict)
+                        r = add_malformed(l, first->session_id,
+                                          "listed more than once with conflicting fields");
+                else
+                        l->n_duplicates += b - a - 1;
+        }
         for (size_t i = 0; i < l->n; i++)
                 if (!drop[i])
                         l->items[kept++] = l->items[i];
-        l->n_duplicates = l->n - kept;
         l->n = kept;
         free(keys);
         free(drop);
-        return 0;
+        return r;
 }
 
 int gateway_parse_list(const char *body, size_t len, struct session_list **ret_list,
@@ -503,11 +538,7 @@ int gateway_parse_list(const char *body, size_t len, struct session_list **ret_l
                         continue;
                 }
                 /* Never acted on; counted and reported by the caller. */
-                if (!l->malformed && !(l->malformed = calloc(count, sizeof *l->malformed))) {
-                        r = -ENOMEM;
-                        goto out;
-                }
-                r = add_malformed(l, count, l->items[l->n].session_id, why);
+                r = add_malformed(l, l->items[l->n].session_id, why);
                 if (r < 0)
                         goto out;
                 memset(&l->items[l->n], 0, sizeof l->items[l->n]);
@@ -586,7 +617,7 @@ int session_list_merge(struct session_list **lists, size_t n, struct session_lis
         }
         if (!m || !(m->items = calloc(items ? items : 1, sizeof *m->items)) ||
             !(m->docs = calloc(docs ? docs : 1, sizeof *m->docs)) ||
-            !(m->malformed = calloc(malformed ? malformed : 1, sizeof *m->malformed)))
+            (malformed > 0 && !(m->malformed = calloc(malformed, sizeof *m->malformed))))
                 goto out;
         for (size_t i = 0; i < n; i++) {
                 if (lists[i]->n > 0)
@@ -603,12 +634,7 @@ int session_list_merge(struct session_list **lists, size_t n, struct session_lis
                 /* The merged list owns the items' strings and documents now. */
                 lists[i]->n = lists[i]->n_docs = lists[i]->n_malformed = 0;
         }
-        {
-                size_t before = m->n_duplicates;
-
-                r = drop_duplicates(m);
-                m->n_duplicates += before;
-        }
+        r = drop_duplicates(m);
         if (r < 0)
                 goto out;
         *ret = m;

@@ -44,15 +44,18 @@ struct session {
  * usable id (see gateway_id_problem()). */
 struct malformed_entry {
         char *id;           /* the SessionId, escaped (\xNN) so it can be logged */
+        const char *raw_id; /* the SessionId as parsed, borrowed from the list's documents */
         const char *reason; /* static text */
 };
 
 struct session_list {
         struct session *items;
         size_t n;
-        size_t n_duplicates; /* entries dropped because their SessionId came twice */
-        /* Entries skipped because an id is hostile. They hold a slot on the
-         * account, so they count as live for the fuses. */
+        size_t n_duplicates; /* identical entries dropped because their SessionId came twice */
+        /* Entries never acted on: an id is hostile, or one SessionId is
+         * listed with conflicting fields (or beside a hostile entry). They
+         * hold a slot on the account, so they count as live for the share
+         * fuse. */
         struct malformed_entry *malformed;
         size_t n_malformed;
         /* The parsed replies (cJSON trees) the items' strings point into;

@@ -185,9 +185,10 @@ int main(int argc, char **argv) {
                 log_error("%s", errbuf);
                 status = ret == -ENOMEM ? EXIT_FAIL : EXIT_CONFIG;
         } else if ((ret = reclaimer_start(r)) < 0) {
-                status = ret == -EBUSY                      ? EXIT_BUSY
-                         : ret == -EISDIR || ret == -EBADFD ? EXIT_CONFIG
-                                                            : EXIT_FAIL;
+                /* A state_file that cannot be locked or read (a directory, a
+                 * FIFO, a link loop, no permission) is the configuration's
+                 * fault: a restart would not fix it. */
+                status = ret == -EBUSY ? EXIT_BUSY : ret == -ENOMEM || ret == -EIO ? EXIT_FAIL : EXIT_CONFIG;
         } else {
                 if (ropt.mode == RECLAIMER_DAEMON)
                         sd_notify(0, "READY=1");

@@ -47,6 +47,9 @@
 /* A Retry-After on the list call delays the next poll by at most
  * max(poll_interval, this): a gateway cannot switch the daemon off. */
 #define LIST_RETRY_AFTER_CAP_MS (5 * 60 * 1000)
+/* SIGUSR1 never starts cycles closer together than this (or poll_interval,
+ * if shorter), and never before a list Retry-After has passed. */
+#define SWEEP_MIN_GAP_MS 1000
 /* After a cycle whose list replies were this large, free memory is handed
  * back to the kernel. */
 #define TRIM_AFTER_LIST_BYTES (1024 * 1024)
@@ -87,6 +90,7 @@ struct runner {
         struct idset *malformed_logged;
         struct cycle *cycle; /* from LISTING to ENDED */
         int64_t last_cycle_started_ms;
+        int64_t not_before_ms;    /* boot-time ms: the gateway's list Retry-After runs until then */
         int64_t next_poll_wall_s; /* for STATUS= */
         ev_timer poll_timer;
         ev_prepare advance_watcher;
@@ -163,6 +167,7 @@ static void schedule_next(struct runner *u, int64_t started_mono_ms, uint64_t re
                 struct tm tm;
 
                 next = now + (int64_t) wait;
+                u->not_before_ms = next;
                 localtime_r(&t, &tm);
                 strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", &tm);
                 duration_format(retry_after_ms, asked, sizeof asked);
@@ -173,6 +178,8 @@ static void schedule_next(struct runner *u, int64_t started_mono_ms, uint64_t re
                      "%s",
                      asked, wait < retry_after_ms ? ", more than the daemon allows" : "", when, waiting);
         }
+        if (next < u->not_before_ms)
+                next = u->not_before_ms; /* a reload or a sweep does not cut a Retry-After short */
         delay = next > now ? (double) (next - now) / 1000.0 : 0.;
         u->next_poll_wall_s = (int64_t) time(NULL) + (int64_t) (delay + 0.5);
         ev_timer_stop(u->r->loop, &u->poll_timer);
@@ -376,6 +383,17 @@ static void start_cycle(struct runner *u) {
         }
 }
 
+/* The earliest a sweep (SIGUSR1) may start the next cycle: not sooner than
+ * SWEEP_MIN_GAP_MS after the last one started, so that a storm of signals
+ * cannot hammer the gateway, and never inside a list Retry-After. */
+static int64_t sweep_earliest_ms(const struct runner *u) {
+        int64_t gap = u->config->poll_interval_ms < SWEEP_MIN_GAP_MS ? (int64_t) u->config->poll_interval_ms
+                                                                     : SWEEP_MIN_GAP_MS;
+        int64_t t = u->last_cycle_started_ms + gap;
+
+        return t > u->not_before_ms ? t : u->not_before_ms;
+}
+
 /* The cycle has ended: record it, free it, write state and metrics. */
 static void finish_cycle(struct runner *u) {
         struct reclaimer *r = u->r;
@@ -426,7 +444,8 @@ static void advance(struct runner *u) {
                         apply_pending(u);
                         if (u->sweep_requested) {
                                 u->sweep_requested = false;
-                                schedule_next(u, u->last.started_ms - (int64_t) u->config->poll_interval_ms,
+                                schedule_next(u,
+                                              sweep_earliest_ms(u) - (int64_t) u->config->poll_interval_ms,
                                               u->last.retry_after_ms, false);
                         } else
                                 schedule_next(u, u->last.started_ms, u->last.retry_after_ms, true);
@@ -657,9 +676,27 @@ static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents) {
                                 u->sweep_requested = true;
                         } else {
                                 /* The poll timer starts it, from the loop. */
-                                ulog(u, LOG_INFO, "Sweep requested (SIGUSR1); starting a cycle now");
+                                int64_t now = now_mono_ms(), at = sweep_earliest_ms(u);
+                                double delay = at > now ? (double) (at - now) / 1000.0 : 0.;
+
+                                if (delay >= ev_timer_remaining(loop, &u->poll_timer)) {
+                                        ulog(u, LOG_INFO,
+                                             "Sweep requested (SIGUSR1); the next cycle is already due in "
+                                             "%.1f s",
+                                             ev_timer_remaining(loop, &u->poll_timer));
+                                        continue;
+                                }
+                                if (at > now && u->not_before_ms > now)
+                                        ulog(u, LOG_NOTICE,
+                                             "Sweep requested (SIGUSR1); starting in %.1f s, when the "
+                                             "gateway's "
+                                             "Retry-After has passed",
+                                             delay);
+                                else
+                                        ulog(u, LOG_INFO, "Sweep requested (SIGUSR1); starting a cycle%s",
+                                             delay > 0 ? " in under a second" : " now");
                                 ev_timer_stop(loop, &u->poll_timer);
-                                ev_timer_set(&u->poll_timer, 0., 0.);
+                                ev_timer_set(&u->poll_timer, delay, 0.);
                                 ev_timer_start(loop, &u->poll_timer);
                         }
                 }

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <limits.h>
 #include <math.h>
 #include <search.h>
 #include <stdio.h>
@@ -19,6 +20,9 @@
 #define STATE_VERSION       2
 #define STATE_MAX_SIZE      (256 * 1024 * 1024)
 #define CLOCK_STEP_LIMIT_MS 2000
+/* No session was first seen before 2020-01-01 (the IVH interactive API is
+ * younger): an earlier time in the file is damage, not an age. */
+#define STATE_EARLIEST_MS 1577836800000LL
 
 struct state_entry {
         char *session_id;
@@ -87,17 +91,21 @@ void state_set_boot_id(struct state *s, const char *boot_id) {
 }
 
 int state_lock(struct state *s) {
-        char path[4096];
-        int fd;
+        char target[PATH_MAX], path[PATH_MAX + 8];
+        int fd, r;
 
-        if (snprintf(path, sizeof path, "%s.lock", s->path) >= (int) sizeof path)
+        /* Beside the file itself, not beside a symbolic link to it: two
+         * daemons reaching one file through different names must meet. */
+        r = path_follow_link(s->path, target);
+        if (r < 0)
+                return r;
+        if (snprintf(path, sizeof path, "%s.lock", target) >= (int) sizeof path)
                 return -ENAMETOOLONG;
         fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOCTTY | O_NONBLOCK, 0600);
         if (fd < 0)
                 return -errno;
         if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
-                int r = errno == EWOULDBLOCK ? -EBUSY : -errno;
-
+                r = errno == EWOULDBLOCK ? -EBUSY : -errno;
                 close(fd);
                 return r;
         }
@@ -133,9 +141,10 @@ static int insert(void **root, const struct state_entry *proto) {
 
 static int parse_state(struct state *s, const char *data, size_t size, int64_t now_wall_ms,
                        int64_t now_mono_ms, char **ret_notice) {
-        cJSON *root = json_parse_exact(data, size), *version, *sessions, *boot, *offset, *trusted, *it;
+        cJSON *root = json_parse_exact(data, size), *version, *sessions, *boot, *offset, *trusted, *saved,
+              *it;
         bool same_boot = false, file_trusted = true;
-        int64_t file_offset = 0;
+        int64_t file_offset = 0, saved_wall = INT64_MAX - CLOCK_STEP_LIMIT_MS;
         void *tree = NULL;
         size_t n = 0, n_unanchored = 0, dropped = 0;
         int r = -EBADMSG;
@@ -152,10 +161,13 @@ static int parse_state(struct state *s, const char *data, size_t size, int64_t n
                 boot = cJSON_GetObjectItemCaseSensitive(root, "boot_id");
                 offset = cJSON_GetObjectItemCaseSensitive(root, "offset_ms");
                 trusted = cJSON_GetObjectItemCaseSensitive(root, "wall_trusted");
+                saved = cJSON_GetObjectItemCaseSensitive(root, "saved_ms");
                 if (!cJSON_IsString(boot) || !cJSON_IsNumber(offset) || !isfinite(offset->valuedouble) ||
-                    fabs(offset->valuedouble) > 1e15 || !cJSON_IsBool(trusted))
+                    fabs(offset->valuedouble) > 1e15 || !cJSON_IsBool(trusted) || !cJSON_IsNumber(saved) ||
+                    !isfinite(saved->valuedouble) || saved->valuedouble < 0 || saved->valuedouble > 1e15)
                         goto out;
                 file_offset = (int64_t) offset->valuedouble;
+                saved_wall = (int64_t) saved->valuedouble;
                 file_trusted = cJSON_IsTrue(trusted);
                 same_boot = s->boot_id[0] && strcmp(boot->valuestring, s->boot_id) == 0;
         }
@@ -165,8 +177,11 @@ static int parse_state(struct state *s, const char *data, size_t size, int64_t n
                 double wall = it->valuedouble;
                 struct state_entry e = { .session_id = it->string, .last_listed_mono_ms = now_mono_ms };
 
-                if (!cJSON_IsNumber(it) || !isfinite(wall) || wall < 0 || wall > 1e15 || !it->string[0]) {
-                        r = -EBADMSG; /* one bad entry makes the whole file suspect */
+                /* One bad entry makes the whole file suspect: a time before
+                 * 2020, or after the file was written, cannot be true. */
+                if (!cJSON_IsNumber(it) || !isfinite(wall) || wall < (double) STATE_EARLIEST_MS ||
+                    wall > 1e15 || (int64_t) wall > saved_wall + CLOCK_STEP_LIMIT_MS || !it->string[0]) {
+                        r = -EBADMSG;
                         goto out;
                 }
                 if (same_boot) {
@@ -479,6 +494,7 @@ int state_save(struct state *s, int64_t now_wall_ms, int64_t now_mono_ms) {
             !cJSON_AddStringToObject(root, "boot_id", s->boot_id) ||
             !cJSON_AddNumberToObject(root, "offset_ms", (double) sv.offset_ms) ||
             !cJSON_AddBoolToObject(root, "wall_trusted", s->wall_trusted) ||
+            !cJSON_AddNumberToObject(root, "saved_ms", (double) now_wall_ms) ||
             !(sv.obj = cJSON_AddObjectToObject(root, "first_seen"))) {
                 cJSON_Delete(root);
                 return -ENOMEM;

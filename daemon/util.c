@@ -109,33 +109,46 @@ bool is_atomic_temporary(const char *name, const char *base) {
                strspn(name + 3 + n, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") == 6;
 }
 
+int path_follow_link(const char *path, char *target) {
+        struct stat st;
+
+        if (lstat(path, &st) < 0 || !S_ISLNK(st.st_mode)) {
+                if (snprintf(target, PATH_MAX, "%s", path) >= PATH_MAX)
+                        return -ENAMETOOLONG;
+                return 0;
+        }
+        if (realpath(path, target))
+                return 0;
+        if (errno != ENOENT)
+                return -errno; /* a loop, a permission problem */
+        /* A dangling link: its target is the file to create. */
+        {
+                char linkdir[PATH_MAX], joined[PATH_MAX];
+                ssize_t n = readlink(path, target, PATH_MAX - 1);
+
+                if (n < 0)
+                        return -errno;
+                target[n] = '\0';
+                if (target[0] == '/')
+                        return 0;
+                snprintf(linkdir, sizeof linkdir, "%s", path);
+                if (snprintf(joined, sizeof joined, "%s/%s", dirname(linkdir), target) >=
+                    (int) sizeof joined)
+                        return -ENAMETOOLONG;
+                memcpy(target, joined, PATH_MAX);
+        }
+        return 0;
+}
+
 int write_file_atomic(const char *path, const char *data, size_t size, unsigned mode) {
         char target[PATH_MAX], tmp[PATH_MAX], dir[PATH_MAX], base[PATH_MAX];
-        struct stat st;
         int fd, dfd, r;
 
         /* Write through a symbolic link: replace what it points to, not the
          * link (an operator may keep the state on another volume). */
-        if (lstat(path, &st) == 0 && S_ISLNK(st.st_mode)) {
-                if (!realpath(path, target)) {
-                        /* A dangling link: its target is the file to create. */
-                        ssize_t n = readlink(path, target, sizeof target - 1);
-
-                        if (n < 0)
-                                return -errno;
-                        target[n] = '\0';
-                        if (target[0] != '/') {
-                                char linkdir[PATH_MAX], joined[PATH_MAX];
-
-                                snprintf(linkdir, sizeof linkdir, "%s", path);
-                                if (snprintf(joined, sizeof joined, "%s/%s", dirname(linkdir), target) >=
-                                    (int) sizeof joined)
-                                        return -ENAMETOOLONG;
-                                snprintf(target, sizeof target, "%s", joined);
-                        }
-                }
-        } else if (snprintf(target, sizeof target, "%s", path) >= (int) sizeof target)
-                return -ENAMETOOLONG;
+        r = path_follow_link(path, target);
+        if (r < 0)
+                return r;
 
         snprintf(dir, sizeof dir, "%s", target);
         snprintf(base, sizeof base, "%s", target);

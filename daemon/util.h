@@ -33,6 +33,12 @@ const char *file_strerror(int negative_errno);
  * -errno. */
 int write_file_atomic(const char *path, const char *data, size_t size, unsigned mode);
 
+/* The file that path names: path itself, or, when path is a symbolic link,
+ * what it points to (resolved fully; for a dangling link, its target next
+ * to the link). target has room for PATH_MAX bytes. Returns 0 or -errno
+ * (-ELOOP for a link loop). */
+int path_follow_link(const char *path, char *target);
+
 /* Whether name (a directory entry) is a temporary file that
  * write_file_atomic() for a file named base would create. */
 bool is_atomic_temporary(const char *name, const char *base);

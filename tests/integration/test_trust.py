@@ -210,7 +210,7 @@ class Clock(DaemonTest):
         self.gw.clock_offset = 3600
         self.set_clock("+1h")
         wait_for(lambda: any("wall clock stepped forward by 1h" in l.get("msg", "") for l in self.daemon_log(p)),
-                 what="the step to be noticed")
+                 timeout=30, what="the step to be noticed")
         wait_for(lambda: self.read_state()[sid] - before > 3500 * 1000, what="the state written again")
         wait_for(lambda: len([c for c in self.gw.calls_to("listsessionofuin") if c["code"] == 0]) >= 5,
                  what="cycles after the step")
@@ -442,6 +442,108 @@ class HostileSizes(DaemonTest):
             self.assertLess(int(status["VmRSS"].split()[0]), 24 * 1024, "memory not given back")
         failed = [l for l in run.logs if l.get("message_id") == "f8e2aad76f6749b7a1433345838414f1"]
         self.assertIn("JSON values", failed[0]["error"])
+
+
+class RedTeam(DaemonTest):
+    """What the red team found in the first fix of issue 10."""
+
+    def test_duplicate_ids_that_disagree_are_never_acted_on(self):
+        body = ('{"Header":{"Code":0,"Message":""},"Payload":{"Sessions":['
+                '{"SessionId":"victim","UserId":"bad\\u0001","SessionStatus":4},'
+                '{"SessionId":"victim","UserId":"app","SessionStatus":4},'
+                '{"SessionId":"victim2","UserId":"app","SessionStatus":4},'
+                '{"SessionId":"victim2","UserId":"vip-1","SessionStatus":1},'
+                '{"SessionId":"twice","UserId":"app","SessionStatus":4},'
+                '{"SessionId":"twice","UserId":"app","SessionStatus":4}]}}')
+        self.gw.add_session("app", STREAM_FAILED, session_id="twice")
+        self.gw.add_fault("listsessionofuin", "garbage", body=body.encode())
+        self.write_config([("failed-streams", "failed", "0s")], protect_users=["vip-*"])
+        run = self.run_daemon("--once")
+        self.assertEqual(run.returncode, 0, run)
+        self.assertEqual(self.gw.closed_ids(), ["twice"])
+        self.assertEqual(run.summaries()[0]["malformed"], "2")
+
+    def test_impossible_first_seen_times_set_the_file_aside(self):
+        sid = self.gw.add_session("u1", IN_PROGRESS)
+        self.write_config([("old", "max_age", "1d")])
+        self.assertEqual(self.run_daemon("--once").returncode, 0)
+        with open(self.state_file) as f:
+            doc = json.load(f)
+        doc["first_seen"][sid] = 0          # 1970: no session is that old
+        with open(self.state_file, "w") as f:
+            json.dump(doc, f)
+        run = self.run_daemon("--once")
+        self.assertEqual(run.returncode, 0, run)
+        self.assertEqual(self.gw.closed_ids(), [])
+        self.assertTrue(any("corrupt" in l.get("msg", "") and l["level"] == "warning" for l in run.logs), run)
+
+    def test_two_daemons_through_a_symlinked_state_file(self):
+        self.gw.add_session("u1", STREAM_FAILED)
+        self.write_config([("failed-streams", "failed", "0s")], poll_interval="100ms")
+        p = self.start_daemon()
+        wait_for(lambda: os.path.exists(self.state_file), what="the state file")
+        link = os.path.join(self.dir, "link.json")
+        os.symlink("state.json", link)
+        other = os.path.join(self.dir, "other.yaml")
+        with open(self.config_file) as f:
+            text = f.read().replace(self.state_file, link)
+        with open(other, "w") as f:
+            f.write(text)
+        r = subprocess.run([os.environ.get("IVH_RECLAIMD") or "build/ivh-reclaimd", "--config", other,
+                            "--log-target", "console", "--once"], env=self.env(), capture_output=True,
+                           text=True, timeout=10)
+        self.assertEqual(r.returncode, 75, r.stderr)
+        self.stop_daemon(p)
+        # A link loop is a configuration error, not a restart loop.
+        os.remove(link)
+        os.symlink("link.json", link)
+        r = subprocess.run([os.environ.get("IVH_RECLAIMD") or "build/ivh-reclaimd", "--config", other,
+                            "--log-target", "console", "--once"], env=self.env(), capture_output=True,
+                           text=True, timeout=10)
+        self.assertEqual(r.returncode, 78, r.stderr)
+
+    def test_sigusr1_does_not_cut_a_list_retry_after_short(self):
+        self.gw.add_fault("listsessionofuin", "http_status", status=503, retry_after=4)
+        self.write_config([("failed-streams", "failed", "0s")], poll_interval="100ms")
+        p = self.start_daemon()
+        wait_for(lambda: len(self.gw.calls_to("listsessionofuin")) == 1, what="the throttled list")
+        time.sleep(0.3)
+        for _ in range(20):
+            p.send_signal(signal.SIGUSR1)
+            time.sleep(0.05)
+        wait_for(lambda: len(self.gw.calls_to("listsessionofuin")) >= 2, timeout=10, what="the next list")
+        run = self.stop_daemon(p)
+        self.assertEqual(run.returncode, 0, run)
+        lists = self.gw.calls_to("listsessionofuin")
+        self.assertGreaterEqual(lists[1]["time"] - lists[0]["time"], 3.9)
+
+    def test_a_storm_of_sigusr1_is_rate_limited(self):
+        self.write_config([("failed-streams", "failed", "0s")], poll_interval="10s")
+        p = self.start_daemon()
+        wait_for(lambda: len(self.gw.calls_to("listsessionofuin")) == 1, what="the first list")
+        start = time.time()
+        while time.time() - start < 2.0:
+            p.send_signal(signal.SIGUSR1)
+            time.sleep(0.005)
+        time.sleep(0.2)
+        run = self.stop_daemon(p)
+        self.assertEqual(run.returncode, 0, run)
+        self.assertLessEqual(len(self.gw.calls_to("listsessionofuin")), 4)
+
+    def test_reload_to_dry_run_stops_queued_closes(self):
+        self.gw.latency = 0.3
+        for i in range(20):
+            self.gw.add_session("u%d" % i, STREAM_FAILED)
+        self.write_config([("failed-streams", "failed", "0s")], poll_interval="10s", max_parallel=2)
+        p = self.start_daemon()
+        wait_for(lambda: self.gw.in_flight.get("closesession", 0) > 0, what="the first closes")
+        self.write_config([("failed-streams", "failed", "0s")], poll_interval="10s", max_parallel=2,
+                          extra="dry_run: true\n")
+        p.send_signal(signal.SIGHUP)
+        wait_for(lambda: any("dry run" in l.get("reason", "") for l in self.daemon_log(p)), what="skipped closes")
+        time.sleep(1.0)
+        run = self.stop_daemon(p)
+        self.assertLessEqual(len(self.gw.closed_ids()), 4)
 
 
 if __name__ == "__main__":

@@ -366,6 +366,27 @@ static void test_junk(void **state) {
         }
 }
 
+/* Globs that would not mean what they seem (red team, issue 10). */
+static void test_doubtful_globs(void **state) {
+        char *e;
+
+        (void) state;
+        e = load("gateway: {appkey: k}\nprotect: {user_ids: [\"vip-[abc\"]}\npolicies: []\n", NULL);
+        assert_non_null(e);
+        assert_error_at(e, 2, 22, "protect.user_ids: pattern \"vip-[abc\" has a '[' without a matching ']'");
+        free(e);
+        e = load("gateway: {appkey: k}\nprotect: {user_ids: [\"vip-\\0*\"]}\npolicies: []\n", NULL);
+        assert_non_null(e);
+        assert_error_at(e, 2, 22, "protect.user_ids: a pattern may not contain a NUL character");
+        free(e);
+        /* Balanced and escaped brackets are fine. */
+        e = load("gateway: {appkey: k}\nprotect: {user_ids: [\"vip-[abc]*\", \"[[]x\", \"a\\\\[\", "
+                 "\"[]]\"]}\n"
+                 "policies: []\n",
+                 NULL);
+        assert_null(e);
+}
+
 static void test_empty_selector(void **state) {
         static const char *const empty[] = { "[]", "", "~", "null" };
         struct config *c = NULL;
@@ -649,6 +670,7 @@ int main(void) {
                 cmocka_unit_test(test_unreadable),
                 cmocka_unit_test_setup_teardown(test_junk, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_empty_selector, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_doubtful_globs, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_hostile_sizes, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_duplicates, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_metrics_file, setup, teardown),

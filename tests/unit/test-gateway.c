@@ -153,14 +153,30 @@ static void test_parse_list_duplicates_and_unknown_started(void **state) {
                 "{\"Header\":{\"Code\":0},\"Payload\":{\"Sessions\":["
                 "{\"UserId\":\"a\",\"SessionId\":\"x\",\"SessionStatus\":1,\"IsSessionStarted\":true},"
                 "{\"UserId\":\"b\",\"SessionId\":\"y\",\"SessionStatus\":\"4\"},"
-                "{\"UserId\":\"c\",\"SessionId\":\"x\",\"SessionStatus\":4,\"IsSessionStarted\":false}]}}");
+                "{\"UserId\":\"c\",\"SessionId\":\"x\",\"SessionStatus\":4,\"IsSessionStarted\":false},"
+                "{\"UserId\":\"e\",\"SessionId\":\"w\",\"SessionStatus\":1,\"IsSessionStarted\":true},"
+                "{\"UserId\":\"e\",\"SessionId\":\"w\",\"SessionStatus\":1,\"IsSessionStarted\":true}]}}");
 
         (void) state;
+        /* "x" twice with other fields: one of them might be protected, or not
+         * due; it is never acted on. "w" twice, identical: the first stays. */
         assert_int_equal(l->n, 2);
         assert_int_equal(l->n_duplicates, 1);
-        assert_string_equal(l->items[0].user_id, "a"); /* the first entry wins */
-        assert_int_equal(l->items[1].started, TRISTATE_UNKNOWN);
-        assert_int_equal(l->items[1].status, 4);
+        assert_int_equal(l->n_malformed, 1);
+        assert_string_equal(l->malformed[0].id, "x");
+        assert_string_equal(l->items[0].session_id, "y");
+        assert_int_equal(l->items[0].started, TRISTATE_UNKNOWN);
+        assert_int_equal(l->items[0].status, 4);
+        assert_string_equal(l->items[1].session_id, "w");
+        session_list_free(l);
+
+        /* A hostile entry first, a clean one with the same SessionId second:
+         * the session is not acted on (red team, issue 10). */
+        l = parse_ok("{\"Header\":{\"Code\":0},\"Payload\":{\"Sessions\":["
+                     "{\"UserId\":\"bad\\u0001\",\"SessionId\":\"victim\",\"SessionStatus\":4},"
+                     "{\"UserId\":\"app\",\"SessionId\":\"victim\",\"SessionStatus\":4}]}}");
+        assert_int_equal(l->n, 0);
+        assert_int_equal(l->n_malformed, 1);
         session_list_free(l);
 }
 
@@ -257,11 +273,33 @@ static void test_merge(void **state) {
                             "{\"UserId\":\"c\",\"SessionId\":\"y\",\"SessionStatus\":1},"
                             "{\"UserId\":\"d\",\"SessionId\":\"z\",\"SessionStatus\":3}]}}");
         assert_int_equal(session_list_merge(lists, 3, &m), 0);
-        assert_int_equal(m->n, 3);
-        assert_int_equal(m->n_duplicates, 1);
+        /* "y" is in two projects with different users: never acted on. */
+        assert_int_equal(m->n, 2);
+        assert_int_equal(m->n_duplicates, 0);
+        assert_int_equal(m->n_malformed, 1);
+        assert_string_equal(m->malformed[0].id, "y");
         assert_string_equal(m->items[0].session_id, "x");
-        assert_string_equal(m->items[1].user_id, "b"); /* the first "y" wins */
-        assert_string_equal(m->items[2].session_id, "z");
+        assert_string_equal(m->items[1].session_id, "z");
+        session_list_free(m);
+
+        /* The same session listed identically by two projects counts once. */
+        lists[0] = parse_ok("{\"Header\":{\"Code\":0},\"Payload\":{\"Sessions\":["
+                            "{\"UserId\":\"a\",\"SessionId\":\"x\",\"SessionStatus\":1}]}}");
+        lists[1] = parse_ok("{\"Header\":{\"Code\":0},\"Payload\":{\"Sessions\":["
+                            "{\"UserId\":\"a\",\"SessionId\":\"x\",\"SessionStatus\":1}]}}");
+        /* A hostile entry in one project hides its SessionId in the other too. */
+        lists[2] = parse_ok("{\"Header\":{\"Code\":0},\"Payload\":{\"Sessions\":["
+                            "{\"UserId\":\"a\\u2028\",\"SessionId\":\"x\",\"SessionStatus\":1}]}}");
+        assert_int_equal(session_list_merge(lists, 2, &m), 0);
+        assert_int_equal(m->n, 1);
+        assert_int_equal(m->n_duplicates, 1);
+        session_list_free(m);
+        lists[0] = parse_ok("{\"Header\":{\"Code\":0},\"Payload\":{\"Sessions\":["
+                            "{\"UserId\":\"a\",\"SessionId\":\"x\",\"SessionStatus\":1}]}}");
+        lists[1] = lists[2];
+        assert_int_equal(session_list_merge(lists, 2, &m), 0);
+        assert_int_equal(m->n, 0);
+        assert_int_equal(m->n_malformed, 1);
         session_list_free(m);
 }
 

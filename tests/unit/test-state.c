@@ -15,6 +15,9 @@
 #include "state.h"
 #include "util.h"
 
+/* A plausible wall-clock time (2027): first-seen times before 2020 are refused. */
+#define W 1800000000000LL
+
 static char dir[64], path[128];
 
 static int setup(void **st) {
@@ -63,7 +66,7 @@ static void test_sync_and_ages(void **st) {
 
         (void) st;
         assert_int_equal(state_new(path, &s), 0);
-        assert_int_equal(state_load(s, 1000000, 500, false, &warning), 0); /* no file: empty */
+        assert_int_equal(state_load(s, W + (1000000), 500, false, &warning), 0); /* no file: empty */
         assert_null(warning);
         assert_int_equal(state_size(s), 0);
         assert_false(state_dirty(s));
@@ -76,7 +79,7 @@ static void test_sync_and_ages(void **st) {
         assert_int_equal(state_size(s), 3);
         assert_int_equal(state_age_ms(s, "a", 61000), 60000);
 
-        assert_int_equal(state_save(s, 2000000, 2000), 0);
+        assert_int_equal(state_save(s, W + (2000000), 2000), 0);
         assert_false(state_dirty(s));
         /* The same list again changes nothing and writes nothing. */
         assert_int_equal(state_sync(s, l1, 3000, 0, NULL), 0);
@@ -112,11 +115,11 @@ static void test_restart_keeps_ages(void **st) {
         (void) st;
         assert_int_equal(state_new(path, &s), 0);
         state_set_boot_id(s, "11111111-1111-1111-1111-111111111111");
-        assert_int_equal(state_load(s, 0, 0, false, &warning), 0);
+        assert_int_equal(state_load(s, W + (0), 0, false, &warning), 0);
         /* wall 10,000,000 = mono 100: x and y are first seen at wall 10,000,000 */
         assert_int_equal(state_sync(s, l, 100, 0, NULL), 0);
-        assert_int_equal(state_anchor(s, 10000000, 100), 0); /* the gateway accepted our clock */
-        assert_int_equal(state_save(s, 10000000, 100), 0);
+        assert_int_equal(state_anchor(s, W + (10000000), 100), 0); /* the gateway accepted our clock */
+        assert_int_equal(state_save(s, W + (10000000), 100), 0);
         assert_int_equal(stat(path, &sb), 0);
         assert_int_equal(sb.st_mode & 0777, 0600);
         state_free(s);
@@ -124,26 +127,26 @@ static void test_restart_keeps_ages(void **st) {
         /* After a reboot (the boot clock restarted too), an hour later by the wall clock. */
         assert_int_equal(state_new(path, &s), 0);
         state_set_boot_id(s, "22222222-2222-2222-2222-222222222222");
-        assert_int_equal(state_load(s, 10000000 + 3600000, 7, false, &warning), 0);
+        assert_int_equal(state_load(s, W + (10000000 + 3600000), 7, false, &warning), 0);
         assert_null(warning);
         assert_int_equal(state_size(s), 2);
         /* No age until the gateway has accepted a signed request. */
         assert_false(state_first_seen(s, "x", NULL));
         assert_int_equal(state_age_ms(s, "x", 7), 0);
-        assert_int_equal(state_save(s, 10000000 + 3600000, 7), 0); /* nothing written meanwhile */
-        assert_int_equal(state_anchor(s, 10000000 + 3600000, 7), 2);
+        assert_int_equal(state_save(s, W + (10000000 + 3600000), 7), 0); /* nothing written meanwhile */
+        assert_int_equal(state_anchor(s, W + (10000000 + 3600000), 7), 2);
         assert_int_equal(state_age_ms(s, "x", 7), 3600000);
         /* Sessions first seen before this boot: state_sync() gives the same age. */
         assert_int_equal(state_sync(s, l, 7, 0, ages), 0);
         assert_int_equal(ages[0], 3600000);
-        assert_int_equal(state_save(s, 10000000 + 3600000, 7), 0);
+        assert_int_equal(state_save(s, W + (10000000 + 3600000), 7), 0);
         state_free(s);
 
         /* After another reboot the wall clock went back: the sessions count as seen now, never older. */
         assert_int_equal(state_new(path, &s), 0);
         state_set_boot_id(s, "33333333-3333-3333-3333-333333333333");
-        assert_int_equal(state_load(s, 5000000, 7, false, &warning), 0);
-        state_anchor(s, 5000000, 7);
+        assert_int_equal(state_load(s, W + (5000000), 7, false, &warning), 0);
+        state_anchor(s, W + (5000000), 7);
         assert_int_equal(state_age_ms(s, "y", 7), 0);
         state_free(s);
         session_list_free(l);
@@ -162,21 +165,21 @@ static void test_same_boot_ignores_wall_clock(void **st) {
         (void) st;
         assert_int_equal(state_new(path, &s), 0);
         state_set_boot_id(s, "11111111-1111-1111-1111-111111111111");
-        assert_int_equal(state_load(s, 100 * hour, 1000, false, &warning), 0);
+        assert_int_equal(state_load(s, W + (100 * hour), 1000, false, &warning), 0);
         assert_int_equal(state_sync(s, l, 1000, 0, NULL), 0); /* first seen at boot time 1 s */
         /* Saved while the wall clock was 4 minutes behind. */
-        assert_int_equal(state_save(s, 100 * hour + 5000 - 240000, 5000), 0);
+        assert_int_equal(state_save(s, W + (100 * hour + 5000 - 240000), 5000), 0);
         state_free(s);
 
         /* Restarted 7 s later in the same boot, the wall clock now 8 h ahead. */
         assert_int_equal(state_new(path, &s), 0);
         state_set_boot_id(s, "11111111-1111-1111-1111-111111111111");
-        assert_int_equal(state_load(s, 108 * hour + 8000, 8000, false, &warning), 0);
+        assert_int_equal(state_load(s, W + (108 * hour + 8000), 8000, false, &warning), 0);
         assert_null(warning);
         assert_true(state_first_seen(s, "x", NULL));
         assert_int_equal(state_age_ms(s, "x", 8000), 7000);
         /* Neither the gateway's confirmation nor the sync changes a same-boot age. */
-        state_anchor(s, 108 * hour + 8000, 8000);
+        state_anchor(s, W + (108 * hour + 8000), 8000);
         assert_int_equal(state_sync(s, l, 8000, 0, ages), 0);
         assert_int_equal(ages[0], 7000);
         state_free(s);
@@ -194,14 +197,14 @@ static void test_untrusted_file_after_reboot(void **st) {
         (void) st;
         assert_int_equal(state_new(path, &s), 0);
         state_set_boot_id(s, "11111111-1111-1111-1111-111111111111");
-        assert_int_equal(state_load(s, 10000000, 100, false, &warning), 0);
+        assert_int_equal(state_load(s, W + (10000000), 100, false, &warning), 0);
         assert_int_equal(state_sync(s, l, 100, 0, NULL), 0);
-        assert_int_equal(state_save(s, 10000000, 100), 0); /* never anchored: untrusted */
+        assert_int_equal(state_save(s, W + (10000000), 100), 0); /* never anchored: untrusted */
         state_free(s);
 
         assert_int_equal(state_new(path, &s), 0);
         state_set_boot_id(s, "22222222-2222-2222-2222-222222222222");
-        assert_int_equal(state_load(s, 10000000 + 3600000, 7, false, &warning), 0);
+        assert_int_equal(state_load(s, W + (10000000 + 3600000), 7, false, &warning), 0);
         assert_non_null(warning);
         assert_non_null(strstr(warning, "restart from zero"));
         free(warning);
@@ -217,14 +220,15 @@ static void test_clock_step(void **st) {
 
         (void) st;
         assert_int_equal(state_new(path, &s), 0);
-        assert_int_equal(state_load(s, 1000000, 500, false, &warning), 0);
+        assert_int_equal(state_load(s, W + (1000000), 500, false, &warning), 0);
         assert_false(state_dirty(s));
-        assert_int_equal(state_check_clock(s, 1001000, 1500), 0); /* in step */
-        assert_int_equal(state_check_clock(s, 1002500, 2000), 0); /* 1 s drift: tolerated */
+        assert_int_equal(state_check_clock(s, W + (1001000), 1500), 0); /* in step */
+        assert_int_equal(state_check_clock(s, W + (1002500), 2000), 0); /* 1 s drift: tolerated */
         assert_false(state_dirty(s));
-        assert_int_equal(state_check_clock(s, 1002500 + 3600000, 2000), 3600000); /* drift is not a step */
+        assert_int_equal(state_check_clock(s, W + (1002500 + 3600000), 2000),
+                         3600000); /* drift is not a step */
         assert_true(state_dirty(s));
-        assert_int_equal(state_check_clock(s, 1002500 + 3600000, 2000), 0);
+        assert_int_equal(state_check_clock(s, W + (1002500 + 3600000), 2000), 0);
         state_free(s);
 }
 
@@ -238,7 +242,7 @@ static void test_grace_period(void **st) {
 
         (void) st;
         assert_int_equal(state_new(path, &s), 0);
-        assert_int_equal(state_load(s, 1000000, 0, false, &warning), 0);
+        assert_int_equal(state_load(s, W + (1000000), 0, false, &warning), 0);
         assert_int_equal(state_sync(s, both, 1000, 10000, NULL), 0);
         /* An empty list now and then forgets nothing within the grace period. */
         assert_int_equal(state_sync(s, none, 5000, 10000, NULL), 0);
@@ -272,7 +276,7 @@ static void test_temporaries(void **st) {
         write_text("{}");
         assert_int_equal(rename(path, p), 0);
         assert_int_equal(state_new(path, &s), 0);
-        assert_int_equal(state_load(s, 0, 0, false, &warning), 0);
+        assert_int_equal(state_load(s, W + (0), 0, false, &warning), 0);
         state_free(s);
         assert_int_equal(access(p, F_OK), -1);
         for (size_t i = 0; i < ELEMENTSOF(keep); i++) {
@@ -294,16 +298,16 @@ static void test_symlink_written_through(void **st) {
         snprintf(target, sizeof target, "%s/real.json", dir);
         assert_int_equal(symlink("real.json", path), 0); /* relative, dangling at first */
         assert_int_equal(state_new(path, &s), 0);
-        assert_int_equal(state_load(s, 0, 0, false, &warning), 0);
+        assert_int_equal(state_load(s, W + (0), 0, false, &warning), 0);
         assert_int_equal(state_sync(s, l, 1, 0, NULL), 0);
-        assert_int_equal(state_save(s, 1, 1), 0);
+        assert_int_equal(state_save(s, W + (1), 1), 0);
         assert_int_equal(lstat(path, &sb), 0);
         assert_true(S_ISLNK(sb.st_mode));
         assert_int_equal(stat(target, &sb), 0);
         assert_true(S_ISREG(sb.st_mode));
         assert_int_equal(state_sync(s, l, 2, 0, NULL), 0);
-        assert_int_equal(state_check_clock(s, 100000, 2), 99998);
-        assert_int_equal(state_save(s, 100000, 2), 0); /* again, over the existing target */
+        assert_int_equal(state_check_clock(s, W + (100000), 2), 99998);
+        assert_int_equal(state_save(s, W + (100000), 2), 0); /* again, over the existing target */
         assert_int_equal(lstat(path, &sb), 0);
         assert_true(S_ISLNK(sb.st_mode));
         state_free(s);
@@ -322,6 +326,27 @@ static void test_lock(void **st) {
         state_free(a);
         assert_int_equal(state_lock(b), 0);
         state_free(b);
+
+        /* Through a symbolic link to the same file (red team, issue 10). */
+        {
+                char link[256];
+
+                snprintf(link, sizeof link, "%s/link.json", dir);
+                write_text("{}");
+                assert_int_equal(symlink("state.json", link), 0);
+                assert_int_equal(state_new(path, &a), 0);
+                assert_int_equal(state_new(link, &b), 0);
+                assert_int_equal(state_lock(a), 0);
+                assert_int_equal(state_lock(b), -EBUSY);
+                state_free(a);
+                state_free(b);
+                /* A link loop is an error, not a lock beside the link. */
+                unlink(link);
+                assert_int_equal(symlink("link.json", link), 0);
+                assert_int_equal(state_new(link, &b), 0);
+                assert_int_equal(state_lock(b), -ELOOP);
+                state_free(b);
+        }
 }
 
 /* A directory or a FIFO at the state path is an error, at once. */
@@ -332,10 +357,10 @@ static void test_not_regular(void **st) {
         (void) st;
         assert_int_equal(mkdir(path, 0700), 0);
         assert_int_equal(state_new(path, &s), 0);
-        assert_int_equal(state_load(s, 0, 0, false, &warning), -EISDIR);
+        assert_int_equal(state_load(s, W + (0), 0, false, &warning), -EISDIR);
         assert_int_equal(rmdir(path), 0);
         assert_int_equal(mkfifo(path, 0600), 0);
-        assert_int_equal(state_load(s, 0, 0, false, &warning), -EBADFD); /* does not block */
+        assert_int_equal(state_load(s, W + (0), 0, false, &warning), -EBADFD); /* does not block */
         state_free(s);
 }
 
@@ -351,10 +376,18 @@ static void test_corrupt_is_set_aside(void **st) {
                 "{\"version\":1,\"first_seen\":{\"\":5}}",
                 "{\"version\":1,\"first_seen\":{}} junk",
                 /* a valid first entry and a bad later one */
-                "{\"version\":1,\"first_seen\":{\"a\":5,\"b\":\"x\"}}",
-                "{\"version\":1,\"first_seen\":{\"a\":5,\"b\":-1}}",
+                "{\"version\":1,\"first_seen\":{\"a\":1800000000000,\"b\":\"x\"}}",
+                "{\"version\":1,\"first_seen\":{\"a\":1800000000000,\"b\":-1}}",
+                "{\"version\":2,\"boot_id\":\"x\",\"offset_ms\":0,\"wall_trusted\":true,\"saved_ms\":"
+                "1800000000000,"
+                "\"first_seen\":{\"a\":1800000000000,\"\":1800000000000}}",
+                /* times that cannot be true (red team, issue 10): before 2020, after the save */
+                "{\"version\":1,\"first_seen\":{\"a\":1800000000000,\"b\":0}}",
+                "{\"version\":2,\"boot_id\":\"x\",\"offset_ms\":0,\"wall_trusted\":true,\"saved_ms\":"
+                "1800000000000,"
+                "\"first_seen\":{\"a\":1800000100000}}",
                 "{\"version\":2,\"boot_id\":\"x\",\"offset_ms\":0,\"wall_trusted\":true,"
-                "\"first_seen\":{\"a\":5,\"\":1}}",
+                "\"first_seen\":{\"a\":1800000000000}}",
         };
 
         (void) st;
@@ -366,12 +399,12 @@ static void test_corrupt_is_set_aside(void **st) {
                 write_text(bad[i]);
                 assert_int_equal(state_new(path, &s), 0);
                 /* read-only (--plan): warn, leave the file alone */
-                assert_int_equal(state_load(s, 1000, 0, true, &warning), 0);
+                assert_int_equal(state_load(s, W + (1000), 0, true, &warning), 0);
                 assert_non_null(warning);
                 free(warning);
                 assert_int_equal(access(path, F_OK), 0);
 
-                assert_int_equal(state_load(s, 1000, 0, false, &warning), 0);
+                assert_int_equal(state_load(s, W + (1000), 0, false, &warning), 0);
                 assert_non_null(warning);
                 assert_non_null(strstr(warning, "corrupt-"));
                 free(warning);
@@ -394,9 +427,9 @@ static void test_unwritable_dir(void **st) {
 
         (void) st;
         assert_int_equal(state_new("/nonexistent-dir/state.json", &s), 0);
-        assert_int_equal(state_load(s, 0, 0, false, &warning), 0);
+        assert_int_equal(state_load(s, W + (0), 0, false, &warning), 0);
         assert_int_equal(state_sync(s, l, 1, 0, NULL), 0);
-        assert_int_equal(state_save(s, 1, 1), -ENOENT);
+        assert_int_equal(state_save(s, W + (1), 1), -ENOENT);
         assert_true(state_dirty(s)); /* retried next time */
         state_free(s);
         session_list_free(l);
