@@ -1019,7 +1019,7 @@ const struct cycle_result *cycle_result(const struct cycle *c) {
         return &c->res;
 }
 
-void cycle_get_progress(const struct cycle *c, struct cycle_progress *ret) {
+void cycle_get_progress(struct cycle *c, struct cycle_progress *ret) {
         *ret = (struct cycle_progress){
                 .last_progress_ms = c->last_progress_ms,
                 .paused = ev_is_active(&c->resume_timer),

@@ -84,7 +84,7 @@ struct cycle_progress {
         bool paused;
         size_t in_flight;
 };
-void cycle_get_progress(const struct cycle *c, struct cycle_progress *ret);
+void cycle_get_progress(struct cycle *c, struct cycle_progress *ret);
 
 /* Frees a cycle that has ended, or whose requests were cancelled. Never from
  * inside the cycle's own callbacks. */
