@@ -82,8 +82,9 @@ class Journal(DaemonTest):
         self.assertIn(sid, e["MESSAGE"])
 
         # The cycle summary of the same process, and no secret anywhere.
-        pid = e["_PID"]
-        everything = journal("_PID=" + pid)
+        # The command line names this test's own directory: PIDs are reused,
+        # and the journal keeps the entries of earlier runs.
+        everything = journal("_PID=" + e["_PID"], "_CMDLINE=" + e["_CMDLINE"])
         summaries = [x for x in everything if x.get("MESSAGE_ID") == "e28e9acd311d441a9e1e0a1a36189eb0"]
         self.assertEqual(len(summaries), 1, everything)
         self.assertEqual(summaries[0]["IVH_CLOSED"], "1")
