@@ -1022,7 +1022,8 @@ const struct cycle_result *cycle_result(const struct cycle *c) {
 void cycle_get_progress(struct cycle *c, struct cycle_progress *ret) {
         *ret = (struct cycle_progress){
                 .last_progress_ms = c->last_progress_ms,
-                .paused = ev_is_active(&c->resume_timer),
+                /* Pending counts too: the timer has fired, its callback comes in this loop iteration. */
+                .paused = ev_is_active(&c->resume_timer) || ev_is_pending(&c->resume_timer),
                 .in_flight = c->in_flight,
         };
 }

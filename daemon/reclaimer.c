@@ -613,7 +613,7 @@ static void watchdog_cb(struct ev_loop *loop, ev_timer *w, int revents) {
                         .stopping = r->stopping,
                         .done = u->run_state == RUNNER_DONE,
                         .cycle_running = u->cycle != NULL,
-                        .next_cycle_scheduled = ev_is_active(&u->poll_timer),
+                        .next_cycle_scheduled = ev_is_active(&u->poll_timer) || ev_is_pending(&u->poll_timer),
                 };
 
                 if (u->cycle) {
