@@ -73,10 +73,12 @@ static const char *const top_keys[] = {
 };
 static const char *const fuse_keys[] = { "max_share", "min_sessions", NULL };
 static const char *const account_keys[] = {
-        "name", "appkey", "accesstoken_file", "url", "project_ids", "policies", "protect", NULL,
+        "name",      "appkey",   "accesstoken_file", "url",     "project_ids",
+        "asset_vks", "max_rate", "policies",         "protect", NULL,
 };
 static const char *const gateway_keys[] = {
-        "url", "appkey", "accesstoken_file", "ca_file", "timeout", "max_parallel", "project_ids", NULL,
+        "url",          "appkey",      "accesstoken_file", "ca_file",  "timeout",
+        "max_parallel", "project_ids", "asset_vks",        "max_rate", NULL,
 };
 static const char *const protect_keys[] = { "user_ids", "session_ids", NULL };
 static const char *const policy_keys[] = {
@@ -597,6 +599,40 @@ out:
         curl_url_cleanup(u);
 }
 
+/* A list of ids to list by (projects, assets): no id twice. */
+static void get_id_list(struct parser *p, const char *where, yaml_node_t *v, struct glob_list *dst) {
+        struct strindex seen;
+
+        get_glob_list(p, where, v, dst);
+        if (strindex_init(&seen, dst->n) < 0) {
+                p->oom = true;
+                return;
+        }
+        /* One error for each earlier copy, as many as there are. */
+        for (size_t i = 0; i < dst->n && !p->stop; i++)
+                for (size_t j = strindex_add(&seen, i, dst->items[i]); j != i && !p->stop; j = seen.next[j])
+                        diag(p, v, "%s: '%s' is listed twice", where, dst->items[i]);
+        strindex_free(&seen);
+}
+
+/* Calls per second: a positive number such as 40 or 2.5. */
+static void get_rate(struct parser *p, const char *where, yaml_node_t *n, double *dst) {
+        const char *s = scalar(n);
+        char *end = NULL;
+        double v;
+
+        if (!s || is_null(n) || !*s) {
+                diag(p, n, "%s: expected calls per second such as 40, got %s", where, node_type_name(n));
+                return;
+        }
+        v = strtod(s, &end);
+        if (end == s || *end != '\0' || !isfinite(v) || v < 0.1 || v > 100000) {
+                diag(p, n, "%s: expected calls per second between 0.1 and 100000, got '%s'", where, s);
+                return;
+        }
+        *dst = v;
+}
+
 static void gateway_key(struct parser *p, const char *key, yaml_node_t *v, void *userdata) {
         struct gateway_config *g = userdata;
         char where[64];
@@ -628,19 +664,11 @@ static void gateway_key(struct parser *p, const char *key, yaml_node_t *v, void 
         } else if (strcmp(key, "max_parallel") == 0) {
                 get_uint(p, where, v, 1, MAX_PARALLEL_LIMIT, &g->max_parallel);
         } else if (strcmp(key, "project_ids") == 0) {
-                struct strindex seen;
-
-                get_glob_list(p, where, v, &g->project_ids);
-                if (strindex_init(&seen, g->project_ids.n) < 0) {
-                        p->oom = true;
-                        return;
-                }
-                /* One error for each earlier copy, as many as there are. */
-                for (size_t i = 0; i < g->project_ids.n && !p->stop; i++)
-                        for (size_t j = strindex_add(&seen, i, g->project_ids.items[i]); j != i && !p->stop;
-                             j = seen.next[j])
-                                diag(p, v, "%s: '%s' is listed twice", where, g->project_ids.items[i]);
-                strindex_free(&seen);
+                get_id_list(p, where, v, &g->project_ids);
+        } else if (strcmp(key, "asset_vks") == 0) {
+                get_id_list(p, where, v, &g->asset_vks);
+        } else if (strcmp(key, "max_rate") == 0) {
+                get_rate(p, where, v, &g->max_rate);
         }
 }
 
@@ -893,6 +921,7 @@ static struct config *account_new(struct parser *p, const struct config *top) {
         a->gateway.ca_file = strdup_or_null(top->gateway.ca_file);
         a->gateway.timeout_ms = top->gateway.timeout_ms;
         a->gateway.max_parallel = top->gateway.max_parallel;
+        a->gateway.max_rate = top->gateway.max_rate;
         a->poll_interval_ms = top->poll_interval_ms;
         a->dry_run = top->dry_run;
         a->recheck_before_close = top->recheck_before_close;
@@ -1106,7 +1135,7 @@ static void parse_document(struct parser *p, struct config *c) {
         if (find_value(p, root, "policies"))
                 diag(p, root, "top level: 'policies' belongs in each account when 'accounts' is used");
         for (const char *const *k =
-                     (const char *const[]){ "appkey", "accesstoken_file", "project_ids", NULL };
+                     (const char *const[]){ "appkey", "accesstoken_file", "project_ids", "asset_vks", NULL };
              *k; k++)
                 if (find_value(p, gateway, *k))
                         diag(p, find_value(p, gateway, *k),
@@ -1308,6 +1337,7 @@ void config_free(struct config *c) {
         free(c->gateway.accesstoken_file);
         free(c->gateway.ca_file);
         glob_list_free(&c->gateway.project_ids);
+        glob_list_free(&c->gateway.asset_vks);
         free(c->state_file);
         free(c->metrics_file);
         glob_list_free(&c->protect_user_ids);

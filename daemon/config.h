@@ -38,7 +38,9 @@ struct gateway_config {
         char *ca_file;          /* NULL: the system trust store */
         uint64_t timeout_ms;
         unsigned max_parallel;
-        struct glob_list project_ids; /* empty: listsessionofuin; else listsessionofprojectid per id */
+        struct glob_list project_ids; /* listsessionofprojectid per id */
+        struct glob_list asset_vks;   /* listsessionofassetvk per key; both empty: listsessionofuin */
+        double max_rate;              /* calls per second to this gateway; 0: unlimited */
 };
 
 struct fuse_config {

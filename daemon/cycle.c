@@ -14,6 +14,7 @@
 #include "log.h"
 #include "plan.h"
 #include "policy.h"
+#include "throttle.h"
 #include "util.h"
 
 /* Failed closes back off from one poll interval up to this many. */
@@ -23,6 +24,15 @@
  * intervals, so that a list that now and then comes back short or empty
  * resets no age. */
 #define STATE_GRACE_INTERVALS 10
+/* A close refused as too frequent is tried again in the same cycle, after a
+ * pause, at most this many times; then it waits for the next cycle. */
+#define MAX_REQUEUES 8
+
+/* The published Header.Code values the daemon acts on (see README). */
+#define CODE_UNAUTHORIZED   100005
+#define CODE_TOO_FREQUENT   100012
+#define CODE_ALREADY_CLOSED 110013
+#define CODE_NO_SESSION     110018
 
 enum outcome {
         OUTCOME_CLOSED,
@@ -46,6 +56,11 @@ struct close_job {
         struct gateway_error close_err;
         bool dispatched; /* counted in cycle->in_flight until finished */
         bool finished;   /* its outcome is logged */
+        unsigned requeues;
+        /* What a statsession reply said about the stream, for the log. */
+        bool has_stream_error;
+        int stream_error_code;
+        char stream_error[256];
 };
 
 struct cycle {
@@ -60,11 +75,16 @@ struct cycle {
         struct session_list *list;
         struct close_job *jobs;
         size_t n_jobs, next_job, in_flight;
+        /* Closes refused as too frequent, to send again after the pause. */
+        struct close_job **requeued;
+        size_t n_requeued;
+        bool auth_logged;
         ev_timer resume_timer; /* dispatch paused by a Retry-After */
         bool stopping;
         bool dispatching;
         struct cycle_result res;
-        /* Listing per project (gateway.project_ids): one request each. */
+        /* Listing per project and per asset (gateway.project_ids,
+         * gateway.asset_vks): one request each. */
         struct project_list *projects;
         size_t n_projects, projects_pending;
         bool projects_failed;
@@ -74,12 +94,16 @@ struct cycle {
 
 struct project_list {
         struct cycle *cycle;
-        const char *project_id; /* borrowed from the config */
+        const char *endpoint;   /* listsessionofprojectid or listsessionofassetvk */
+        const char *what;       /* "project" or "asset" */
+        const char *project_id; /* the project id or asset key, borrowed from the config */
         struct session_list *list;
 };
 
 static void dispatch(struct cycle *c);
 static void job_done(struct close_job *job, enum outcome outcome, const char *detail, long retry_after_s);
+static void job_throttled(struct close_job *job, long retry_after_s);
+static void job_auth(struct close_job *job, const char *endpoint, const char *detail);
 
 /* A response (or a resume) arrived: the cycle is making progress. */
 static void progress(struct cycle *c) {
@@ -160,7 +184,11 @@ static void cycle_log(struct cycle *c, int priority, const char *message_id, con
         va_end(ap);
 }
 
-static int post(struct cycle *c, const char *endpoint, const char *session_id, const char *project_id,
+/* Sends one call. field/value: the Payload field besides ReqId ("SessionId",
+ * "VirtualmanProjectId", "AssetVirtualmanKey"), or NULL. Every call takes a
+ * token of the account's max_rate bucket; dispatch() waits for one before
+ * sending a new close, follow-up calls go at once and leave a debt. */
+static int post(struct cycle *c, const char *endpoint, const char *field, const char *value,
                 http_done_fn done, void *userdata) {
         const struct config *cfg = c->env.config;
         char reqid[GATEWAY_REQID_LEN + 1];
@@ -172,9 +200,11 @@ static int post(struct cycle *c, const char *endpoint, const char *session_id, c
                 ret = gateway_build_url(cfg->gateway.url, endpoint, cfg->gateway.appkey, c->env.creds->token,
                                         time(NULL), c->env.signer, &url);
         if (ret >= 0)
-                ret = gateway_build_body(reqid, session_id, project_id, &body);
+                ret = gateway_build_body(reqid, field, value, &body);
         if (ret >= 0)
                 ret = http_post_json(c->env.http, url, body, done, userdata);
+        if (ret >= 0 && c->env.throttle)
+                throttle_take_anyway(c->env.throttle, now_mono_ms());
         /* The URL carries a signature derived from the token: wipe it. */
         if (url)
                 explicit_bzero(url, strlen(url));
@@ -210,13 +240,59 @@ static void describe_parse_error(int r, const struct gateway_error *err, char *b
                          err->message);
 }
 
+/* What a reply means, by the published codes (README, "Gateway codes"). */
+enum verdict {
+        VERDICT_OK,
+        VERDICT_GONE,      /* 110013 already closed, 110018 does not exist */
+        VERDICT_THROTTLED, /* 100012, HTTP 429 or 503: slow down, account-wide */
+        VERDICT_AUTH,      /* 100005, HTTP 401 or 403: an account problem */
+        VERDICT_FAILED,    /* anything else */
+};
+
+/* The verdict from the transport alone: VERDICT_OK when a 200 arrived and
+ * the body is to be parsed. */
+static enum verdict http_verdict(const struct http_response *resp) {
+        if (resp->result != CURLE_OK)
+                return VERDICT_FAILED;
+        if (resp->status == 401 || resp->status == 403)
+                return VERDICT_AUTH;
+        if (resp->status == 429 || resp->status == 503)
+                return VERDICT_THROTTLED;
+        return resp->status == 200 ? VERDICT_OK : VERDICT_FAILED;
+}
+
+static enum verdict api_verdict(int parsed, const struct gateway_error *err) {
+        if (parsed >= 0)
+                return VERDICT_OK;
+        if (parsed == -ENOMEM || err->kind != GATEWAY_API_ERROR)
+                return VERDICT_FAILED;
+        switch (err->code) {
+        case CODE_TOO_FREQUENT:
+                return VERDICT_THROTTLED;
+        case CODE_UNAUTHORIZED:
+                return VERDICT_AUTH;
+        case CODE_ALREADY_CLOSED:
+        case CODE_NO_SESSION:
+                return VERDICT_GONE;
+        default:
+                return VERDICT_FAILED;
+        }
+}
+
 /* Counts one API call in the metrics. parsed: the gateway_parse_*() result
  * (ignored when the transport failed). */
 static void record_call(struct cycle *c, const char *endpoint, const struct http_response *resp, int parsed,
                         const struct gateway_error *err) {
+        enum verdict v = http_verdict(resp);
         enum metrics_result result;
 
-        if (resp->result != CURLE_OK)
+        if (v == VERDICT_OK)
+                v = api_verdict(parsed, err);
+        if (v == VERDICT_THROTTLED)
+                result = METRICS_THROTTLED;
+        else if (v == VERDICT_AUTH)
+                result = METRICS_AUTH_ERROR;
+        else if (resp->result != CURLE_OK)
                 result = METRICS_TRANSPORT_ERROR;
         else if (resp->status != 200)
                 result = METRICS_HTTP_ERROR;
@@ -225,6 +301,24 @@ static void record_call(struct cycle *c, const char *endpoint, const struct http
         else
                 result = err->kind == GATEWAY_API_ERROR ? METRICS_API_ERROR : METRICS_BAD_RESPONSE;
         metrics_api_call(c->env.metrics, endpoint, result, resp->total_s);
+        if (c->env.throttle && v != VERDICT_THROTTLED && v != VERDICT_AUTH && resp->result == CURLE_OK)
+                throttle_ok(c->env.throttle);
+}
+
+/* The account's credentials were refused: logged once per cycle with its
+ * own MESSAGE_ID, and nothing more is sent this cycle. */
+static void auth_refused(struct cycle *c, const char *endpoint, const char *detail) {
+        struct log_field f[] = { { "IVH_ENDPOINT", endpoint }, { "IVH_ERROR", detail } };
+
+        c->res.auth_failed = true;
+        if (c->auth_logged)
+                return;
+        c->auth_logged = true;
+        cycle_log(
+                c, LOG_ERR, MESSAGE_ID_AUTH, f, ELEMENTSOF(f),
+                "The gateway refused our credentials on %s (%s): check the appkey, the access token and the "
+                "system clock; nothing is closed until it accepts them",
+                endpoint, detail);
 }
 
 static uint32_t random_u32(void) {
@@ -238,8 +332,8 @@ static uint32_t random_u32(void) {
 static void log_reclaim(struct close_job *job, enum outcome outcome, const char *detail) {
         struct cycle *c = job->cycle;
         const struct session *s = job->session;
-        char age[32], status[16], age_h[32], code[32], id[96], user[96];
-        struct log_field f[10];
+        char age[32], status[16], age_h[32], code[32], id[96], user[96], scode[32];
+        struct log_field f[12];
         size_t n = 0;
 
         snprintf(age, sizeof age, "%" PRIu64, job->age_ms / 1000);
@@ -258,6 +352,11 @@ static void log_reclaim(struct close_job *job, enum outcome outcome, const char 
         if (job->close_err.kind == GATEWAY_API_ERROR) {
                 snprintf(code, sizeof code, "%ld", job->close_err.code);
                 f[n++] = (struct log_field){ "IVH_API_CODE", code };
+        }
+        if (job->has_stream_error) {
+                snprintf(scode, sizeof scode, "%d", job->stream_error_code);
+                f[n++] = (struct log_field){ "IVH_STREAM_ERROR_CODE", scode };
+                f[n++] = (struct log_field){ "IVH_STREAM_ERROR", job->stream_error };
         }
         sanitize_printable(s->session_id, id, sizeof id);
         sanitize_printable(s->user_id, user, sizeof user);
@@ -296,7 +395,7 @@ static void cycle_end(struct cycle *c) {
         const struct cycle_result *res = &c->res;
         char f_listed[24], f_due[24], f_closed[24], f_already[24], f_failed[24], f_deferred[24],
                 f_protected[24], f_dry[24], f_dur[24], f_skipped[24], f_backoff[24], f_fused[24],
-                f_malformed[24];
+                f_malformed[24], f_throttled[24];
         struct log_field f[] = {
                 { "IVH_LISTED", f_listed },       { "IVH_DUE", f_due },
                 { "IVH_CLOSED", f_closed },       { "IVH_ALREADY_CLOSED", f_already },
@@ -304,7 +403,7 @@ static void cycle_end(struct cycle *c) {
                 { "IVH_PROTECTED", f_protected }, { "IVH_DRY_RUN", f_dry },
                 { "IVH_DURATION_MS", f_dur },     { "IVH_SKIPPED", f_skipped },
                 { "IVH_BACKING_OFF", f_backoff }, { "IVH_FUSED", f_fused },
-                { "IVH_MALFORMED", f_malformed },
+                { "IVH_MALFORMED", f_malformed }, { "IVH_THROTTLED", f_throttled },
         };
 
         if (c->phase == CYCLE_ENDED)
@@ -324,14 +423,15 @@ static void cycle_end(struct cycle *c) {
         snprintf(f_backoff, sizeof f_backoff, "%zu", res->backing_off);
         snprintf(f_fused, sizeof f_fused, "%zu", res->fused);
         snprintf(f_malformed, sizeof f_malformed, "%zu", res->malformed);
+        snprintf(f_throttled, sizeof f_throttled, "%zu", res->throttled);
         if (!c->env.plan_out)
                 cycle_log(c, res->list_failed ? LOG_WARNING : LOG_INFO, MESSAGE_ID_CYCLE, f, ELEMENTSOF(f),
                           "Cycle %s: listed=%s due=%s closed=%s already_closed=%s failed=%s skipped=%s "
-                          "deferred=%s backing_off=%s fused=%s protected=%s malformed=%s dry_run=%s "
-                          "duration=%sms",
+                          "deferred=%s backing_off=%s fused=%s protected=%s malformed=%s throttled=%s "
+                          "dry_run=%s duration=%sms",
                           res->list_failed ? "failed" : "done", f_listed, f_due, f_closed, f_already,
                           f_failed, f_skipped, f_deferred, f_backoff, f_fused, f_protected, f_malformed,
-                          f_dry, f_dur);
+                          f_throttled, f_dry, f_dur);
         /* The runner frees the cycle from its advance step, not from here. */
         c->phase = CYCLE_ENDED;
         c->phase_fn(c, CYCLE_ENDED, c->userdata);
@@ -339,6 +439,12 @@ static void cycle_end(struct cycle *c) {
 
 /* Leaves every close not yet sent to a later cycle. */
 static void defer_queued(struct cycle *c) {
+        for (size_t i = 0; i < c->n_requeued; i++)
+                if (!c->requeued[i]->finished) {
+                        c->requeued[i]->finished = true;
+                        c->res.deferred++;
+                }
+        c->n_requeued = 0;
         for (; c->next_job < c->n_jobs; c->next_job++)
                 if (!c->jobs[c->next_job].finished) {
                         c->jobs[c->next_job].finished = true;
@@ -369,7 +475,8 @@ static void job_done(struct close_job *job, enum outcome outcome, const char *de
                 if (cap > RETRY_CAP_MAX_MS)
                         cap = RETRY_CAP_MAX_MS > cfg->poll_interval_ms ? RETRY_CAP_MAX_MS
                                                                        : cfg->poll_interval_ms;
-                if (retry_failed(c->env.retries, id, now_mono_ms(), cfg->poll_interval_ms, cap,
+                if (retry_after_s >= 0 &&
+                    retry_failed(c->env.retries, id, now_mono_ms(), cfg->poll_interval_ms, cap,
                                  (uint64_t) retry_after_s * 1000, random_u32()) < 0)
                         cycle_log(c, LOG_WARNING, NULL, NULL, 0,
                                   "Out of memory recording a retry; the session is tried again next cycle");
@@ -414,6 +521,91 @@ static void close_failed(struct close_job *job, const char *what, const char *de
         job_done(job, OUTCOME_FAILED, msg, retry_after_s);
 }
 
+/* Holds back dispatch for pause_ms (keeping a longer pause already
+ * running). A pause as long as poll_interval leaves what is left to the
+ * next cycle. */
+static void pause_dispatch(struct cycle *c, uint64_t pause_ms, const char *why) {
+        const struct config *cfg = c->env.config;
+
+        if (pause_ms >= cfg->poll_interval_ms) {
+                cycle_log(c, LOG_WARNING, NULL, NULL, 0,
+                          "%s: pausing %" PRIu64
+                          " ms, longer than poll_interval; the closes left wait for the "
+                          "next cycle",
+                          why, pause_ms);
+                defer_queued(c);
+                return;
+        }
+        if (ev_is_active(&c->resume_timer) &&
+            ev_timer_remaining(c->env.loop, &c->resume_timer) * 1000.0 >= (double) pause_ms)
+                return;
+        cycle_log(c, LOG_INFO, NULL, NULL, 0, "%s: pausing %" PRIu64 " ms before sending more", why,
+                  pause_ms);
+        ev_timer_stop(c->env.loop, &c->resume_timer);
+        ev_timer_set(&c->resume_timer, (double) pause_ms / 1000.0, 0.);
+        ev_timer_start(c->env.loop, &c->resume_timer);
+}
+
+/* The gateway said "too frequent" (100012, HTTP 429 or 503) to this close
+ * or its re-check: the account slows down (a smaller window, a pause) and
+ * the close is sent again after the pause, in this cycle. It is no failure
+ * of the session: no backoff, no reclaim entry. */
+static void job_throttled(struct close_job *job, long retry_after_s) {
+        struct cycle *c = job->cycle;
+        /* Replies to calls sent before the account slowed down come in a
+         * burst: the account reacts once per pause, not once per reply. */
+        bool reacted = ev_is_active(&c->resume_timer) || ev_is_pending(&c->resume_timer);
+        uint64_t pause_ms = (uint64_t) (retry_after_s > 0 ? retry_after_s : 1) * 1000;
+        char why[160];
+
+        if (c->env.throttle && !reacted)
+                pause_ms = throttle_refused(c->env.throttle, (uint64_t) retry_after_s * 1000);
+
+        c->res.throttled++;
+        if (job->dispatched)
+                c->in_flight--;
+        job->dispatched = false;
+        if (c->stopping || ++job->requeues > MAX_REQUEUES) {
+                /* Deferred to a later cycle, still without a backoff. */
+                job->finished = true;
+                c->res.deferred++;
+        } else
+                c->requeued[c->n_requeued++] = job;
+        snprintf(why, sizeof why, "The gateway says the account calls too often (now %u in flight at most)",
+                 c->env.throttle ? c->env.throttle->window : c->env.config->gateway.max_parallel);
+        if (!c->stopping && !reacted)
+                pause_dispatch(c, pause_ms, why);
+        cycle_log(c, LOG_DEBUG, NULL, NULL, 0,
+                  "%s; session %s is sent again after a pause of %" PRIu64 " ms", why,
+                  job->session->session_id, pause_ms);
+        dispatch(c);
+}
+
+/* The gateway refused our credentials on a call of this job: the close
+ * fails without a backoff (it is not the session's fault), and nothing
+ * more is sent this cycle. */
+static void job_auth(struct close_job *job, const char *endpoint, const char *detail) {
+        struct cycle *c = job->cycle;
+        char msg[640];
+
+        auth_refused(c, endpoint, detail);
+        defer_queued(c);
+        snprintf(msg, sizeof msg, "%s: unauthorized (%s)", endpoint, detail);
+        job_done(job, OUTCOME_FAILED, msg, -1);
+}
+
+/* Keeps what a statsession reply said about the stream, for the log. */
+static void note_stream(struct close_job *job, const struct stat_result *st) {
+        job->has_stream_error = st->has_error;
+        if (st->has_error) {
+                job->stream_error_code = st->error_code;
+                snprintf(job->stream_error, sizeof job->stream_error, "%s", st->error_message);
+        }
+}
+
+/* closesession answered an API error the daemon does not know: statsession
+ * says whether the session is gone after all. Only status 2 or 110018
+ * confirms it; anything else leaves the close failed. */
 static void postcheck_done(const struct http_response *resp, void *userdata) {
         struct close_job *job = userdata;
         struct gateway_error err;
@@ -422,14 +614,14 @@ static void postcheck_done(const struct http_response *resp, void *userdata) {
         int r;
 
         progress(job->cycle);
-        if (!transport_failed(resp, buf, sizeof buf)) {
+        memset(&err, 0, sizeof err);
+        if (http_verdict(resp) == VERDICT_OK) {
                 r = gateway_parse_stat(resp->body, resp->body_len, &st, &err);
                 record_call(job->cycle, "statsession", resp, r, &err);
-                /* Gone if the gateway says the session is closed, or if it
-                 * answers statsession with the very error closesession gave:
-                 * both calls then agree that it does not know the session. */
+                if (r >= 0)
+                        note_stream(job, &st);
                 if ((r >= 0 && st.status == SESSION_CLOSED) ||
-                    (r < 0 && err.kind == GATEWAY_API_ERROR && err.code == job->close_err.code)) {
+                    (r < 0 && err.kind == GATEWAY_API_ERROR && err.code == CODE_NO_SESSION)) {
                         job_done(job, OUTCOME_ALREADY_CLOSED, NULL, 0);
                         return;
                 }
@@ -441,28 +633,48 @@ static void postcheck_done(const struct http_response *resp, void *userdata) {
 
 static void close_done(const struct http_response *resp, void *userdata) {
         struct close_job *job = userdata;
+        enum verdict v = http_verdict(resp);
         char buf[512];
-        int parsed;
+        int parsed = -1;
 
         progress(job->cycle);
+        memset(&job->close_err, 0, sizeof job->close_err);
+        if (v == VERDICT_OK) {
+                parsed = gateway_parse_ack(resp->body, resp->body_len, &job->close_err);
+                v = api_verdict(parsed, &job->close_err);
+        }
+        record_call(job->cycle, "closesession", resp, parsed, &job->close_err);
+        switch (v) {
+        case VERDICT_OK:
+                job_done(job, OUTCOME_CLOSED, NULL, 0);
+                return;
+        case VERDICT_GONE: /* 110013 or 110018: nothing left to close */
+                job_done(job, OUTCOME_ALREADY_CLOSED, NULL, 0);
+                return;
+        case VERDICT_THROTTLED:
+                job_throttled(job, resp->retry_after_s);
+                return;
+        case VERDICT_AUTH:
+                transport_failed(resp, buf, sizeof buf);
+                job_auth(job, "closesession",
+                         parsed < 0 && job->close_err.kind == GATEWAY_API_ERROR ? "Code 100005" : buf);
+                return;
+        case VERDICT_FAILED:
+                break;
+        }
         if (transport_failed(resp, buf, sizeof buf)) {
-                record_call(job->cycle, "closesession", resp, -1, &job->close_err);
                 close_failed(job, "closesession", buf, resp->retry_after_s);
                 return;
         }
-        parsed = gateway_parse_ack(resp->body, resp->body_len, &job->close_err);
-        record_call(job->cycle, "closesession", resp, parsed, &job->close_err);
-        if (parsed >= 0) {
-                job_done(job, OUTCOME_CLOSED, NULL, 0);
-                return;
-        }
         if (job->close_err.kind == GATEWAY_API_ERROR && !job->cycle->stopping) {
-                /* Maybe the session went away between the list and now. */
-                if (post(job->cycle, "statsession", job->session->session_id, NULL, postcheck_done, job) >=
-                    0)
+                /* An error the daemon does not know: maybe the session went
+                 * away between the list and now. statsession says. */
+                if (post(job->cycle, "statsession", "SessionId", job->session->session_id, postcheck_done,
+                         job) >= 0)
                         return;
         }
-        close_failed(job, "closesession", job->close_err.message, 0);
+        describe_parse_error(parsed, &job->close_err, buf, sizeof buf);
+        close_failed(job, "closesession", buf, 0);
 }
 
 static void start_close(struct close_job *job) {
@@ -470,7 +682,7 @@ static void start_close(struct close_job *job) {
 
         if (!job_may_send(job))
                 return;
-        ret = post(job->cycle, "closesession", job->session->session_id, NULL, close_done, job);
+        ret = post(job->cycle, "closesession", "SessionId", job->session->session_id, close_done, job);
         if (ret < 0)
                 close_failed(job, "closesession", strerror(-ret), 0);
 }
@@ -484,23 +696,40 @@ static void precheck_done(const struct http_response *resp, void *userdata) {
         struct gateway_error err;
         struct stat_result st;
         struct decision d;
+        enum verdict v;
         char buf[512];
         int parsed;
 
         progress(c);
         memset(&err, 0, sizeof err);
-        if (transport_failed(resp, buf, sizeof buf)) {
-                record_call(c, "statsession", resp, -1, &err);
+        parsed = -1;
+        v = http_verdict(resp);
+        if (v == VERDICT_OK) {
+                parsed = gateway_parse_stat(resp->body, resp->body_len, &st, &err);
+                v = api_verdict(parsed, &err);
+        }
+        record_call(c, "statsession", resp, parsed, &err);
+        switch (v) {
+        case VERDICT_OK:
+                break;
+        case VERDICT_GONE: /* 110018: the session does not exist any more */
+                job_done(job, OUTCOME_ALREADY_CLOSED, NULL, 0);
+                return;
+        case VERDICT_THROTTLED:
+                job_throttled(job, resp->retry_after_s);
+                return;
+        case VERDICT_AUTH:
+                transport_failed(resp, buf, sizeof buf);
+                job_auth(job, "statsession",
+                         parsed < 0 && err.kind == GATEWAY_API_ERROR ? "Code 100005" : buf);
+                return;
+        case VERDICT_FAILED:
+                if (!transport_failed(resp, buf, sizeof buf))
+                        describe_parse_error(parsed, &err, buf, sizeof buf);
                 close_failed(job, "statsession before closing", buf, resp->retry_after_s);
                 return;
         }
-        parsed = gateway_parse_stat(resp->body, resp->body_len, &st, &err);
-        record_call(c, "statsession", resp, parsed, &err);
-        if (parsed < 0) {
-                describe_parse_error(parsed, &err, buf, sizeof buf);
-                close_failed(job, "statsession before closing", buf, 0);
-                return;
-        }
+        note_stream(job, &st);
         if (st.status == SESSION_CLOSED) {
                 job_done(job, OUTCOME_ALREADY_CLOSED, NULL, 0);
                 return;
@@ -532,14 +761,33 @@ static bool needs_precheck(const struct cycle *c, const struct close_job *job) {
 /* Starts jobs up to max_parallel. Never recursive: a job that fails at once
  * calls job_done(), whose dispatch() returns here at once, and this loop
  * carries on. Ends the cycle when nothing is left. */
+static bool jobs_left(const struct cycle *c) {
+        return c->n_requeued > 0 || c->next_job < c->n_jobs;
+}
+
+/* Starts jobs up to the account's window (gateway.max_parallel, narrowed
+ * while the gateway throttles) and as its max_rate allows. Never recursive:
+ * a job that fails at once calls job_done(), whose dispatch() returns here
+ * at once, and this loop carries on. Ends the cycle when nothing is left. */
 static void dispatch(struct cycle *c) {
+        size_t window = c->env.config->gateway.max_parallel;
+
         if (c->dispatching || c->phase == CYCLE_ENDED)
                 return;
         c->dispatching = true;
-        while (!c->stopping && !ev_is_active(&c->resume_timer) && c->next_job < c->n_jobs &&
-               c->in_flight < c->env.config->gateway.max_parallel) {
-                struct close_job *job = &c->jobs[c->next_job++];
+        if (c->env.throttle && c->env.throttle->window < window)
+                window = c->env.throttle->window;
+        while (!c->stopping && !ev_is_active(&c->resume_timer) && jobs_left(c) && c->in_flight < window) {
+                struct close_job *job;
+                uint64_t wait = c->env.throttle ? throttle_ready(c->env.throttle, now_mono_ms()) : 0;
 
+                if (wait > 0) {
+                        /* gateway.max_rate: wait for the next token. */
+                        ev_timer_set(&c->resume_timer, (double) wait / 1000.0, 0.);
+                        ev_timer_start(c->env.loop, &c->resume_timer);
+                        break;
+                }
+                job = c->n_requeued > 0 ? c->requeued[--c->n_requeued] : &c->jobs[c->next_job++];
                 if (job->finished)
                         continue; /* skipped after a reload */
                 job->dispatched = true;
@@ -549,7 +797,8 @@ static void dispatch(struct cycle *c) {
                 else if (job_may_send(job)) {
                         int ret;
 
-                        ret = post(c, "statsession", job->session->session_id, NULL, precheck_done, job);
+                        ret = post(c, "statsession", "SessionId", job->session->session_id, precheck_done,
+                                   job);
                         if (ret < 0)
                                 close_failed(job, "statsession before closing", strerror(-ret), 0);
                 }
@@ -557,7 +806,7 @@ static void dispatch(struct cycle *c) {
         if (c->stopping)
                 defer_queued(c);
         c->dispatching = false;
-        if (c->in_flight == 0 && c->next_job == c->n_jobs)
+        if (c->in_flight == 0 && !jobs_left(c))
                 cycle_end(c);
 }
 
@@ -745,26 +994,46 @@ static int decide(struct cycle *c, const uint64_t *ages) {
 
 static void after_list(struct cycle *c);
 
-static void list_done(const struct http_response *resp, void *userdata) {
-        struct cycle *c = userdata;
+/* Reads one list reply into *ret. Returns 0, or <0 with buf saying why,
+ * *ret_code the API code (0 when none); a throttle or an auth refusal is
+ * recorded for the account. */
+static int read_list(struct cycle *c, const char *endpoint, const struct http_response *resp,
+                     struct session_list **ret, char *buf, size_t n, long *ret_code) {
         struct gateway_error err;
-        char buf[512];
-        int ret;
+        enum verdict v = http_verdict(resp);
+        int r = -EIO;
 
         progress(c);
         c->res.list_bytes += resp->body_len;
         memset(&err, 0, sizeof err);
-        if (transport_failed(resp, buf, sizeof buf)) {
-                record_call(c, "listsessionofuin", resp, -1, &err);
-                list_failed(c, buf, 0, resp->retry_after_s);
-                cycle_end(c);
-                return;
+        *ret_code = 0;
+        if (v == VERDICT_OK) {
+                r = gateway_parse_list(resp->body, resp->body_len, ret, &err);
+                v = api_verdict(r, &err);
         }
-        ret = gateway_parse_list(resp->body, resp->body_len, &c->list, &err);
-        record_call(c, "listsessionofuin", resp, ret, &err);
-        if (ret < 0) {
-                describe_parse_error(ret, &err, buf, sizeof buf);
-                list_failed(c, buf, ret != -ENOMEM && err.kind == GATEWAY_API_ERROR ? err.code : 0, 0);
+        record_call(c, endpoint, resp, r, &err);
+        if (r >= 0)
+                return 0;
+        if (!transport_failed(resp, buf, n))
+                describe_parse_error(r, &err, buf, n);
+        if (r != -ENOMEM && err.kind == GATEWAY_API_ERROR)
+                *ret_code = err.code;
+        if (v == VERDICT_THROTTLED) {
+                c->res.throttled++;
+                if (c->env.throttle)
+                        (void) throttle_refused(c->env.throttle, (uint64_t) resp->retry_after_s * 1000);
+        } else if (v == VERDICT_AUTH)
+                auth_refused(c, endpoint, buf);
+        return r < 0 ? r : -EIO;
+}
+
+static void list_done(const struct http_response *resp, void *userdata) {
+        struct cycle *c = userdata;
+        char buf[512];
+        long code;
+
+        if (read_list(c, "listsessionofuin", resp, &c->list, buf, sizeof buf, &code) < 0) {
+                list_failed(c, buf, code, resp->retry_after_s);
                 cycle_end(c);
                 return;
         }
@@ -776,25 +1045,16 @@ static void list_done(const struct http_response *resp, void *userdata) {
 static void project_list_done(const struct http_response *resp, void *userdata) {
         struct project_list *pl = userdata;
         struct cycle *c = pl->cycle;
-        struct gateway_error err;
         char buf[512];
-        int ret = -EIO;
+        long code;
+        int ret;
 
-        progress(c);
-        c->res.list_bytes += resp->body_len;
-        memset(&err, 0, sizeof err);
-        if (transport_failed(resp, buf, sizeof buf))
-                record_call(c, "listsessionofprojectid", resp, -1, &err);
-        else {
-                ret = gateway_parse_list(resp->body, resp->body_len, &pl->list, &err);
-                record_call(c, "listsessionofprojectid", resp, ret, &err);
-                if (ret < 0)
-                        describe_parse_error(ret, &err, buf, sizeof buf);
-        }
+        ret = read_list(c, pl->endpoint, resp, &pl->list, buf, sizeof buf, &code);
         if (ret < 0 && !c->projects_failed) {
                 c->projects_failed = true;
-                snprintf(c->projects_error, sizeof c->projects_error, "project %s: %s", pl->project_id, buf);
-                c->projects_error_code = err.kind == GATEWAY_API_ERROR ? err.code : 0;
+                snprintf(c->projects_error, sizeof c->projects_error, "%s %s: %s", pl->what, pl->project_id,
+                         buf);
+                c->projects_error_code = code;
                 c->projects_retry_after_s = resp->retry_after_s;
         }
         if (--c->projects_pending > 0)
@@ -908,6 +1168,10 @@ static void after_list(struct cycle *c) {
                 }
                 c->next_job = c->n_jobs;
         }
+        if (c->n_jobs > 0 && !(c->requeued = calloc(c->n_jobs, sizeof *c->requeued))) {
+                list_failed(c, "out of memory while deciding", 0, 0);
+                c->n_jobs = 0;
+        }
         c->phase = CYCLE_CLOSING;
         c->phase_fn(c, CYCLE_CLOSING, c->userdata);
         dispatch(c);
@@ -917,18 +1181,28 @@ static void after_list(struct cycle *c) {
  * project. Returns 0 when at least one request is under way. */
 static int start_listing(struct cycle *c) {
         const struct glob_list *projects = &c->env.config->gateway.project_ids;
+        const struct glob_list *assets = &c->env.config->gateway.asset_vks;
+        size_t n = projects->n + assets->n;
         int r = 0;
 
-        if (projects->n == 0)
+        if (n == 0)
                 return post(c, "listsessionofuin", NULL, NULL, list_done, c);
-        c->projects = calloc(projects->n, sizeof *c->projects);
+        c->projects = calloc(n, sizeof *c->projects);
         if (!c->projects)
                 return -ENOMEM;
-        c->n_projects = projects->n;
-        for (size_t i = 0; i < projects->n; i++) {
-                c->projects[i] = (struct project_list){ .cycle = c, .project_id = projects->items[i] };
-                r = post(c, "listsessionofprojectid", NULL, projects->items[i], project_list_done,
-                         &c->projects[i]);
+        c->n_projects = n;
+        for (size_t i = 0; i < n; i++) {
+                bool asset = i >= projects->n;
+                struct project_list *pl = &c->projects[i];
+
+                *pl = (struct project_list){
+                        .cycle = c,
+                        .endpoint = asset ? "listsessionofassetvk" : "listsessionofprojectid",
+                        .what = asset ? "asset" : "project",
+                        .project_id = asset ? assets->items[i - projects->n] : projects->items[i],
+                };
+                r = post(c, pl->endpoint, asset ? "AssetVirtualmanKey" : "VirtualmanProjectId",
+                         pl->project_id, project_list_done, pl);
                 if (r < 0)
                         break;
                 c->projects_pending++;
@@ -1037,5 +1311,6 @@ void cycle_free(struct cycle *c) {
         free(c->projects);
         session_list_free(c->list);
         free(c->jobs);
+        free(c->requeued);
         free(c);
 }

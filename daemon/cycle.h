@@ -15,6 +15,7 @@
 #include "metrics.h"
 #include "retry.h"
 #include "state.h"
+#include "throttle.h"
 
 /* Everything a cycle borrows from its owner for as long as it runs. */
 struct cycle_env {
@@ -26,7 +27,8 @@ struct cycle_env {
         struct http *http;
         struct state *state;
         struct retry_table *retries;
-        struct metrics *metrics; /* may be NULL */
+        struct metrics *metrics;   /* may be NULL */
+        struct throttle *throttle; /* the account's pacing (window, max_rate); may be NULL */
         bool dry_run;
         struct idset *malformed_logged; /* ids already warned about (owned by the runner) */
         FILE *plan_out; /* non-NULL for --plan: print the plan, close nothing, record nothing */
@@ -39,7 +41,9 @@ struct cycle_result {
         size_t backing_off;      /* due, but waiting after an earlier failure */
         size_t fused;            /* due live sessions held back by the share fuse */
         size_t protected_due;    /* would be due but for a protect rule */
-        size_t malformed;        /* listed entries never acted on (hostile or unusable ids) */
+        size_t malformed;        /* listed entries never acted on (hostile ids, wrong shape, conflicts) */
+        size_t throttled;        /* calls refused as too frequent (100012, HTTP 429/503) */
+        bool auth_failed;        /* a call was refused as unauthorized (100005, HTTP 401/403) */
         uint64_t retry_after_ms; /* the list call's Retry-After, 0 if none */
         size_t list_bytes;       /* size of the list reply (or replies) */
         int64_t started_ms, duration_ms;

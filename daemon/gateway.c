@@ -118,7 +118,7 @@ int gateway_new_reqid(char ret[GATEWAY_REQID_LEN + 1]) {
         return 0;
 }
 
-int gateway_build_body(const char *reqid, const char *session_id, const char *project_id, char **ret_body) {
+int gateway_build_body(const char *reqid, const char *field, const char *value, char **ret_body) {
         cJSON *root = cJSON_CreateObject(), *payload;
         char *body = NULL;
 
@@ -129,9 +129,7 @@ int gateway_build_body(const char *reqid, const char *session_id, const char *pr
         payload = cJSON_AddObjectToObject(root, "Payload");
         if (!payload || !cJSON_AddStringToObject(payload, "ReqId", reqid))
                 goto out;
-        if (session_id && !cJSON_AddStringToObject(payload, "SessionId", session_id))
-                goto out;
-        if (project_id && !cJSON_AddStringToObject(payload, "VirtualmanProjectId", project_id))
+        if (field && value && !cJSON_AddStringToObject(payload, field, value))
                 goto out;
         body = cJSON_PrintUnformatted(root);
 out:
@@ -283,8 +281,9 @@ const char *gateway_id_problem(const char *s, size_t len) {
         return NULL;
 }
 
-/* Records an entry that is never acted on, with its SessionId escaped. */
-static int add_malformed(struct session_list *l, const char *id, const char *reason) {
+/* Records an entry that is never acted on, with its SessionId escaped (or,
+ * without one, its position in the list). */
+static int add_malformed(struct session_list *l, const char *id, size_t index, const char *reason) {
         char buf[GATEWAY_ID_MAX * 4 + 8];
         struct malformed_entry *m;
 
@@ -292,7 +291,10 @@ static int add_malformed(struct session_list *l, const char *id, const char *rea
         if (!m)
                 return -ENOMEM;
         l->malformed = m;
-        escape_bytes(id, buf, sizeof buf);
+        if (id)
+                escape_bytes(id, buf, sizeof buf);
+        else
+                snprintf(buf, sizeof buf, "Sessions[%zu]", index);
         m[l->n_malformed] = (struct malformed_entry){ .id = strdup(buf), .raw_id = id, .reason = reason };
         if (!m[l->n_malformed].id)
                 return -ENOMEM;
@@ -370,28 +372,28 @@ static char *neutralize_nul(const char *text, size_t len) {
         return copy;
 }
 
-static int parse_session(const cJSON *item, size_t idx, struct session *s, struct gateway_error *err) {
+/* Reads one entry of Sessions[]. Returns NULL, or why the entry does not
+ * have the documented shape (static text). */
+static const char *parse_session(const cJSON *item, struct session *s) {
         const cJSON *id, *user, *status;
 
         if (!cJSON_IsObject(item))
-                return fail(err, GATEWAY_BAD_RESPONSE, "Sessions[%zu] is not an object", idx);
+                return "the entry is not an object";
         id = cJSON_GetObjectItemCaseSensitive(item, "SessionId");
         user = cJSON_GetObjectItemCaseSensitive(item, "UserId");
         status = cJSON_GetObjectItemCaseSensitive(item, "SessionStatus");
         if (!cJSON_IsString(id) || !id->valuestring[0])
-                return fail(err, GATEWAY_BAD_RESPONSE, "Sessions[%zu].SessionId is not a non-empty string",
-                            idx);
-        if (!cJSON_IsString(user))
-                return fail(err, GATEWAY_BAD_RESPONSE, "Sessions[%zu].UserId is not a string", idx);
-        if (get_int(status, &s->status) < 0)
-                return fail(err, GATEWAY_BAD_RESPONSE, "Sessions[%zu].SessionStatus is not an integer", idx);
-        if (get_tristate(cJSON_GetObjectItemCaseSensitive(item, "IsSessionStarted"), &s->started) < 0)
-                return fail(err, GATEWAY_BAD_RESPONSE, "Sessions[%zu].IsSessionStarted is not a boolean",
-                            idx);
+                return "SessionId is not a non-empty string";
         /* Borrowed from the parsed document, which the list keeps. */
         s->session_id = id->valuestring;
+        if (!cJSON_IsString(user))
+                return "UserId is not a string";
         s->user_id = user->valuestring;
-        return 0;
+        if (get_int(status, &s->status) < 0)
+                return "SessionStatus is not an integer";
+        if (get_tristate(cJSON_GetObjectItemCaseSensitive(item, "IsSessionStarted"), &s->started) < 0)
+                return "IsSessionStarted is not a boolean";
+        return NULL;
 }
 
 struct dedup_key {
@@ -432,8 +434,10 @@ static int drop_duplicates(struct session_list *l) {
         }
         for (size_t i = 0; i < l->n; i++)
                 keys[i] = (struct dedup_key){ l->items[i].session_id, i };
+        n_keys = l->n;
         for (size_t j = 0; j < n_malformed; j++)
-                keys[l->n + j] = (struct dedup_key){ l->malformed[j].raw_id, l->n + j };
+                if (l->malformed[j].raw_id) /* an entry without a SessionId hides nothing */
+                        keys[n_keys++] = (struct dedup_key){ l->malformed[j].raw_id, l->n + j };
         qsort(keys, n_keys, sizeof *keys, compare_dedup);
         for (size_t a = 0, b; a < n_keys && r >= 0; a = b) {
                 const struct session *first = NULL;
@@ -456,7 +460,7 @@ static int drop_duplicates(struct session_list *l) {
                 if (hostile)
                         continue; /* already counted as malformed */
                 if (conflict)
-                        r = add_malformed(l, first->session_id,
+                        r = add_malformed(l, first->session_id, 0,
                                           "listed more than once with conflicting fields");
                 else
                         l->n_duplicates += b - a - 1;
@@ -527,21 +531,24 @@ int gateway_parse_list(const char *body, size_t len, struct session_list **ret_l
         }
         /* cJSON arrays are linked lists: walk them, never index them. */
         cJSON_ArrayForEach(item, sessions) {
+                struct session *s = &l->items[l->n];
                 const char *why;
 
-                r = parse_session(item, l->n + l->n_malformed, &l->items[l->n], err);
-                if (r < 0)
-                        goto out;
-                why = entry_id_problem(&l->items[l->n]);
+                memset(s, 0, sizeof *s);
+                why = parse_session(item, s);
+                if (!why)
+                        why = entry_id_problem(s);
                 if (!why) {
                         l->n++;
                         continue;
                 }
-                /* Never acted on; counted and reported by the caller. */
-                r = add_malformed(l, l->items[l->n].session_id, why);
+                /* An entry that does not have the documented shape, or whose
+                 * ids are hostile, is skipped: never acted on, counted and
+                 * reported by the caller. The rest of the list is decided. */
+                r = add_malformed(l, s->session_id, l->n + l->n_malformed, why);
                 if (r < 0)
                         goto out;
-                memset(&l->items[l->n], 0, sizeof l->items[l->n]);
+                memset(s, 0, sizeof *s);
         }
         r = drop_duplicates(l);
         if (r < 0)
@@ -578,8 +585,19 @@ int gateway_parse_stat(const char *body, size_t len, struct stat_result *ret, st
         else if (get_tristate(cJSON_GetObjectItemCaseSensitive(payload, "IsSessionStarted"), &res.started) <
                  0)
                 r = fail(err, GATEWAY_BAD_RESPONSE, "Payload.IsSessionStarted is not a boolean");
-        else
+        else {
+                /* What the gateway says about the stream: optional, only for logging. */
+                const cJSON *code = cJSON_GetObjectItemCaseSensitive(payload, "ErrorCode");
+                const cJSON *message = cJSON_GetObjectItemCaseSensitive(payload, "ErrorMessage");
+                int ecode = 0;
+
+                res.has_error = get_int(code, &ecode) == 0 && ecode != 0;
+                res.error_code = ecode;
+                res.error_message[0] = '\0';
+                if (res.has_error && cJSON_IsString(message))
+                        escape_bytes(message->valuestring, res.error_message, sizeof res.error_message);
                 *ret = res;
+        }
         cJSON_Delete(root);
         return r;
 }

@@ -44,7 +44,7 @@ struct session {
  * usable id (see gateway_id_problem()). */
 struct malformed_entry {
         char *id;           /* the SessionId, escaped (\xNN) so it can be logged */
-        const char *raw_id; /* the SessionId as parsed, borrowed from the list's documents */
+        const char *raw_id; /* the SessionId as parsed (borrowed from the list's documents), or NULL */
         const char *reason; /* static text */
 };
 
@@ -80,6 +80,9 @@ struct gateway_error {
 struct stat_result {
         int status;
         enum tristate started;
+        bool has_error; /* a non-zero ErrorCode: why the stream failed or closed */
+        int error_code;
+        char error_message[256]; /* ErrorMessage, escaped */
 };
 
 /* base64(HMAC-SHA256(token, "appkey=<appkey>&timestamp=<timestamp>")).
@@ -105,9 +108,9 @@ int gateway_build_url(const char *base, const char *endpoint, const char *appkey
 /* A fresh request id: 32 lowercase hex digits from getrandom(). */
 int gateway_new_reqid(char ret[GATEWAY_REQID_LEN + 1]);
 
-/* {"Header":{},"Payload":{"ReqId":..., "SessionId":..., "VirtualmanProjectId":...}};
- * session_id and project_id may be NULL. */
-int gateway_build_body(const char *reqid, const char *session_id, const char *project_id, char **ret_body);
+/* {"Header":{},"Payload":{"ReqId":..., FIELD: VALUE}}, FIELD being "SessionId",
+ * "VirtualmanProjectId" or "AssetVirtualmanKey"; both NULL: ReqId only. */
+int gateway_build_body(const char *reqid, const char *field, const char *value, char **ret_body);
 
 /* NULL when s (len bytes) may be acted on as a SessionId or UserId;
  * otherwise why not: it contains NUL or another control character (C0, DEL,
@@ -115,8 +118,12 @@ int gateway_build_body(const char *reqid, const char *session_id, const char *pr
  * GATEWAY_ID_MAX bytes. An empty UserId is allowed. */
 const char *gateway_id_problem(const char *s, size_t len);
 
-/* Parses a listsessionofuin reply. Returns 0 with *ret_list, -EPROTO with err
- * filled in for an API error or a malformed reply, or -ENOMEM. */
+/* Parses a list reply (any of the three list calls). Returns 0 with
+ * *ret_list, -EPROTO with err filled in for an API error or a reply whose
+ * envelope is wrong (not an object, no integer Header.Code, no Payload
+ * object, Sessions not a list), or -ENOMEM. Entries that do not have the
+ * documented shape, or whose ids are hostile, are skipped into
+ * l->malformed and never acted on. */
 int gateway_parse_list(const char *body, size_t len, struct session_list **ret_list,
                        struct gateway_error *err);
 

@@ -22,6 +22,9 @@
 #define MESSAGE_ID_FUSE "7790a43c50c9428f9d94329cc7e5e131"
 /* The share fuse (fuse.max_share, fuse.min_sessions) held back every due live session. */
 #define MESSAGE_ID_SHARE_FUSE "fdd69b80db994344b2f08dde98cb05ea"
+/* The gateway refused our credentials (Code 100005, HTTP 401 or 403): an
+ * account problem (appkey, token, clock), not a per-session failure. */
+#define MESSAGE_ID_AUTH "d1f0b64d5da24960a3fff63a226ec244"
 
 enum log_target {
         LOG_TARGET_AUTO,

@@ -9,7 +9,9 @@
 
 /* The endpoints the daemon calls; anything else is counted as "other". */
 static const char *const endpoints[] = {
-        "listsessionofuin", "listsessionofprojectid", "closesession", "statsession", "other",
+        "listsessionofuin",     "listsessionofprojectid",
+        "listsessionofassetvk", "closesession",
+        "statsession",          "other",
 };
 #define N_ENDPOINTS ELEMENTSOF(endpoints)
 
@@ -19,6 +21,8 @@ static const char *const result_names[_METRICS_RESULT_MAX] = {
         [METRICS_HTTP_ERROR] = "http_error",
         [METRICS_TRANSPORT_ERROR] = "transport_error",
         [METRICS_BAD_RESPONSE] = "bad_response",
+        [METRICS_THROTTLED] = "throttled",
+        [METRICS_AUTH_ERROR] = "auth_error",
 };
 
 /* Upper bounds of the latency histogram, in seconds. */
@@ -42,6 +46,7 @@ struct metrics {
         struct reclaim_counter *reclaims;
         size_t n_reclaims, cap_reclaims;
         uint64_t listed[ELEMENTSOF(status_names)];
+        uint64_t malformed; /* entries of the last list never acted on */
         bool listed_known;
         uint64_t cycles_ok, cycles_failed;
         double last_success_s; /* 0 when none yet */
@@ -128,6 +133,7 @@ void metrics_listed(struct metrics *m, const struct session_list *l) {
                 int st = l->items[i].status;
                 m->listed[st >= 1 && st <= 4 ? st : 0]++;
         }
+        m->malformed = l->n_malformed;
         m->listed_known = true;
 }
 
@@ -176,6 +182,15 @@ int metrics_render(const struct metrics *const *ms, const char *const *accounts,
                         for (size_t s = 0; s < ELEMENTSOF(status_names); s++)
                                 fprintf(f, "ivh_sessions_listed{account=\"%s\",status=\"%s\"} %llu\n",
                                         accounts[a], status_names[s], (unsigned long long) ms[a]->listed[s]);
+
+        fprintf(f,
+                "# HELP ivh_sessions_malformed Entries of the last successful list that are never acted on "
+                "(hostile ids, wrong shape, conflicting duplicates).\n"
+                "# TYPE ivh_sessions_malformed gauge\n");
+        for (size_t a = 0; a < n; a++)
+                if (ms[a]->listed_known)
+                        fprintf(f, "ivh_sessions_malformed{account=\"%s\"} %llu\n", accounts[a],
+                                (unsigned long long) ms[a]->malformed);
 
         fprintf(f, "# HELP ivh_reclaims_total Reclaim decisions, by policy and outcome.\n"
                    "# TYPE ivh_reclaims_total counter\n");

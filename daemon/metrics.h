@@ -17,6 +17,8 @@ enum metrics_result {
         METRICS_HTTP_ERROR,      /* a status other than 200 */
         METRICS_TRANSPORT_ERROR, /* connect, reset, timeout, TLS, size cap */
         METRICS_BAD_RESPONSE,    /* not the documented shape */
+        METRICS_THROTTLED,       /* Code 100012, HTTP 429 or 503: "too frequent" */
+        METRICS_AUTH_ERROR,      /* Code 100005, HTTP 401 or 403 */
         _METRICS_RESULT_MAX,
 };
 

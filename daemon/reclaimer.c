@@ -88,6 +88,7 @@ struct runner {
         struct retry_table *retries;
         struct metrics *metrics;
         struct idset *malformed_logged;
+        struct throttle throttle;
         struct cycle *cycle; /* from LISTING to ENDED */
         int64_t last_cycle_started_ms;
         int64_t not_before_ms;    /* boot-time ms: the gateway's list Retry-After runs until then */
@@ -109,6 +110,7 @@ struct reclaimer {
         ev_signal sig_term, sig_int, sig_hup, sig_usr1;
         bool stopping; /* SIGTERM/SIGINT received: every runner heads for DONE */
         bool any_list_failed;
+        bool list_auth_failed; /* a list call was refused for auth: --once/--plan exit 77 */
         bool unhealthy_logged;
         unsigned long cycles;
         size_t total_reclaimed;
@@ -211,6 +213,11 @@ static void notify_status(struct reclaimer *r, struct runner *u) {
                         "STATUS=%zu accounts (%zu failing to list): %zu sessions listed, %zu reclaimed, %zu "
                         "failed in the last cycles",
                         r->n_runners, list_failed, listed, reclaimed, failed);
+        else if (u->last.auth_failed)
+                sd_notifyf(0,
+                           "STATUS=The gateway refuses our credentials: check appkey, token and clock; %zu "
+                           "reclaimed in total, next poll at %s",
+                           r->total_reclaimed, when);
         else if (list_failed)
                 sd_notifyf(0,
                            "STATUS=Last poll failed (see journal); %zu reclaimed in total, next poll at %s",
@@ -296,6 +303,8 @@ static void apply_pending(struct runner *u) {
         credentials_free(u->creds);
         u->config = u->pending_config;
         u->creds = u->pending_creds;
+        throttle_configure(&u->throttle, u->config->gateway.max_parallel, u->config->gateway.max_rate,
+                           now_mono_ms());
         u->pending_config = NULL;
         u->pending_creds = NULL;
         gateway_signer_reset(&u->signer);
@@ -353,6 +362,7 @@ static void start_cycle(struct runner *u) {
                 .metrics = u->metrics,
                 .dry_run = dry_run(u),
                 .malformed_logged = u->malformed_logged,
+                .throttle = &u->throttle,
                 .plan_out = r->opt.mode == RECLAIMER_PLAN ? r->opt.plan_out : NULL,
         };
         int ret;
@@ -405,6 +415,8 @@ static void finish_cycle(struct runner *u) {
         r->total_reclaimed += u->last.closed + u->last.already_closed;
         if (u->last.list_failed)
                 r->any_list_failed = true;
+        if (u->last.list_failed && u->last.auth_failed)
+                r->list_auth_failed = true;
         if (r->stopping && u->last.deferred > 0)
                 ulog(u, LOG_WARNING,
                      "Stopping: %zu due session(s) were not closed; they will be closed after restart",
@@ -613,7 +625,8 @@ static void watchdog_cb(struct ev_loop *loop, ev_timer *w, int revents) {
                         .stopping = r->stopping,
                         .done = u->run_state == RUNNER_DONE,
                         .cycle_running = u->cycle != NULL,
-                        .next_cycle_scheduled = ev_is_active(&u->poll_timer) || ev_is_pending(&u->poll_timer),
+                        .next_cycle_scheduled =
+                                ev_is_active(&u->poll_timer) || ev_is_pending(&u->poll_timer),
                 };
 
                 if (u->cycle) {
@@ -747,6 +760,7 @@ static int runner_init(struct reclaimer *r, struct runner *u, struct config *con
         u->config = config;
         gateway_signer_reset(&u->signer);
         u->run_state = RUNNER_IDLE;
+        throttle_init(&u->throttle, config->gateway.max_parallel, config->gateway.max_rate, now_mono_ms());
         ev_init(&u->poll_timer, poll_cb);
         u->poll_timer.data = u;
         ev_prepare_init(&u->advance_watcher, advance_cb);
@@ -926,6 +940,8 @@ int reclaimer_start(struct reclaimer *r) {
 }
 
 int reclaimer_exit_status(const struct reclaimer *r) {
+        if (r->list_auth_failed)
+                return 77; /* EX_NOPERM: the gateway refused our credentials */
         return r->any_list_failed || r->cycles == 0 ? 1 : 0;
 }
 

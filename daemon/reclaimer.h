@@ -32,8 +32,9 @@ int reclaimer_new(struct ev_loop *loop, struct config *config, const struct recl
  * at once. Returns 0 or a negative errno (already logged). */
 int reclaimer_start(struct reclaimer *r);
 
-/* After the loop returns: 0 when every list call of the run succeeded,
- * 1 otherwise (only meaningful for --once and --plan). */
+/* After the loop returns: 0 when every list call of the run succeeded, 77
+ * when one was refused as unauthorized, 1 otherwise (only meaningful for
+ * --once and --plan). */
 int reclaimer_exit_status(const struct reclaimer *r);
 
 /* Saves the state if it changed, cancels what is in flight. */

@@ -35,14 +35,14 @@ CYCLE_MSG = "e28e9acd311d441a9e1e0a1a36189eb0"
 LIST_FAULTS = [
     dict(kind="http_status", status=500), dict(kind="http_status", status=429, retry_after=0),
     dict(kind="reset"), dict(kind="hang", seconds=0.4), dict(kind="trickle", seconds=0.6),
-    dict(kind="truncate"), dict(kind="garbage", body=b"{\"Header\":"), dict(kind="api_error", code=10500),
+    dict(kind="truncate"), dict(kind="garbage", body=b"{\"Header\":"), dict(kind="api_error", code=-101000),
     dict(kind="api_error", code=E_TIMESTAMP, message="timestamp expired"), dict(kind="wrong_types"),
     dict(kind="duplicate"), dict(kind="null_sessions"),
 ]
 CALL_FAULTS = [
     dict(kind="http_status", status=502), dict(kind="http_status", status=503, retry_after=0),
     dict(kind="reset"), dict(kind="hang", seconds=0.4), dict(kind="truncate"), dict(kind="garbage", body=b"<"),
-    dict(kind="api_error", code=10500), dict(kind="vanish"),
+    dict(kind="api_error", code=-101000), dict(kind="vanish"),
 ]
 
 

@@ -8,8 +8,11 @@ close, stat, create and start; records every call; counts TCP connections;
 and can serve HTTPS with a test CA.
 
 Used in-process by the integration tests (import Gateway, serve()) and as a
-program by the demo and the benchmarks (see --help). The gateway's real error
-codes are not published; the simulator uses its own, the E_* constants below.
+program by the demo and the benchmarks (see --help). It answers with the
+error codes Tencent publishes (the E_* constants below; see
+../shared/ivh-gateway-api.md) and lives the documented session lifecycle:
+createsession returns status 3 (preparing), the session becomes 1 (or 4, on
+request) by itself after a delay, startsession works only on status 1.
 """
 
 import argparse
@@ -28,16 +31,28 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 PREFIX = "/v2/ivh/sessionmanager/sessionmanagerservice/"
-ENDPOINTS = ("listsessionofuin", "listsessionofprojectid", "closesession",
-             "statsession", "createsession", "startsession")
+ENDPOINTS = ("listsessionofuin", "listsessionofprojectid", "listsessionofassetvk", "closesession",
+             "statsession", "createsession", "createsessionbyasset", "startsession")
 
-# The simulator's own error codes (the real ones are not published).
-E_AUTH = 10001          # missing or wrong appkey / signature
-E_TIMESTAMP = 10002     # timestamp outside the 5-minute window
-E_BAD_REQUEST = 10003   # body or ReqId not as documented
-E_NO_SESSION = 10004    # unknown SessionId
-E_CLOSED = 10005        # session already closed
-E_FAULT = 19999         # injected API error
+# The published Header.Code values (Tencent's "Error Code Description" page).
+E_PARAM = 100001            # request parameter error
+E_UNAUTHORIZED = 100005     # unauthorized operation
+E_CONCURRENCY = 100008      # concurrency limit exceeded (on create)
+E_TOO_FREQUENT = 100012     # request too frequent
+E_ALREADY_CLOSED = 110013   # session already closed
+E_NOT_READY = 110014        # session not ready (status must be 1)
+E_NO_SESSION = 110018       # session does not exist
+E_INTERNAL = -101000        # internal system error
+E_STREAM_TIMEOUT = -111004  # stream creation timed out (an ErrorCode in statsession)
+
+# No code is published for a bad signature or an expired timestamp: the
+# simulator answers "unauthorized operation" for both, and for a malformed
+# body "request parameter error". The names below say which check failed.
+E_AUTH = E_UNAUTHORIZED
+E_TIMESTAMP = E_UNAUTHORIZED
+E_BAD_REQUEST = E_PARAM
+E_CLOSED = E_ALREADY_CLOSED
+E_FAULT = E_INTERNAL
 
 REQID_RE = re.compile(r"^[0-9a-f]{32}$")
 
@@ -53,9 +68,20 @@ def sign(appkey, token, timestamp):
 class Gateway:
     """Session store, request validation and the call log. Thread-safe."""
 
-    def __init__(self, appkey, token, latency=0.0, list_closed=False):
+    def __init__(self, appkey, token, latency=0.0, list_closed=False, ready_delay=0.2,
+                 rate_limit=None, rate_limit_http=None, auth_failure=None):
         self.appkey = appkey
         self.token = token
+        self.ready_delay = ready_delay    # seconds from create until status 1 (or 4)
+        self.max_sessions = None          # purchased concurrency: create answers 100008 beyond it
+        # Rate-limit mode: at most rate_limit calls per second (a token bucket
+        # with one second of burst); beyond it, Code 100012 in an HTTP 200
+        # reply, or HTTP rate_limit_http (429 or 503) when set.
+        self.rate_limit = rate_limit
+        self.rate_limit_http = rate_limit_http
+        self._bucket = None
+        # Auth-failure mode: None, "code" (Code 100005) or an HTTP status (401, 403).
+        self.auth_failure = auth_failure
         self.latency = latency            # seconds added to every call
         self.list_closed = list_closed    # also list sessions with status 2
         self.lock = threading.Lock()
@@ -74,14 +100,16 @@ class Gateway:
 
     # -- state -------------------------------------------------------------
     def add_session(self, user_id, status=IN_PROGRESS, started=True, session_id=None,
-                    driver_type=1, project_id="proj-1", **extra):
+                    driver_type=1, project_id="proj-1", asset_vk=None, **extra):
         with self.lock:
             if session_id is None:
                 session_id = "s%06d" % self.next_id
                 self.next_id += 1
             s = {"UserId": user_id, "SessionId": session_id, "SessionStatus": status,
                  "DriverType": driver_type, "IsSessionStarted": started,
-                 "_project": project_id}
+                 "_project": None if asset_vk else project_id, "_asset": asset_vk}
+            if status == STREAM_FAILED:
+                s["_error"] = (E_STREAM_TIMEOUT, "stream creation timed out")
             if status == IN_PROGRESS:
                 s["PlayStreamAddr"] = "rtmp://live.example/live/%s" % session_id
             s.update(extra)
@@ -103,9 +131,41 @@ class Gateway:
         with self.lock:
             return [c for c in self.calls if c["endpoint"] == endpoint]
 
+    def throttled_calls(self):
+        with self.lock:
+            return [c for c in self.calls if c.get("throttled")]
+
+    def _advance(self):
+        """The cloud's own transitions: a preparing session becomes ready (or
+        fails) once its delay has passed. Called with the lock held."""
+        now = time.time()
+        for s in self.sessions.values():
+            if s["SessionStatus"] == PREPARING and s.get("_ready_at") is not None and now >= s["_ready_at"]:
+                s["SessionStatus"] = s.pop("_ready_status")
+                s.pop("_ready_at")
+                if s["SessionStatus"] == IN_PROGRESS:
+                    s["PlayStreamAddr"] = "rtmp://live.example/live/%s" % s["SessionId"]
+                else:
+                    s["_error"] = (E_STREAM_TIMEOUT, "stream creation timed out")
+
+    def _rate_limited(self):
+        """Takes a token from the bucket; False when the call is over the rate."""
+        if not self.rate_limit:
+            return False
+        now = time.monotonic()
+        if self._bucket is None:
+            self._bucket = [float(self.rate_limit), now]
+        tokens, last = self._bucket
+        tokens = min(float(self.rate_limit), tokens + (now - last) * self.rate_limit)
+        if tokens < 1.0:
+            self._bucket = [tokens, now]
+            return True
+        self._bucket = [tokens - 1.0, now]
+        return False
+
     def rejected_calls(self):
         with self.lock:
-            return [c for c in self.calls if c["code"] in (E_AUTH, E_TIMESTAMP, E_BAD_REQUEST)]
+            return [c for c in self.calls if c.get("rejected")]
 
     def add_fault(self, endpoint, kind, count=1, session_id=None, **params):
         """Makes the next `count` matching calls misbehave.
@@ -147,8 +207,10 @@ class Gateway:
         delay = self.latency
         transport = {}
 
-        def reply(code, message="", payload=None, http_status=200, raw=None):
+        def reply(code, message="", payload=None, http_status=200, raw=None, rejected=False):
             record["code"] = code
+            if rejected:
+                record["rejected"] = True
             record["http_status"] = http_status
             if raw is not None:
                 return http_status, raw, delay, transport
@@ -162,42 +224,53 @@ class Gateway:
                 return reply(None, raw=b"not found", http_status=404)
             ctype = headers.get("Content-Type", "")
             if not ctype.lower().startswith("application/json"):
-                return reply(E_BAD_REQUEST, "Content-Type must be application/json")
+                return reply(E_BAD_REQUEST, "Content-Type must be application/json", rejected=True)
+            if self.auth_failure is not None:
+                record["auth_failure"] = True
+                if self.auth_failure == "code":
+                    return reply(E_UNAUTHORIZED, "unauthorized operation")
+                return reply(None, raw=b'{"error":"unauthorized"}', http_status=self.auth_failure)
+            if self._rate_limited():
+                record["throttled"] = True
+                if self.rate_limit_http:
+                    transport["headers"] = {"Retry-After": "1"}
+                    return reply(None, raw=b'{"error":"too many requests"}', http_status=self.rate_limit_http)
+                return reply(E_TOO_FREQUENT, "request too frequent")
 
             q = urllib.parse.parse_qs(query, keep_blank_values=True)
             params = {k: v[0] for k, v in q.items()}
             if any(len(v) != 1 for v in q.values()) or \
                     not {"appkey", "timestamp", "signature"} <= params.keys():
-                return reply(E_AUTH, "appkey, timestamp and signature are required")
+                return reply(E_AUTH, "appkey, timestamp and signature are required", rejected=True)
             if params["appkey"] != self.appkey:
-                return reply(E_AUTH, "unknown appkey")
+                return reply(E_AUTH, "unknown appkey", rejected=True)
             signed = "&".join("%s=%s" % (k, params[k]) for k in sorted(params) if k != "signature")
             want = base64.b64encode(hmac.new(self.token.encode(), signed.encode(),
                                              hashlib.sha256).digest()).decode()
             if not hmac.compare_digest(want, params["signature"]):
-                return reply(E_AUTH, "signature mismatch")
+                return reply(E_AUTH, "signature mismatch", rejected=True)
             try:
                 ts = int(params["timestamp"])
             except ValueError:
-                return reply(E_TIMESTAMP, "timestamp is not a number")
+                return reply(E_TIMESTAMP, "timestamp is not a number", rejected=True)
             if abs(time.time() + self.clock_offset - ts) > 300:
-                return reply(E_TIMESTAMP, "timestamp expired")
+                return reply(E_TIMESTAMP, "timestamp expired", rejected=True)
 
             try:
                 doc = json.loads(body)
             except ValueError:
-                return reply(E_BAD_REQUEST, "body is not JSON")
+                return reply(E_BAD_REQUEST, "body is not JSON", rejected=True)
             if not isinstance(doc, dict) or doc.get("Header") != {} or \
                     not isinstance(doc.get("Payload"), dict):
-                return reply(E_BAD_REQUEST, "body must be {\"Header\": {}, \"Payload\": {...}}")
+                return reply(E_BAD_REQUEST, "body must be {\"Header\": {}, \"Payload\": {...}}", rejected=True)
             payload = doc["Payload"]
             if isinstance(payload.get("SessionId"), str):
                 record["session_id"] = payload["SessionId"]
             reqid = payload.get("ReqId")
             if not isinstance(reqid, str) or not REQID_RE.match(reqid):
-                return reply(E_BAD_REQUEST, "ReqId must be 32 lowercase hex digits")
+                return reply(E_BAD_REQUEST, "ReqId must be 32 lowercase hex digits", rejected=True)
             if reqid in self.reqids:
-                return reply(E_BAD_REQUEST, "ReqId already used")
+                return reply(E_BAD_REQUEST, "ReqId already used", rejected=True)
             self.reqids.add(reqid)
             sid = payload.get("SessionId")
             record["session_id"] = sid
@@ -265,66 +338,88 @@ class Gateway:
         return json.dumps(doc).encode()
 
     def _dispatch(self, endpoint, payload, reqid, record, reply):
+        self._advance()
         sid = payload.get("SessionId")
-        if endpoint in ("listsessionofuin", "listsessionofprojectid"):
+        if endpoint in ("listsessionofuin", "listsessionofprojectid", "listsessionofassetvk"):
             project = payload.get("VirtualmanProjectId")
+            asset = payload.get("AssetVirtualmanKey")
             if endpoint == "listsessionofprojectid" and not isinstance(project, str):
-                return reply(E_BAD_REQUEST, "VirtualmanProjectId is required")
+                return reply(E_PARAM, "VirtualmanProjectId is required", rejected=True)
+            if endpoint == "listsessionofassetvk" and not isinstance(asset, str):
+                return reply(E_PARAM, "AssetVirtualmanKey is required", rejected=True)
             out = []
             for s in self.sessions.values():
                 if s["SessionStatus"] == CLOSED and not self.list_closed:
                     continue
-                if project is not None and s["_project"] != project:
+                if endpoint == "listsessionofprojectid" and s["_project"] != project:
+                    continue
+                if endpoint == "listsessionofassetvk" and s.get("_asset") != asset:
                     continue
                 out.append({k: v for k, v in s.items() if not k.startswith("_")})
             record["outcome"] = "listed"
             record["listed"] = len(out)
             return reply(0, "", {"ReqId": reqid, "Sessions": out})
 
-        if endpoint == "createsession":
+        if endpoint in ("createsession", "createsessionbyasset"):
             user = payload.get("UserId")
-            if not isinstance(user, str) or not isinstance(payload.get("VirtualmanProjectId"), str):
-                return reply(E_BAD_REQUEST, "UserId and VirtualmanProjectId are required")
-            # A new session for a UserId closes that user's older one.
+            scope_key = "VirtualmanProjectId" if endpoint == "createsession" else "AssetVirtualmanKey"
+            if not isinstance(user, str) or not isinstance(payload.get(scope_key), str):
+                return reply(E_PARAM, "UserId and %s are required" % scope_key, rejected=True)
+            # A new session for a UserId closes that user's older one (110022 explains it).
             for s in self.sessions.values():
                 if s["UserId"] == user and s["SessionStatus"] != CLOSED:
                     s["SessionStatus"] = CLOSED
+            live = sum(1 for s in self.sessions.values() if s["SessionStatus"] != CLOSED)
+            if self.max_sessions is not None and live >= self.max_sessions:
+                record["outcome"] = "concurrency"
+                return reply(E_CONCURRENCY, "concurrency limit exceeded")
             new_id = "s%06d" % self.next_id
             self.next_id += 1
+            fail = payload.get("_SimFail") is True   # the simulator's own knob: the stream will fail
             self.sessions[new_id] = {"UserId": user, "SessionId": new_id, "SessionStatus": PREPARING,
                                      "DriverType": payload.get("DriverType", 1),
                                      "IsSessionStarted": False,
-                                     "_project": payload["VirtualmanProjectId"]}
+                                     "_project": payload.get("VirtualmanProjectId"),
+                                     "_asset": payload.get("AssetVirtualmanKey"),
+                                     "_ready_at": time.time() + self.ready_delay,
+                                     "_ready_status": STREAM_FAILED if fail else IN_PROGRESS}
             record["outcome"] = "created"
+            record["session_id"] = new_id
             return reply(0, "", {"ReqId": reqid, "SessionId": new_id, "SessionStatus": PREPARING})
 
         if not isinstance(sid, str) or not sid:
-            return reply(E_BAD_REQUEST, "SessionId is required")
+            return reply(E_PARAM, "SessionId is required", rejected=True)
         s = self.sessions.get(sid)
         if s is None:
             record["outcome"] = "unknown"
-            return reply(E_NO_SESSION, "session not found")
+            return reply(E_NO_SESSION, "session does not exist")
 
         if endpoint == "closesession":
             if s["SessionStatus"] == CLOSED:
                 record["outcome"] = "already_closed"
-                return reply(E_CLOSED, "session already closed")
+                return reply(E_ALREADY_CLOSED, "session already closed")
             if self.due_check is not None and not self.due_check(s):
                 self.undue_closes.append(dict(s))
             s["SessionStatus"] = CLOSED
             s.pop("PlayStreamAddr", None)
+            s.pop("_ready_at", None)
             record["outcome"] = "closed"
             return reply(0, "", {"ReqId": reqid})
         if endpoint == "statsession":
             record["outcome"] = "stat"
+            code, message = s.get("_error", (0, ""))
             return reply(0, "", {"ReqId": reqid, "SessionStatus": s["SessionStatus"],
-                                 "PlayStreamAddr": s.get("PlayStreamAddr", ""), "SpeakStatus": 0,
-                                 "IsSessionStarted": s["IsSessionStarted"]})
-        # startsession
+                                 "PlayStreamAddr": s.get("PlayStreamAddr", ""),
+                                 "SpeakStatus": "Error" if code else "Initial",
+                                 "IsSessionStarted": s["IsSessionStarted"],
+                                 "ErrorCode": code, "ErrorMessage": message})
+        # startsession: only on a ready session (status 1)
         if s["SessionStatus"] == CLOSED:
-            return reply(E_CLOSED, "session already closed")
+            return reply(E_ALREADY_CLOSED, "session already closed")
+        if s["SessionStatus"] != IN_PROGRESS:
+            record["outcome"] = "not_ready"
+            return reply(E_NOT_READY, "session not ready")
         s["IsSessionStarted"] = True
-        s["SessionStatus"] = IN_PROGRESS
         record["outcome"] = "started"
         return reply(0, "", {"ReqId": reqid})
 
@@ -440,11 +535,21 @@ def main():
     ap.add_argument("--port-file", help="write the port here once listening")
     ap.add_argument("--stats-file", help="on SIGTERM/SIGINT write call statistics here as JSON")
     ap.add_argument("--verbose", action="store_true", help="print every call on stdout")
+    ap.add_argument("--rate-limit", type=float, help="rate-limit mode: calls per second; beyond, Code 100012")
+    ap.add_argument("--rate-limit-http", type=int, choices=(429, 503),
+                    help="with --rate-limit: answer HTTP 429 or 503 instead of Code 100012")
+    ap.add_argument("--auth-failure", choices=("code", "401", "403"),
+                    help="auth-failure mode: every call answers Code 100005, or that HTTP status")
+    ap.add_argument("--ready-delay-ms", type=float, default=200,
+                    help="how long a created session stays preparing (status 3)")
     args = ap.parse_args()
 
     with open(args.token_file) as f:
         token = f.read().strip()
-    gw = Gateway(args.appkey, token, latency=args.latency_ms / 1000.0)
+    gw = Gateway(args.appkey, token, latency=args.latency_ms / 1000.0, ready_delay=args.ready_delay_ms / 1000.0,
+                 rate_limit=args.rate_limit, rate_limit_http=args.rate_limit_http,
+                 auth_failure=None if args.auth_failure is None else
+                 ("code" if args.auth_failure == "code" else int(args.auth_failure)))
     if args.seed:
         with open(args.seed) as f:
             for s in json.load(f):
@@ -477,7 +582,8 @@ def main():
             stats = {"connections": gw.connections, "calls": len(gw.calls),
                      "closed": sum(1 for c in gw.calls if c["outcome"] == "closed"),
                      "max_in_flight": gw.max_in_flight,
-                     "rejected": sum(1 for c in gw.calls if c["code"] in (E_AUTH, E_TIMESTAMP, E_BAD_REQUEST))}
+                     "throttled": sum(1 for c in gw.calls if c.get("throttled")),
+                     "rejected": sum(1 for c in gw.calls if c.get("rejected"))}
         with open(args.stats_file, "w") as f:
             json.dump(stats, f)
     server.shutdown()

@@ -107,8 +107,12 @@ class Credentials(DaemonTest):
     def test_wrong_token_is_an_api_error_and_never_logged(self):
         self.write_config([("f", "failed", "0s")])
         run = self.run_daemon("--once", token="not-the-token-0123456789")
-        self.assertEqual(run.returncode, 1, run)
+        # The gateway answers 100005 (unauthorized): an account problem, exit 77 (EX_NOPERM).
+        self.assertEqual(run.returncode, 77, run)
         self.assertIn("signature mismatch", run.stderr)
+        auth = [l for l in run.logs if l.get("message_id") == "d1f0b64d5da24960a3fff63a226ec244"]
+        self.assertEqual(len(auth), 1, run)
+        self.assertIn("check the appkey, the access token and the system clock", auth[0]["msg"])
         self.assertNotIn("not-the-token-0123456789", run.stderr + run.stdout)
         self.assertEqual(self.gw.calls_to("closesession"), [])
 

@@ -30,7 +30,7 @@ class CloseFailures(DaemonTest):
 
     def test_api_error_on_close_then_success_in_daemon_mode(self):
         a = self.gw.add_session("u1", STREAM_FAILED)
-        self.gw.add_fault("closesession", "api_error", count=2, code=10500, message="busy")
+        self.gw.add_fault("closesession", "api_error", count=2, code=-101000, message="internal system error")
         self.write_config([("failed-streams", "failed", "0s")], poll_interval="200ms")
 
         p = self.start_daemon()
@@ -41,7 +41,7 @@ class CloseFailures(DaemonTest):
         self.assertEqual(len(self.gw.calls_to("closesession")), 3)
         # Each API error was checked with statsession: the session was still live.
         self.assertEqual(len(self.gw.calls_to("statsession")), 2)
-        self.assertEqual([e["api_code"] for e in run.reclaims("failed")], ["10500", "10500"])
+        self.assertEqual([e["api_code"] for e in run.reclaims("failed")], ["-101000", "-101000"])
         self.assertEqual(len(run.reclaims("closed")), 1)
 
     def test_session_gone_before_close_counts_as_already_closed(self):
@@ -55,7 +55,9 @@ class CloseFailures(DaemonTest):
         gone = run.reclaims("already_closed")
         self.assertEqual([e["session_id"] for e in gone], [a], run)
         self.assertEqual(run.reclaims("failed"), [])
-        self.assertEqual(self.gw.calls_to("statsession")[0]["code"], E_NO_SESSION)
+        # closesession's 110018 says it all: no extra statsession call.
+        self.assertEqual(self.gw.calls_to("closesession")[0]["code"], E_NO_SESSION)
+        self.assertEqual(self.gw.calls_to("statsession"), [])
         self.assertEqual(run.summaries()[-1]["already_closed"], "1")
 
     def test_close_timeout_is_a_failure_not_a_hang(self):
@@ -71,13 +73,31 @@ class CloseFailures(DaemonTest):
 
 class ListFailures(DaemonTest):
     def test_malformed_list_closes_nothing(self):
+        # A reply whose envelope is wrong fails the cycle.
         self.gw.add_session("u1", STREAM_FAILED)
-        self.gw.add_fault("listsessionofuin", "garbage", body=b'{"Header": {"Code": 0}, "Payload": {"Sessions": [{"SessionId": 5}]}}')
+        self.gw.add_fault("listsessionofuin", "garbage", body=b'{"Header": {"Code": 0}, "Payload": {"Sessions": {}}}')
         self.write_config([("failed-streams", "failed", "0s")])
         run = self.run_daemon("--once")
         self.assertEqual(run.returncode, 1, run)
         self.assertEqual(self.gw.calls_to("closesession"), [])
         self.assertIn("malformed response", run.stderr)
+
+    def test_one_bad_entry_is_skipped_the_rest_decided(self):
+        # Issue 11: one entry without the documented shape no longer blinds the cycle.
+        self.gw.add_fault("listsessionofuin", "garbage", body=(
+            b'{"Header": {"Code": 0}, "Payload": {"Sessions": ['
+            b'{"SessionId": 5, "UserId": "a", "SessionStatus": 4},'
+            b'{"SessionId": "no-user", "SessionStatus": 4},'
+            b'{"SessionId": "good", "UserId": "u", "SessionStatus": 4}]}}'))
+        self.gw.add_session("u", STREAM_FAILED, session_id="good")
+        self.gw.add_session("x", STREAM_FAILED, session_id="no-user")
+        self.write_config([("failed-streams", "failed", "0s")])
+        run = self.run_daemon("--once")
+        self.assertEqual(run.returncode, 0, run)
+        self.assertEqual(self.gw.closed_ids(), ["good"])
+        self.assertEqual(run.summaries()[0]["malformed"], "2")
+        warned = sorted(l["session_id"] for l in run.logs if "never acted on" in l.get("msg", ""))
+        self.assertEqual(warned, ["Sessions[0]", "no-user"])
 
     def test_unreachable_gateway_is_logged_and_retried(self):
         # A port nobody listens on.

@@ -110,14 +110,14 @@ class Journal(DaemonTest):
         wait_for(lambda: journal("IVH_USER_ID=" + user), what="the entry in the journal")
 
     def test_failed_list_entry(self):
-        self.gw.add_fault("listsessionofuin", "api_error", code=10777, message="quota " + uuid.uuid4().hex)
+        self.gw.add_fault("listsessionofuin", "api_error", code=-101001, message="quota " + uuid.uuid4().hex)
         msg = self.gw.faults[0]["message"]
         self.write_config([("failed-streams", "failed", "0s")])
         run = self.run_daemon("--once", "--log-target", "journal")
         self.assertEqual(run.returncode, 1)
-        wait_for(lambda: [x for x in journal("IVH_API_CODE=10777") if msg in x.get("IVH_ERROR", "")],
+        wait_for(lambda: [x for x in journal("IVH_API_CODE=-101001") if msg in x.get("IVH_ERROR", "")],
                  what="the cycle-failed entry")
-        e = [x for x in journal("IVH_API_CODE=10777") if msg in x.get("IVH_ERROR", "")][0]
+        e = [x for x in journal("IVH_API_CODE=-101001") if msg in x.get("IVH_ERROR", "")][0]
         self.assertEqual(e["MESSAGE_ID"], "f8e2aad76f6749b7a1433345838414f1")
         self.assertEqual(e["PRIORITY"], "3")
 
@@ -151,7 +151,7 @@ class Catalog(unittest.TestCase):
         ids = {l.split()[0] for l in p.stdout.splitlines()}
         self.assertEqual(ids, {"99f9654f605e424185666fe382c90fb6", "e28e9acd311d441a9e1e0a1a36189eb0",
                                "f8e2aad76f6749b7a1433345838414f1", "7790a43c50c9428f9d94329cc7e5e131",
-                               "fdd69b80db994344b2f08dde98cb05ea"})
+                               "fdd69b80db994344b2f08dde98cb05ea", "d1f0b64d5da24960a3fff63a226ec244"})
         # Every MESSAGE_ID the daemon defines has an entry.
         with open(os.path.join(os.path.dirname(CATALOG), "..", "daemon", "log.h")) as f:
             defined = {l.split('"')[1] for l in f if l.startswith("#define MESSAGE_ID_")}

@@ -62,7 +62,7 @@ class Modes(DaemonTest):
 
     def test_once_exit_status_follows_the_list_call(self):
         self.gw.add_session("u1", STREAM_FAILED)
-        self.gw.add_fault("listsessionofuin", "api_error", code=10009, message="internal error")
+        self.gw.add_fault("listsessionofuin", "api_error", code=100014, message="concurrency quota insufficient or expired")
         self.write_config([("failed-streams", "failed", "0s")])
 
         run = self.run_daemon("--once")
@@ -70,8 +70,8 @@ class Modes(DaemonTest):
         self.assertEqual(self.gw.calls_to("closesession"), [])
         failed = [l for l in run.logs if l.get("message_id") == "f8e2aad76f6749b7a1433345838414f1"]
         self.assertEqual(len(failed), 1, run)
-        self.assertEqual(failed[0]["api_code"], "10009")
-        self.assertIn("internal error", failed[0]["error"])
+        self.assertEqual(failed[0]["api_code"], "100014")
+        self.assertIn("concurrency quota insufficient", failed[0]["error"])
 
         run = self.run_daemon("--once")
         self.assertEqual(run.returncode, 0, run)

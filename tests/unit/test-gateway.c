@@ -88,12 +88,15 @@ static void test_build_body(void **state) {
         assert_string_equal(body,
                             "{\"Header\":{},\"Payload\":{\"ReqId\":\"d7aa08da33dd4a662ad5be508c5b77cf\"}}");
         free(body);
-        assert_int_equal(gateway_build_body("d7aa08da33dd4a662ad5be508c5b77cf", NULL, "proj-1", &body), 0);
+        assert_int_equal(gateway_build_body("d7aa08da33dd4a662ad5be508c5b77cf", "VirtualmanProjectId",
+                                            "proj-1", &body),
+                         0);
         assert_string_equal(body,
                             "{\"Header\":{},\"Payload\":{\"ReqId\":\"d7aa08da33dd4a662ad5be508c5b77cf\","
                             "\"VirtualmanProjectId\":\"proj-1\"}}");
         free(body);
-        assert_int_equal(gateway_build_body("d7aa08da33dd4a662ad5be508c5b77cf", "m\"1", NULL, &body), 0);
+        assert_int_equal(gateway_build_body("d7aa08da33dd4a662ad5be508c5b77cf", "SessionId", "m\"1", &body),
+                         0);
         assert_string_equal(body,
                             "{\"Header\":{},\"Payload\":{\"ReqId\":\"d7aa08da33dd4a662ad5be508c5b77cf\","
                             "\"SessionId\":\"m\\\"1\"}}");
@@ -181,7 +184,8 @@ static void test_parse_list_duplicates_and_unknown_started(void **state) {
 }
 
 static void test_parse_list_api_error(void **state) {
-        const char *json = "{\"Header\":{\"Code\":10001,\"Message\":\"signature mismatch\"},\"Payload\":{}}";
+        const char *json =
+                "{\"Header\":{\"Code\":100005,\"Message\":\"unauthorized operation\"},\"Payload\":{}}";
         struct session_list *l = NULL;
         struct gateway_error err;
 
@@ -189,8 +193,8 @@ static void test_parse_list_api_error(void **state) {
         assert_int_equal(gateway_parse_list(json, strlen(json), &l, &err), -EPROTO);
         assert_null(l);
         assert_int_equal(err.kind, GATEWAY_API_ERROR);
-        assert_int_equal(err.code, 10001);
-        assert_string_equal(err.message, "signature mismatch");
+        assert_int_equal(err.code, 100005);
+        assert_string_equal(err.message, "unauthorized operation");
 }
 
 static void test_parse_list_junk(void **state) {
@@ -207,6 +211,25 @@ static void test_parse_list_junk(void **state) {
                 "{\"Header\":{\"Code\":0}}",
                 "{\"Header\":{\"Code\":0},\"Payload\":[]}",
                 "{\"Header\":{\"Code\":0},\"Payload\":{\"Sessions\":{}}}",
+                "{\"Header\":{\"Code\":0},\"Payload\":{\"Sessions\":[]}} trailing",
+        };
+
+        (void) state;
+        for (size_t i = 0; i < ELEMENTSOF(junk); i++) {
+                struct session_list *l = NULL;
+                struct gateway_error err;
+
+                assert_int_equal(gateway_parse_list(junk[i], strlen(junk[i]), &l, &err), -EPROTO);
+                assert_null(l);
+                assert_int_equal(err.kind, GATEWAY_BAD_RESPONSE);
+                assert_true(err.message[0] != '\0');
+        }
+}
+
+/* Issue 11: an entry that does not have the documented shape is skipped and
+ * never acted on; the rest of the list is decided. */
+static void test_parse_list_bad_entries_skipped(void **state) {
+        static const char *const bad[] = {
                 "{\"Header\":{\"Code\":0},\"Payload\":{\"Sessions\":[1]}}",
                 "{\"Header\":{\"Code\":0},\"Payload\":{\"Sessions\":[{}]}}",
                 "{\"Header\":{\"Code\":0},\"Payload\":{\"Sessions\":[{\"SessionId\":\"\",\"UserId\":\"a\","
@@ -221,21 +244,22 @@ static void test_parse_list_junk(void **state) {
                 "\"SessionStatus\":\"in progress\"}]}}",
                 "{\"Header\":{\"Code\":0},\"Payload\":{\"Sessions\":[{\"SessionId\":\"x\",\"UserId\":\"a\","
                 "\"SessionStatus\":1,\"IsSessionStarted\":\"maybe\"}]}}",
-                /* a good entry followed by a bad one: the whole list is refused */
+                /* a good entry followed by a bad one: only the bad one is skipped */
                 "{\"Header\":{\"Code\":0},\"Payload\":{\"Sessions\":[{\"SessionId\":\"x\",\"UserId\":\"a\","
                 "\"SessionStatus\":1},7]}}",
-                "{\"Header\":{\"Code\":0},\"Payload\":{\"Sessions\":[]}} trailing",
         };
 
         (void) state;
-        for (size_t i = 0; i < ELEMENTSOF(junk); i++) {
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
                 struct session_list *l = NULL;
                 struct gateway_error err;
 
-                assert_int_equal(gateway_parse_list(junk[i], strlen(junk[i]), &l, &err), -EPROTO);
-                assert_null(l);
-                assert_int_equal(err.kind, GATEWAY_BAD_RESPONSE);
-                assert_true(err.message[0] != '\0');
+                assert_int_equal(gateway_parse_list(bad[i], strlen(bad[i]), &l, &err), 0);
+                assert_int_equal(l->n_malformed, 1);
+                assert_true(l->n <= 1);
+                assert_non_null(l->malformed[0].id);
+                assert_non_null(l->malformed[0].reason);
+                session_list_free(l);
         }
 }
 
@@ -416,6 +440,7 @@ int main(void) {
                 cmocka_unit_test(test_parse_list_duplicates_and_unknown_started),
                 cmocka_unit_test(test_parse_list_api_error),
                 cmocka_unit_test(test_parse_list_junk),
+                cmocka_unit_test(test_parse_list_bad_entries_skipped),
                 cmocka_unit_test(test_parse_ack_and_stat),
                 cmocka_unit_test(test_merge),
                 cmocka_unit_test(test_parse_not_nul_terminated),

@@ -1,0 +1,158 @@
+"""Issue 11: the daemon speaks the real gateway. Published Header.Code values
+decide outcomes, throttling is account-wide, auth failures are an account
+problem, asset lists are listed, and statsession's stream error is logged.
+Each test asserts what the gateway saw and what the operator reads."""
+
+import time
+
+from harness import DaemonTest, wait_for
+from gateway_sim import (E_ALREADY_CLOSED, E_INTERNAL, E_NO_SESSION, E_TOO_FREQUENT, IN_PROGRESS,
+                         STREAM_FAILED)
+
+AUTH_ID = "d1f0b64d5da24960a3fff63a226ec244"
+
+
+class Codes(DaemonTest):
+    def test_110013_is_already_closed_without_another_call(self):
+        a = self.gw.add_session("u1", STREAM_FAILED)
+        self.gw.add_fault("closesession", "api_error", session_id=a, code=E_ALREADY_CLOSED,
+                          message="session already closed")
+        self.write_config([("failed-streams", "failed", "0s")])
+        run = self.run_daemon("--once")
+        self.assertEqual(run.returncode, 0, run)
+        self.assertEqual([e["session_id"] for e in run.reclaims("already_closed")], [a])
+        self.assertEqual(self.gw.calls_to("statsession"), [])
+
+    def test_same_error_on_close_and_stat_is_not_already_closed(self):
+        # The old inference ("both calls gave the same code, so it is gone") is gone.
+        a = self.gw.add_session("u1", STREAM_FAILED)
+        self.gw.add_fault("closesession", "api_error", session_id=a, code=E_INTERNAL, message="internal")
+        self.gw.add_fault("statsession", "api_error", session_id=a, code=E_INTERNAL, message="internal")
+        self.write_config([("failed-streams", "failed", "0s")])
+        run = self.run_daemon("--once")
+        self.assertEqual(run.returncode, 0, run)
+        self.assertEqual(run.reclaims("already_closed"), [])
+        failed = run.reclaims("failed")
+        self.assertEqual([e["session_id"] for e in failed], [a])
+        self.assertEqual(failed[0]["api_code"], str(E_INTERNAL))
+
+    def test_unknown_error_then_stat_110018_confirms_it_is_gone(self):
+        a = self.gw.add_session("u1", STREAM_FAILED)
+        self.gw.add_fault("closesession", "api_error", session_id=a, code=E_INTERNAL, message="internal")
+        self.gw.add_fault("statsession", "vanish", session_id=a)
+        self.write_config([("failed-streams", "failed", "0s")])
+        run = self.run_daemon("--once")
+        self.assertEqual(run.returncode, 0, run)
+        self.assertEqual([e["session_id"] for e in run.reclaims("already_closed")], [a])
+        self.assertEqual(self.gw.calls_to("statsession")[0]["code"], E_NO_SESSION)
+
+    def test_stream_error_from_statsession_is_in_the_reclaim_entry(self):
+        a = self.gw.add_session("booth-1", IN_PROGRESS, _error=(-111002, "long connection dropped"))
+        self.seed_state({a: 7200})
+        self.write_config([("booth-max-age", "max_age", "1h")])
+        run = self.run_daemon("--once")
+        self.assertEqual(run.returncode, 0, run)
+        e = run.reclaims("closed")[0]
+        self.assertEqual(e["stream_error_code"], "-111002")
+        self.assertEqual(e["stream_error"], "long connection dropped")
+
+
+class Throttling(DaemonTest):
+    def test_throttled_closes_are_sent_again_in_the_same_cycle(self):
+        self.gw.rate_limit = 10
+        ids = [self.gw.add_session("u%d" % i, STREAM_FAILED) for i in range(40)]
+        self.write_config([("failed-streams", "failed", "0s")], poll_interval="10m", max_parallel=16,
+                          timeout="5s")
+        p = self.start_daemon()
+        wait_for(lambda: sorted(self.gw.closed_ids()) == sorted(ids), timeout=30, what="every close")
+        run = self.stop_daemon(p)
+        self.assertEqual(run.returncode, 0, run)
+        self.assertEqual(len(self.gw.calls_to("listsessionofuin")), 1, "all in one cycle")
+        summary = run.summaries()[0]
+        self.assertEqual(summary["closed"], "40")
+        self.assertEqual(summary["failed"], "0")
+        self.assertGreater(int(summary["throttled"]), 0)
+        self.assertEqual(int(summary["throttled"]), len(self.gw.throttled_calls()))
+        self.assertEqual(run.reclaims("failed"), [], "a throttled close is no failure of the session")
+
+    def test_max_rate_keeps_under_the_gateways_limit(self):
+        self.gw.rate_limit = 10
+        ids = [self.gw.add_session("u%d" % i, STREAM_FAILED) for i in range(30)]
+        self.write_config([("failed-streams", "failed", "0s")], poll_interval="10m", max_parallel=16,
+                          timeout="5s", gateway_extra="  max_rate: 8\n")
+        p = self.start_daemon()
+        wait_for(lambda: sorted(self.gw.closed_ids()) == sorted(ids), timeout=30, what="every close")
+        run = self.stop_daemon(p)
+        self.assertEqual(run.returncode, 0, run)
+        self.assertLessEqual(len(self.gw.throttled_calls()), 1)
+
+    def test_http_429_and_503_are_throttling_too(self):
+        for status in (429, 503):
+            self.gw.rate_limit = 10
+            self.gw.rate_limit_http = status
+            self.gw._bucket = None
+            ids = [self.gw.add_session("h%d-%d" % (status, i), STREAM_FAILED) for i in range(20)]
+            self.write_config([("failed-streams", "failed", "0s")], poll_interval="10m", max_parallel=16,
+                              timeout="5s")
+            p = self.start_daemon()
+            wait_for(lambda: set(ids) <= set(self.gw.closed_ids()), timeout=30, what="every close")
+            run = self.stop_daemon(p)
+            self.assertEqual(run.reclaims("failed"), [], status)
+
+
+class Auth(DaemonTest):
+    def test_code_100005_on_the_list_exits_77(self):
+        self.gw.auth_failure = "code"
+        self.write_config([("failed-streams", "failed", "0s")])
+        for args in (["--once"], ["--plan"]):
+            run = self.run_daemon(*args)
+            self.assertEqual(run.returncode, 77, run)
+            auth = [l for l in run.logs if l.get("message_id") == AUTH_ID]
+            self.assertEqual(len(auth), 1, run)
+            self.assertEqual(auth[0]["level"], "error")
+
+    def test_http_401_and_403_are_auth_failures(self):
+        for status in (401, 403):
+            self.gw.auth_failure = status
+            self.write_config([("failed-streams", "failed", "0s")])
+            run = self.run_daemon("--once")
+            self.assertEqual(run.returncode, 77, run)
+
+    def test_auth_failure_on_close_makes_no_per_session_retry(self):
+        ids = [self.gw.add_session("u%d" % i, STREAM_FAILED) for i in range(5)]
+        self.gw.add_fault("closesession", "api_error", session_id=ids[0], code=100005,
+                          message="unauthorized operation")
+        self.write_config([("failed-streams", "failed", "0s")], poll_interval="200ms", max_parallel=1)
+        p = self.start_daemon()
+        wait_for(lambda: sorted(self.gw.closed_ids()) == sorted(ids), timeout=15, what="the next cycle")
+        run = self.stop_daemon(p)
+        auth = [l for l in run.logs if l.get("message_id") == AUTH_ID]
+        self.assertEqual(len(auth), 1, run)
+        # No backoff for the session: it was closed at the very next cycle.
+        first, second = run.summaries()[0], run.summaries()[1]
+        self.assertEqual(first["failed"], "1")
+        self.assertEqual(second["backing_off"], "0")
+
+
+class AssetLists(DaemonTest):
+    def test_asset_sessions_are_listed_and_merged(self):
+        a = self.gw.add_session("u1", STREAM_FAILED, asset_vk="vk-1")
+        b = self.gw.add_session("u2", STREAM_FAILED, project_id="proj-1")
+        self.gw.add_session("u3", STREAM_FAILED, asset_vk="vk-other")
+        self.write_config([("failed-streams", "failed", "0s")],
+                          gateway_extra="  project_ids: [proj-1]\n  asset_vks: [vk-1]\n")
+        run = self.run_daemon("--once")
+        self.assertEqual(run.returncode, 0, run)
+        self.assertEqual(sorted(self.gw.closed_ids()), sorted([a, b]))
+        self.assertEqual(len(self.gw.calls_to("listsessionofassetvk")), 1)
+        self.assertEqual(self.gw.calls_to("listsessionofuin"), [])
+
+    def test_one_failed_asset_list_decides_nothing(self):
+        self.gw.add_session("u1", STREAM_FAILED, asset_vk="vk-1")
+        self.gw.add_session("u2", STREAM_FAILED, project_id="proj-1")
+        self.gw.add_fault("listsessionofassetvk", "http_status", status=500)
+        self.write_config([("failed-streams", "failed", "0s")],
+                          gateway_extra="  project_ids: [proj-1]\n  asset_vks: [vk-1]\n")
+        run = self.run_daemon("--once")
+        self.assertEqual(run.returncode, 1, run)
+        self.assertEqual(self.gw.closed_ids(), [])
