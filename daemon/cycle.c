@@ -302,7 +302,7 @@ static void record_call(struct cycle *c, const char *endpoint, const struct http
                 result = err->kind == GATEWAY_API_ERROR ? METRICS_API_ERROR : METRICS_BAD_RESPONSE;
         metrics_api_call(c->env.metrics, endpoint, result, resp->total_s);
         if (c->env.throttle && v != VERDICT_THROTTLED && v != VERDICT_AUTH && resp->result == CURLE_OK)
-                throttle_ok(c->env.throttle);
+                throttle_ok(c->env.throttle, now_mono_ms());
 }
 
 /* The account's credentials were refused: logged once per cycle with its
@@ -559,7 +559,7 @@ static void job_throttled(struct close_job *job, long retry_after_s) {
         char why[160];
 
         if (c->env.throttle && !reacted)
-                pause_ms = throttle_refused(c->env.throttle, (uint64_t) retry_after_s * 1000);
+                pause_ms = throttle_refused(c->env.throttle, (uint64_t) retry_after_s * 1000, now_mono_ms());
 
         c->res.throttled++;
         if (job->dispatched)
@@ -1021,7 +1021,8 @@ static int read_list(struct cycle *c, const char *endpoint, const struct http_re
         if (v == VERDICT_THROTTLED) {
                 c->res.throttled++;
                 if (c->env.throttle)
-                        (void) throttle_refused(c->env.throttle, (uint64_t) resp->retry_after_s * 1000);
+                        (void) throttle_refused(c->env.throttle, (uint64_t) resp->retry_after_s * 1000,
+                                                now_mono_ms());
         } else if (v == VERDICT_AUTH)
                 auth_refused(c, endpoint, buf);
         return r < 0 ? r : -EIO;

@@ -14,8 +14,15 @@ struct throttle {
         unsigned ok_in_round;
         unsigned consecutive; /* throttles without a success between them */
         /* token bucket; rate 0 = unlimited */
+        double max_rate; /* gateway.max_rate; 0: none */
         double rate, tokens;
         int64_t refilled_ms;
+        /* the rate learnt from throttles (0: none yet): set a little below
+         * what got through before the gateway refused, cut on each refusal,
+         * raised by 5 % per second without one */
+        double learned;
+        unsigned ok_count;
+        int64_t ok_since_ms, raised_ms;
 };
 
 void throttle_init(struct throttle *t, unsigned max_parallel, double max_rate, int64_t now_ms);
@@ -23,14 +30,15 @@ void throttle_init(struct throttle *t, unsigned max_parallel, double max_rate, i
 /* The configuration changed (reload): keeps what was learnt where it fits. */
 void throttle_configure(struct throttle *t, unsigned max_parallel, double max_rate, int64_t now_ms);
 
-/* A call was refused as too frequent. Halves the window and returns how long
- * to pause dispatch: the gateway's Retry-After when it gave one, else 1 s,
- * doubling for each throttle in a row, up to 16 s. */
-uint64_t throttle_refused(struct throttle *t, uint64_t retry_after_ms);
+/* A call was refused as too frequent. Halves the window, paces calls a
+ * little below the rate that got through (or cuts that pace further), and
+ * returns how long to pause dispatch: the gateway's Retry-After when it gave
+ * one, else 1 s, doubling for each throttle in a row, up to 16 s. */
+uint64_t throttle_refused(struct throttle *t, uint64_t retry_after_ms, int64_t now_ms);
 
 /* A call completed without being throttled: after a whole window of them in
  * a row, the window grows by one, up to max_window. */
-void throttle_ok(struct throttle *t);
+void throttle_ok(struct throttle *t, int64_t now_ms);
 
 /* Takes a token for one call. Returns 0 when the call may go now, else how
  * many ms until a token is there (nothing is taken then). */
