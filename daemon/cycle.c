@@ -57,6 +57,7 @@ struct close_job {
         bool dispatched; /* counted in cycle->in_flight until finished */
         bool finished;   /* its outcome is logged */
         unsigned requeues;
+        int64_t sent_ms; /* when its last request went out */
         /* What a statsession reply said about the stream, for the log. */
         bool has_stream_error;
         int stream_error_code;
@@ -78,6 +79,7 @@ struct cycle {
         /* Closes refused as too frequent, to send again after the pause. */
         struct close_job **requeued;
         size_t n_requeued;
+        int64_t last_reaction_ms; /* the account last slowed down (a throttle) */
         bool auth_logged;
         ev_timer resume_timer; /* dispatch paused by a Retry-After */
         bool stopping;
@@ -552,15 +554,20 @@ static void pause_dispatch(struct cycle *c, uint64_t pause_ms, const char *why) 
  * of the session: no backoff, no reclaim entry. */
 static void job_throttled(struct close_job *job, long retry_after_s) {
         struct cycle *c = job->cycle;
-        /* Replies to calls sent before the account slowed down come in a
-         * burst: the account reacts once per pause, not once per reply. */
-        bool reacted = ev_is_active(&c->resume_timer) || ev_is_pending(&c->resume_timer);
-        uint64_t pause_ms = (uint64_t) (retry_after_s > 0 ? retry_after_s : 1) * 1000;
-        char why[160];
+        const struct config *cfg = c->env.config;
+        int64_t now = now_mono_ms();
+        /* Replies to calls sent before the account last slowed down come in
+         * a burst: the account reacts once to them, not once per reply. The
+         * gateway's Retry-After is honoured either way. */
+        bool stale = job->sent_ms < c->last_reaction_ms;
+        uint64_t pause_ms = (uint64_t) (retry_after_s > 0 ? retry_after_s : 0) * 1000;
+        char why[200];
 
-        if (c->env.throttle && !reacted)
-                pause_ms = throttle_refused(c->env.throttle, (uint64_t) retry_after_s * 1000, now_mono_ms());
-
+        if (!stale) {
+                c->last_reaction_ms = now;
+                pause_ms = c->env.throttle ? throttle_refused(c->env.throttle, pause_ms, now)
+                                           : (pause_ms > 0 ? pause_ms : 1000);
+        }
         c->res.throttled++;
         if (job->dispatched)
                 c->in_flight--;
@@ -569,15 +576,23 @@ static void job_throttled(struct close_job *job, long retry_after_s) {
                 /* Deferred to a later cycle, still without a backoff. */
                 job->finished = true;
                 c->res.deferred++;
+                if (!c->stopping)
+                        cycle_log(
+                                c, LOG_WARNING, NULL, NULL, 0,
+                                "Session %s was refused as too frequent %u times in a row; it waits for the "
+                                "next cycle",
+                                job->session->session_id, MAX_REQUEUES + 1);
         } else
                 c->requeued[c->n_requeued++] = job;
         snprintf(why, sizeof why, "The gateway says the account calls too often (now %u in flight at most)",
-                 c->env.throttle ? c->env.throttle->window : c->env.config->gateway.max_parallel);
-        if (!c->stopping && !reacted)
+                 c->env.throttle ? c->env.throttle->window : cfg->gateway.max_parallel);
+        /* A cycle never waits on throttles past poll_interval in all: what
+         * is left then goes to the next cycle, with a warning. */
+        if (!c->stopping && pause_ms > 0 &&
+            now + (int64_t) pause_ms - c->res.started_ms >= (int64_t) cfg->poll_interval_ms)
+                pause_ms = cfg->poll_interval_ms;
+        if (!c->stopping && pause_ms > 0)
                 pause_dispatch(c, pause_ms, why);
-        cycle_log(c, LOG_DEBUG, NULL, NULL, 0,
-                  "%s; session %s is sent again after a pause of %" PRIu64 " ms", why,
-                  job->session->session_id, pause_ms);
         dispatch(c);
 }
 
@@ -682,6 +697,7 @@ static void start_close(struct close_job *job) {
 
         if (!job_may_send(job))
                 return;
+        job->sent_ms = now_mono_ms();
         ret = post(job->cycle, "closesession", "SessionId", job->session->session_id, close_done, job);
         if (ret < 0)
                 close_failed(job, "closesession", strerror(-ret), 0);
@@ -797,6 +813,7 @@ static void dispatch(struct cycle *c) {
                 else if (job_may_send(job)) {
                         int ret;
 
+                        job->sent_ms = now_mono_ms();
                         ret = post(c, "statsession", "SessionId", job->session->session_id, precheck_done,
                                    job);
                         if (ret < 0)
@@ -853,8 +870,11 @@ static size_t apply_share_fuse(struct cycle *c, size_t n_due) {
                 { "IVH_MIN_SESSIONS", f_min },
         };
 
-        /* Entries never acted on still hold a slot: they count as live. */
-        live = c->list->n_malformed;
+        /* Entries never acted on still hold a slot: those listed as live
+         * count as live. Junk without a readable live status does not, or
+         * it would dilute the fuse. */
+        for (size_t i = 0; i < c->list->n_malformed; i++)
+                live += c->list->malformed[i].live;
         for (size_t i = 0; i < c->list->n; i++)
                 live += policy_session_is_live(&c->list->items[i]);
         for (size_t i = 0; i < n_due; i++)

@@ -207,12 +207,8 @@ static int get_int(const cJSON *v, int *ret) {
                 *ret = (int) v->valuedouble;
                 return 0;
         }
-        /* The documentation is inconsistent about numbers sent as strings. */
-        if (cJSON_IsString(v) && v->valuestring[0] && strlen(v->valuestring) <= 9 &&
-            strspn(v->valuestring, "0123456789") == strlen(v->valuestring)) {
-                *ret = atoi(v->valuestring);
-                return 0;
-        }
+        /* The documentation gives SessionStatus as an int: "4" is not 4. A
+         * session the daemon cannot read exactly is never acted on. */
         return -EINVAL;
 }
 
@@ -221,13 +217,8 @@ static int get_tristate(const cJSON *v, enum tristate *ret) {
                 *ret = TRISTATE_UNKNOWN;
         else if (cJSON_IsBool(v))
                 *ret = cJSON_IsTrue(v) ? TRISTATE_TRUE : TRISTATE_FALSE;
-        else if (cJSON_IsNumber(v) && (v->valuedouble == 0 || v->valuedouble == 1))
-                *ret = v->valuedouble == 1 ? TRISTATE_TRUE : TRISTATE_FALSE;
-        else if (cJSON_IsString(v) &&
-                 (strcmp(v->valuestring, "true") == 0 || strcmp(v->valuestring, "false") == 0))
-                *ret = v->valuestring[0] == 't' ? TRISTATE_TRUE : TRISTATE_FALSE;
         else
-                return -EINVAL;
+                return -EINVAL; /* documented as a bool: 0, "false" and the like are not read as one */
         return 0;
 }
 
@@ -283,7 +274,12 @@ const char *gateway_id_problem(const char *s, size_t len) {
 
 /* Records an entry that is never acted on, with its SessionId escaped (or,
  * without one, its position in the list). */
-static int add_malformed(struct session_list *l, const char *id, size_t index, const char *reason) {
+static bool status_is_live(int status) {
+        return status == SESSION_IN_PROGRESS || status == SESSION_PREPARING;
+}
+
+static int add_malformed(struct session_list *l, const char *id, size_t index, const char *reason,
+                         bool live) {
         char buf[GATEWAY_ID_MAX * 4 + 8];
         struct malformed_entry *m;
 
@@ -295,7 +291,8 @@ static int add_malformed(struct session_list *l, const char *id, size_t index, c
                 escape_bytes(id, buf, sizeof buf);
         else
                 snprintf(buf, sizeof buf, "Sessions[%zu]", index);
-        m[l->n_malformed] = (struct malformed_entry){ .id = strdup(buf), .raw_id = id, .reason = reason };
+        m[l->n_malformed] =
+                (struct malformed_entry){ .id = strdup(buf), .raw_id = id, .reason = reason, .live = live };
         if (!m[l->n_malformed].id)
                 return -ENOMEM;
         l->n_malformed++;
@@ -372,6 +369,19 @@ static char *neutralize_nul(const char *text, size_t len) {
         return copy;
 }
 
+static bool has_repeated_field(const cJSON *item) {
+        static const char *const fields[] = { "SessionId", "UserId", "SessionStatus", "IsSessionStarted" };
+        unsigned seen[ELEMENTSOF(fields)] = { 0 };
+        const cJSON *f;
+
+        cJSON_ArrayForEach(f, item) {
+                for (size_t i = 0; f->string && i < ELEMENTSOF(fields); i++)
+                        if (strcmp(f->string, fields[i]) == 0 && ++seen[i] > 1)
+                                return true;
+        }
+        return false;
+}
+
 /* Reads one entry of Sessions[]. Returns NULL, or why the entry does not
  * have the documented shape (static text). */
 static const char *parse_session(const cJSON *item, struct session *s) {
@@ -379,6 +389,10 @@ static const char *parse_session(const cJSON *item, struct session *s) {
 
         if (!cJSON_IsObject(item))
                 return "the entry is not an object";
+        /* cJSON reads the first of two equal keys, other JSON stacks the
+         * last: a field given twice has no one meaning. */
+        if (has_repeated_field(item))
+                return "a field is given twice";
         id = cJSON_GetObjectItemCaseSensitive(item, "SessionId");
         user = cJSON_GetObjectItemCaseSensitive(item, "UserId");
         status = cJSON_GetObjectItemCaseSensitive(item, "SessionStatus");
@@ -461,7 +475,8 @@ static int drop_duplicates(struct session_list *l) {
                         continue; /* already counted as malformed */
                 if (conflict)
                         r = add_malformed(l, first->session_id, 0,
-                                          "listed more than once with conflicting fields");
+                                          "listed more than once with conflicting fields",
+                                          status_is_live(first->status));
                 else
                         l->n_duplicates += b - a - 1;
         }
@@ -545,7 +560,7 @@ int gateway_parse_list(const char *body, size_t len, struct session_list **ret_l
                 /* An entry that does not have the documented shape, or whose
                  * ids are hostile, is skipped: never acted on, counted and
                  * reported by the caller. The rest of the list is decided. */
-                r = add_malformed(l, s->session_id, l->n + l->n_malformed, why);
+                r = add_malformed(l, s->session_id, l->n + l->n_malformed, why, status_is_live(s->status));
                 if (r < 0)
                         goto out;
                 memset(s, 0, sizeof *s);

@@ -46,6 +46,7 @@ struct malformed_entry {
         char *id;           /* the SessionId, escaped (\xNN) so it can be logged */
         const char *raw_id; /* the SessionId as parsed (borrowed from the list's documents), or NULL */
         const char *reason; /* static text */
+        bool live;          /* listed with SessionStatus 1 or 3: it holds a slot */
 };
 
 struct session_list {

@@ -222,6 +222,12 @@ static void notify_status(struct reclaimer *r, struct runner *u) {
                 sd_notifyf(0,
                            "STATUS=Last poll failed (see journal); %zu reclaimed in total, next poll at %s",
                            r->total_reclaimed, when);
+        else if (u->last.throttled > 0)
+                sd_notifyf(
+                        0,
+                        "STATUS=%zu sessions listed, %zu reclaimed, %zu failed, %zu deferred; the gateway "
+                        "throttled %zu calls; next poll at %s (every %s)",
+                        listed, reclaimed, failed, u->last.deferred, u->last.throttled, when, every);
         else
                 sd_notifyf(0,
                            "STATUS=%zu sessions listed, %zu reclaimed, %zu failed%s; next poll at %s (every "

@@ -156,3 +156,65 @@ class AssetLists(DaemonTest):
         run = self.run_daemon("--once")
         self.assertEqual(run.returncode, 1, run)
         self.assertEqual(self.gw.closed_ids(), [])
+
+
+class RedTeam11(DaemonTest):
+    """What a red-team pass found in the first version of issue 11."""
+
+    def test_mistyped_started_flag_is_never_acted_on(self):
+        body = ('{"Header":{"Code":0,"Message":""},"Payload":{"Sessions":['
+                '{"SessionId":"s-str","UserId":"u","SessionStatus":1,"IsSessionStarted":"false"},'
+                '{"SessionId":"s-num","UserId":"u","SessionStatus":1,"IsSessionStarted":0},'
+                '{"SessionId":"s-status","UserId":"u","SessionStatus":"4"},'
+                '{"SessionId":"s-twice","UserId":"u","UserId":"vip-1","SessionStatus":4}]}}')
+        self.gw.add_fault("listsessionofuin", "garbage", body=body.encode())
+        self.write_config([("failed-streams", "failed", "0s"), ("never-started", "not_started", "0s")],
+                          protect_users=["vip-*"], extra="recheck_before_close: false\n")
+        run = self.run_daemon("--once")
+        self.assertEqual(run.returncode, 0, run)
+        self.assertEqual(self.gw.calls_to("closesession"), [])
+        self.assertEqual(run.summaries()[0]["malformed"], "4")
+
+    def test_a_gateway_that_throttles_every_close_ends_the_cycle_with_a_warning(self):
+        ids = [self.gw.add_session("u%d" % i, STREAM_FAILED) for i in range(10)]
+        for sid in ids:
+            self.gw.add_fault("closesession", "api_error", session_id=sid, code=E_TOO_FREQUENT, count=1000,
+                              message="request too frequent")
+        self.write_config([("failed-streams", "failed", "0s")], poll_interval="3s", max_parallel=4)
+        p = self.start_daemon()
+        wait_for(lambda: len(self.gw.calls_to("listsessionofuin")) >= 3, timeout=15, what="three cycles")
+        run = self.stop_daemon(p)
+        self.assertEqual(run.returncode, 0, run)
+        ends = run.summaries()
+        self.assertGreaterEqual(len(ends), 2)
+        self.assertTrue(all(int(e["throttled"]) > 0 and e["failed"] == "0" for e in ends[:2]), ends)
+        self.assertTrue(any(l["level"] == "warning" and "next cycle" in l["msg"] for l in run.logs), run)
+        lists = self.gw.calls_to("listsessionofuin")
+        self.assertLess(lists[1]["time"] - lists[0]["time"], 4.5, "a cycle ran past poll_interval")
+
+    def test_retry_after_is_honoured_on_every_throttled_close(self):
+        a = self.gw.add_session("u1", STREAM_FAILED)
+        self.gw.add_fault("closesession", "http_status", session_id=a, status=429, retry_after=3, count=3)
+        self.write_config([("failed-streams", "failed", "0s")], poll_interval="20s", max_parallel=1)
+        p = self.start_daemon()
+        wait_for(lambda: self.gw.closed_ids() == [a], timeout=20, what="the close")
+        run = self.stop_daemon(p)
+        self.assertEqual(run.returncode, 0, run)
+        closes = self.gw.calls_to("closesession")
+        self.assertEqual(len(closes), 4)
+        for before, after in zip(closes, closes[1:]):
+            self.assertGreaterEqual(after["time"] - before["time"], 2.9)
+
+    def test_junk_entries_do_not_dilute_the_share_fuse(self):
+        body = ('{"Header":{"Code":0,"Message":""},"Payload":{"Sessions":[' +
+                ",".join('{"SessionId":"j%d"}' % i for i in range(30)) + "," +
+                ",".join('{"SessionId":"live%d","UserId":"u%d","SessionStatus":1,"IsSessionStarted":false}'
+                         % (i, i) for i in range(12)) + "]}}")
+        self.gw.add_fault("listsessionofuin", "garbage", body=body.encode())
+        for i in range(12):
+            self.gw.add_session("u%d" % i, IN_PROGRESS, started=False, session_id="live%d" % i)
+        self.write_config([("never-started", "not_started", "0s")], extra="recheck_before_close: false\n")
+        run = self.run_daemon("--once")
+        self.assertEqual(run.returncode, 0, run)
+        self.assertEqual(self.gw.closed_ids(), [])
+        self.assertEqual(run.summaries()[0]["fused"], "12")

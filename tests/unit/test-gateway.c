@@ -155,7 +155,7 @@ static void test_parse_list_duplicates_and_unknown_started(void **state) {
         struct session_list *l = parse_ok(
                 "{\"Header\":{\"Code\":0},\"Payload\":{\"Sessions\":["
                 "{\"UserId\":\"a\",\"SessionId\":\"x\",\"SessionStatus\":1,\"IsSessionStarted\":true},"
-                "{\"UserId\":\"b\",\"SessionId\":\"y\",\"SessionStatus\":\"4\"},"
+                "{\"UserId\":\"b\",\"SessionId\":\"y\",\"SessionStatus\":4},"
                 "{\"UserId\":\"c\",\"SessionId\":\"x\",\"SessionStatus\":4,\"IsSessionStarted\":false},"
                 "{\"UserId\":\"e\",\"SessionId\":\"w\",\"SessionStatus\":1,\"IsSessionStarted\":true},"
                 "{\"UserId\":\"e\",\"SessionId\":\"w\",\"SessionStatus\":1,\"IsSessionStarted\":true}]}}");
@@ -230,6 +230,15 @@ static void test_parse_list_junk(void **state) {
  * never acted on; the rest of the list is decided. */
 static void test_parse_list_bad_entries_skipped(void **state) {
         static const char *const bad[] = {
+                /* documented types only (red team, issue 11) */
+                "{\"Header\":{\"Code\":0},\"Payload\":{\"Sessions\":[{\"SessionId\":\"x\",\"UserId\":\"a\","
+                "\"SessionStatus\":\"4\"}]}}",
+                "{\"Header\":{\"Code\":0},\"Payload\":{\"Sessions\":[{\"SessionId\":\"x\",\"UserId\":\"a\","
+                "\"SessionStatus\":1,\"IsSessionStarted\":\"false\"}]}}",
+                "{\"Header\":{\"Code\":0},\"Payload\":{\"Sessions\":[{\"SessionId\":\"x\",\"UserId\":\"a\","
+                "\"SessionStatus\":1,\"IsSessionStarted\":0}]}}",
+                "{\"Header\":{\"Code\":0},\"Payload\":{\"Sessions\":[{\"SessionId\":\"x\",\"UserId\":\"a\","
+                "\"UserId\":\"vip-1\",\"SessionStatus\":4}]}}",
                 "{\"Header\":{\"Code\":0},\"Payload\":{\"Sessions\":[1]}}",
                 "{\"Header\":{\"Code\":0},\"Payload\":{\"Sessions\":[{}]}}",
                 "{\"Header\":{\"Code\":0},\"Payload\":{\"Sessions\":[{\"SessionId\":\"\",\"UserId\":\"a\","
