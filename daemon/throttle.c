@@ -14,17 +14,7 @@ void throttle_init(struct throttle *t, unsigned max_parallel, double max_rate, i
                 .rate = max_rate > 0 ? max_rate : 0,
                 .tokens = max_rate > 1 ? max_rate : 1,
                 .refilled_ms = now_ms,
-                .ok_since_ms = now_ms,
         };
-}
-
-/* The pace in force: the lower of max_rate and what was learnt. */
-static void set_rate(struct throttle *t) {
-        double r = t->max_rate;
-
-        if (t->learned > 0 && (r <= 0 || t->learned < r))
-                r = t->learned;
-        t->rate = r;
 }
 
 void throttle_configure(struct throttle *t, unsigned max_parallel, double max_rate, int64_t now_ms) {
@@ -33,7 +23,7 @@ void throttle_configure(struct throttle *t, unsigned max_parallel, double max_ra
         assert(max_parallel > 0);
         if (t->max_rate != max_rate) {
                 t->max_rate = max_rate > 0 ? max_rate : 0;
-                set_rate(t);
+                t->rate = t->max_rate;
                 t->tokens = t->rate > 1 ? t->rate : 1;
                 t->refilled_ms = now_ms;
         }
@@ -43,20 +33,8 @@ void throttle_configure(struct throttle *t, unsigned max_parallel, double max_ra
 
 uint64_t throttle_refused(struct throttle *t, uint64_t retry_after_ms, int64_t now_ms) {
         uint64_t pause = PAUSE_BASE_MS;
-        double seconds = (double) (now_ms - t->ok_since_ms) / 1000.0;
 
-        /* What got through since the last refusal, a little below it. */
-        if (t->learned <= 0) {
-                double got = (double) t->ok_count / (seconds > 1.0 ? seconds : 1.0);
-
-                t->learned = got * 0.8 > 1 ? got * 0.8 : 1;
-        } else
-                t->learned = t->learned * 0.7 > 1 ? t->learned * 0.7 : 1;
-        t->ok_count = 0;
-        t->ok_since_ms = t->raised_ms = now_ms;
-        set_rate(t);
-        if (t->tokens > 1)
-                t->tokens = 1; /* no burst after a refusal */
+        (void) now_ms;
         t->window = t->window > 1 ? t->window / 2 : 1;
         t->ok_in_round = 0;
         if (t->consecutive < 16)
@@ -70,12 +48,7 @@ uint64_t throttle_refused(struct throttle *t, uint64_t retry_after_ms, int64_t n
 
 void throttle_ok(struct throttle *t, int64_t now_ms) {
         t->consecutive = 0;
-        t->ok_count++;
-        if (t->learned > 0 && now_ms - t->raised_ms >= 1000) {
-                t->learned *= 1.05;
-                t->raised_ms = now_ms;
-                set_rate(t);
-        }
+        (void) now_ms;
         if (t->window >= t->max_window)
                 return;
         if (++t->ok_in_round >= t->window) {
@@ -85,8 +58,7 @@ void throttle_ok(struct throttle *t, int64_t now_ms) {
 }
 
 static void refill(struct throttle *t, int64_t now_ms) {
-        /* A second of burst under max_rate alone; none once a pace was learnt. */
-        double burst = t->learned > 0 ? 1 : t->rate > 1 ? t->rate : 1;
+        double burst = t->rate > 1 ? t->rate : 1; /* one second's worth */
 
         if (now_ms > t->refilled_ms) {
                 t->tokens += (double) (now_ms - t->refilled_ms) * t->rate / 1000.0;

@@ -17,12 +17,6 @@ struct throttle {
         double max_rate; /* gateway.max_rate; 0: none */
         double rate, tokens;
         int64_t refilled_ms;
-        /* the rate learnt from throttles (0: none yet): set a little below
-         * what got through before the gateway refused, cut on each refusal,
-         * raised by 5 % per second without one */
-        double learned;
-        unsigned ok_count;
-        int64_t ok_since_ms, raised_ms;
 };
 
 void throttle_init(struct throttle *t, unsigned max_parallel, double max_rate, int64_t now_ms);
@@ -30,10 +24,9 @@ void throttle_init(struct throttle *t, unsigned max_parallel, double max_rate, i
 /* The configuration changed (reload): keeps what was learnt where it fits. */
 void throttle_configure(struct throttle *t, unsigned max_parallel, double max_rate, int64_t now_ms);
 
-/* A call was refused as too frequent. Halves the window, paces calls a
- * little below the rate that got through (or cuts that pace further), and
- * returns how long to pause dispatch: the gateway's Retry-After when it gave
- * one, else 1 s, doubling for each throttle in a row, up to 16 s. */
+/* A call was refused as too frequent. Halves the window and returns how long
+ * to pause dispatch: the gateway's Retry-After when it gave one, else 1 s,
+ * doubling for each throttle in a row, up to 16 s. */
 uint64_t throttle_refused(struct throttle *t, uint64_t retry_after_ms, int64_t now_ms);
 
 /* A call completed without being throttled: after a whole window of them in
