@@ -78,7 +78,12 @@ class Sim:
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=60)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            # The statistics are written before the simulator exits.
+            self.proc.kill()
+            self.proc.wait()
         with open(self.stats_file) as f:
             return json.load(f)
 

@@ -586,7 +586,9 @@ def main():
                      "rejected": sum(1 for c in gw.calls if c.get("rejected"))}
         with open(args.stats_file, "w") as f:
             json.dump(stats, f)
-    server.shutdown()
+    # The server's threads are daemon threads: exiting ends them. No
+    # shutdown() handshake, which can wait on a busy serve_forever loop.
+    server.server_close()
     return 0
 
 
