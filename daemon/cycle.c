@@ -609,6 +609,24 @@ static void job_auth(struct close_job *job, const char *endpoint, const char *de
         job_done(job, OUTCOME_FAILED, msg, -1);
 }
 
+/* A call of the job was throttled or refused for auth: a problem of the
+ * account, handled as such. */
+static void job_account_problem(struct close_job *job, const char *endpoint, enum verdict v,
+                                const struct http_response *resp, int parsed,
+                                const struct gateway_error *err) {
+        char buf[512];
+
+        if (v == VERDICT_THROTTLED) {
+                job_throttled(job, resp->retry_after_s);
+                return;
+        }
+        if (parsed < 0 && err->kind == GATEWAY_API_ERROR)
+                snprintf(buf, sizeof buf, "Code %ld", err->code);
+        else
+                transport_failed(resp, buf, sizeof buf);
+        job_auth(job, endpoint, buf);
+}
+
 /* Keeps what a statsession reply said about the stream, for the log. */
 static void note_stream(struct close_job *job, const struct stat_result *st) {
         job->has_stream_error = st->has_error;
@@ -667,12 +685,8 @@ static void close_done(const struct http_response *resp, void *userdata) {
                 job_done(job, OUTCOME_ALREADY_CLOSED, NULL, 0);
                 return;
         case VERDICT_THROTTLED:
-                job_throttled(job, resp->retry_after_s);
-                return;
         case VERDICT_AUTH:
-                transport_failed(resp, buf, sizeof buf);
-                job_auth(job, "closesession",
-                         parsed < 0 && job->close_err.kind == GATEWAY_API_ERROR ? "Code 100005" : buf);
+                job_account_problem(job, "closesession", v, resp, parsed, &job->close_err);
                 return;
         case VERDICT_FAILED:
                 break;
@@ -732,12 +746,8 @@ static void precheck_done(const struct http_response *resp, void *userdata) {
                 job_done(job, OUTCOME_ALREADY_CLOSED, NULL, 0);
                 return;
         case VERDICT_THROTTLED:
-                job_throttled(job, resp->retry_after_s);
-                return;
         case VERDICT_AUTH:
-                transport_failed(resp, buf, sizeof buf);
-                job_auth(job, "statsession",
-                         parsed < 0 && err.kind == GATEWAY_API_ERROR ? "Code 100005" : buf);
+                job_account_problem(job, "statsession", v, resp, parsed, &err);
                 return;
         case VERDICT_FAILED:
                 if (!transport_failed(resp, buf, sizeof buf))
