@@ -310,8 +310,8 @@ size_t state_anchor(struct state *s, int64_t now_wall_ms, int64_t now_mono_ms) {
         if (!s->wall_trusted)
                 s->dirty = true; /* record that the clock is confirmed */
         s->wall_trusted = true;
-        s->offset_known = true;
-        s->offset_ms = now_wall_ms - now_mono_ms;
+        /* offset_ms is left to state_check_clock(): taking the current one
+         * here would swallow a step that came since the last check. */
         if (n == 0)
                 return 0;
         twalk_r(s->root, anchor_one, now);
@@ -506,10 +506,7 @@ int state_save(struct state *s, int64_t now_wall_ms, int64_t now_mono_ms) {
                 return -ENOMEM;
         r = write_file_atomic(s->path, text, strlen(text), 0600);
         free(text);
-        if (r >= 0) {
+        if (r >= 0)
                 s->dirty = false;
-                s->offset_known = true;
-                s->offset_ms = sv.offset_ms;
-        }
         return r;
 }
