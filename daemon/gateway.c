@@ -310,25 +310,33 @@ static const char *entry_id_problem(const struct session *s) {
         return why ? "UserId is not a usable id" : NULL;
 }
 
-/* cJSON keeps strings NUL-terminated, so an escaped NUL ("\u0000") or a raw
- * NUL byte would silently cut an id short ("victim\u0000x" would read as
+/* cJSON keeps strings NUL-terminated, so an escaped NUL ("\\u0000") or a raw
+ * NUL byte would silently cut an id short ("victim\\u0000x" would read as
  * "victim", another session). One pass over the raw text finds them and
- * counts the values an upper bound: commas and opening brackets outside
- * strings, plus one. Returns whether a NUL was found. */
-static bool scan_json(const char *text, size_t len, size_t *ret_values) {
+ * counts the values, an upper bound: commas and opening brackets outside
+ * strings, plus one. When patch is not NULL (a copy of text), every NUL in
+ * it becomes U+0001 instead: a control character, which
+ * gateway_id_problem() refuses, so the entry is skipped rather than read as
+ * a shorter id. Returns whether a NUL was found. */
+static bool scan_json(const char *text, size_t len, char *patch, size_t *ret_values) {
         bool in_string = false, nul = false;
         size_t values = 1;
 
         for (size_t i = 0; i < len; i++) {
                 char ch = text[i];
 
-                if (ch == '\0')
+                if (ch == '\0') {
                         nul = true;
-                else if (in_string) {
+                        if (patch)
+                                patch[i] = '\x01';
+                } else if (in_string) {
                         if (ch == '\\') {
                                 if (i + 5 < len && text[i + 1] == 'u' &&
-                                    memcmp(text + i + 2, "0000", 4) == 0)
+                                    memcmp(text + i + 2, "0000", 4) == 0) {
                                         nul = true;
+                                        if (patch)
+                                                patch[i + 5] = '1';
+                                }
                                 i++;
                         } else if (ch == '"')
                                 in_string = false;
@@ -339,34 +347,6 @@ static bool scan_json(const char *text, size_t len, size_t *ret_values) {
         }
         *ret_values = values;
         return nul;
-}
-
-/* A copy of text in which every NUL, raw or escaped, is U+0001 instead: a
- * control character, which gateway_id_problem() refuses, so the entry is
- * skipped rather than read as a shorter id. */
-static char *neutralize_nul(const char *text, size_t len) {
-        char *copy = malloc(len + 1);
-        bool in_string = false;
-
-        if (!copy)
-                return NULL;
-        memcpy(copy, text, len);
-        copy[len] = '\0';
-        for (size_t i = 0; i < len; i++) {
-                if (copy[i] == '\0')
-                        copy[i] = '\x01';
-                else if (in_string) {
-                        if (copy[i] == '\\') {
-                                if (i + 5 < len && copy[i + 1] == 'u' &&
-                                    memcmp(copy + i + 2, "0000", 4) == 0)
-                                        copy[i + 5] = '1';
-                                i++;
-                        } else if (copy[i] == '"')
-                                in_string = false;
-                } else if (copy[i] == '"')
-                        in_string = true;
-        }
-        return copy;
 }
 
 static bool has_repeated_field(const cJSON *item) {
@@ -498,10 +478,13 @@ int gateway_parse_list(const char *body, size_t len, struct session_list **ret_l
         int r;
 
         memset(err, 0, sizeof *err);
-        if (scan_json(body, len, &values)) {
-                clean = neutralize_nul(body, len);
+        if (scan_json(body, len, NULL, &values)) {
+                clean = malloc(len + 1);
                 if (!clean)
                         return -ENOMEM;
+                memcpy(clean, body, len);
+                clean[len] = '\0';
+                scan_json(body, len, clean, &values);
                 body = clean;
         }
         if (values > GATEWAY_LIST_MAX_VALUES) {

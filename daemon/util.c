@@ -197,34 +197,21 @@ fail:
 }
 
 int read_boot_id(char ret[37]) {
-        char *data = NULL;
-        size_t size = 0;
-        int r = read_file_full("/proc/sys/kernel/random/boot_id", 64, &data, &size);
+        /* procfs reports size 0 for this file, so read_file_full() cannot
+         * serve: stdio reads what is there. */
+        FILE *f = fopen("/proc/sys/kernel/random/boot_id", "re");
+        char buf[64] = { 0 };
+        size_t size;
 
-        /* procfs reports size 0 for this file: read it with stdio instead. */
-        if (r < 0 || size == 0) {
-                FILE *f = fopen("/proc/sys/kernel/random/boot_id", "re");
-
-                free(data);
-                data = NULL;
-                if (!f)
-                        return -errno;
-                data = calloc(1, 64);
-                if (!data) {
-                        fclose(f);
-                        return -ENOMEM;
-                }
-                size = fread(data, 1, 63, f);
-                fclose(f);
-        }
-        while (size > 0 && (data[size - 1] == '\n' || data[size - 1] == ' '))
-                data[--size] = '\0';
-        if (size != 36) {
-                free(data);
+        if (!f)
+                return -errno;
+        size = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        while (size > 0 && (buf[size - 1] == '\n' || buf[size - 1] == ' '))
+                buf[--size] = '\0';
+        if (size != 36)
                 return -EBADMSG;
-        }
-        memcpy(ret, data, 37);
-        free(data);
+        memcpy(ret, buf, 37);
         return 0;
 }
 
