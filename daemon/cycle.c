@@ -104,7 +104,7 @@ struct project_list {
 
 static void dispatch(struct cycle *c);
 static void job_done(struct close_job *job, enum outcome outcome, const char *detail, long retry_after_s);
-static void job_throttled(struct close_job *job, long retry_after_s);
+static void job_throttled(struct close_job *job, const struct http_response *resp);
 static void job_auth(struct close_job *job, const char *endpoint, const char *detail);
 
 /* A response (or a resume) arrived: the cycle is making progress. */
@@ -206,7 +206,7 @@ static int post(struct cycle *c, const char *endpoint, const char *field, const 
         if (ret >= 0)
                 ret = http_post_json(c->env.http, url, body, done, userdata);
         if (ret >= 0 && c->env.throttle)
-                throttle_take_anyway(c->env.throttle, now_mono_ms());
+                throttle_take(c->env.throttle, now_mono_ms());
         /* The URL carries a signature derived from the token: wipe it. */
         if (url)
                 explicit_bzero(url, strlen(url));
@@ -261,6 +261,12 @@ static enum verdict http_verdict(const struct http_response *resp) {
         if (resp->status == 429 || resp->status == 503)
                 return VERDICT_THROTTLED;
         return resp->status == 200 ? VERDICT_OK : VERDICT_FAILED;
+}
+
+/* A throttled reply: 100012 and HTTP 429 say that the account calls too
+ * often, which teaches the pace; HTTP 503 that the gateway is overloaded. */
+static bool teaches_pace(const struct http_response *resp) {
+        return resp->status != 503;
 }
 
 static enum verdict api_verdict(int parsed, const struct gateway_error *err) {
@@ -552,21 +558,23 @@ static void pause_dispatch(struct cycle *c, uint64_t pause_ms, const char *why) 
  * or its re-check: the account slows down (a smaller window, a pause) and
  * the close is sent again after the pause, in this cycle. It is no failure
  * of the session: no backoff, no reclaim entry. */
-static void job_throttled(struct close_job *job, long retry_after_s) {
+static void job_throttled(struct close_job *job, const struct http_response *resp) {
         struct cycle *c = job->cycle;
         const struct config *cfg = c->env.config;
         int64_t now = now_mono_ms();
         /* Replies to calls sent before the account last slowed down come in
          * a burst: the account reacts once to them, not once per reply. The
-         * gateway's Retry-After is honoured either way. */
-        bool stale = job->sent_ms < c->last_reaction_ms;
-        uint64_t pause_ms = (uint64_t) (retry_after_s > 0 ? retry_after_s : 0) * 1000;
+         * gateway's Retry-After is honoured either way. Dispatch stops at a
+         * reaction, so a call sent in its millisecond went out before it. */
+        bool stale = c->last_reaction_ms > 0 && job->sent_ms <= c->last_reaction_ms;
+        uint64_t pause_ms = (uint64_t) (resp->retry_after_s > 0 ? resp->retry_after_s : 0) * 1000;
         char why[200];
 
         if (!stale) {
                 c->last_reaction_ms = now;
-                pause_ms = c->env.throttle ? throttle_refused(c->env.throttle, pause_ms, now)
-                                           : (pause_ms > 0 ? pause_ms : 1000);
+                pause_ms = c->env.throttle
+                                   ? throttle_refused(c->env.throttle, teaches_pace(resp), pause_ms, now)
+                                   : (pause_ms > 0 ? pause_ms : 1000);
         }
         c->res.throttled++;
         if (job->dispatched)
@@ -584,8 +592,17 @@ static void job_throttled(struct close_job *job, long retry_after_s) {
                                 job->session->session_id, MAX_REQUEUES + 1);
         } else
                 c->requeued[c->n_requeued++] = job;
-        snprintf(why, sizeof why, "The gateway says the account calls too often (now %u in flight at most)",
-                 c->env.throttle ? c->env.throttle->window : cfg->gateway.max_parallel);
+        {
+                const char *what = teaches_pace(resp) ? "The gateway says the account calls too often"
+                                                      : "The gateway is overloaded (HTTP 503)";
+                unsigned window = c->env.throttle ? c->env.throttle->window : cfg->gateway.max_parallel;
+
+                if (c->env.throttle && throttle_rate(c->env.throttle) > 0)
+                        snprintf(why, sizeof why, "%s (now %u in flight and %.1f calls/s at most)", what,
+                                 window, throttle_rate(c->env.throttle));
+                else
+                        snprintf(why, sizeof why, "%s (now %u in flight at most)", what, window);
+        }
         /* A cycle never waits on throttles past poll_interval in all: what
          * is left then goes to the next cycle, with a warning. */
         if (!c->stopping && pause_ms > 0 &&
@@ -617,7 +634,7 @@ static void job_account_problem(struct close_job *job, const char *endpoint, enu
         char buf[512];
 
         if (v == VERDICT_THROTTLED) {
-                job_throttled(job, resp->retry_after_s);
+                job_throttled(job, resp);
                 return;
         }
         if (parsed < 0 && err->kind == GATEWAY_API_ERROR)
@@ -1051,8 +1068,8 @@ static int read_list(struct cycle *c, const char *endpoint, const struct http_re
         if (v == VERDICT_THROTTLED) {
                 c->res.throttled++;
                 if (c->env.throttle)
-                        (void) throttle_refused(c->env.throttle, (uint64_t) resp->retry_after_s * 1000,
-                                                now_mono_ms());
+                        (void) throttle_refused(c->env.throttle, false,
+                                                (uint64_t) resp->retry_after_s * 1000, now_mono_ms());
         } else if (v == VERDICT_AUTH)
                 auth_refused(c, endpoint, buf);
         return r < 0 ? r : -EIO;
