@@ -6,6 +6,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "error.h"
+
 #define CONFIG_DEFAULT_PATH       "/etc/ivh-reclaimd/policy.yaml"
 #define CONFIG_DEFAULT_URL        "https://gw-sg.tvs.qq.com"
 #define CONFIG_DEFAULT_STATE_FILE "/var/lib/ivh-reclaimd/state.json"
@@ -72,13 +74,16 @@ struct config {
 };
 
 /* Loads and validates path. On success returns 0 and *ret_config. On a
- * configuration error returns -EINVAL and *ret_errors holds one line
- * "FILE:LINE:COLUMN: message" per problem (the caller frees it). Other
- * negative errnos: the file could not be read (also described in
- * *ret_errors) or memory ran out. */
-int config_load(const char *path, struct config **ret_config, char **ret_errors);
+ * configuration error returns -EINVAL, and err holds one line
+ * "FILE:LINE:COLUMN: message" per problem. Other negative errnos: the file
+ * could not be read (also described in err) or memory ran out. */
+int config_load(const char *path, struct config **ret_config, struct error *err);
 
 void config_free(struct config *c);
+
+/* The first key that a reload cannot change (state_file, an account's name)
+ * and that differs between a and b, or NULL. */
+const char *config_restart_needed(const struct config *a, const struct config *b);
 
 const char *policy_kind_to_string(enum policy_kind k);
 

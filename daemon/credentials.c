@@ -83,7 +83,7 @@ static ssize_t read_token_fd(int fd, char *buf) {
  * followed by a later open, which another process could swap in between).
  * O_NONBLOCK: a FIFO at the path cannot block start-up; it is then refused as
  * not a regular file. The token never appears in a message. */
-static int load_file(const char *path, struct credentials *c, char *errbuf, size_t errlen) {
+static int load_file(const char *path, struct credentials *c, struct error *err) {
         char raw[TOKEN_MAX_SIZE + 1];
         struct stat st;
         ssize_t len = 0;
@@ -92,25 +92,25 @@ static int load_file(const char *path, struct credentials *c, char *errbuf, size
         fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
         if (fd < 0) {
                 r = -errno;
-                snprintf(errbuf, errlen, "access token file %s: %s", path, strerror(-r));
+                (void) error_set(err, 0, "access token file %s: %s", path, strerror(-r));
                 return r;
         }
         if (fstat(fd, &st) < 0) {
                 r = -errno;
-                snprintf(errbuf, errlen, "access token file %s: %s", path, strerror(-r));
+                (void) error_set(err, 0, "access token file %s: %s", path, strerror(-r));
                 goto out;
         }
         if (!S_ISREG(st.st_mode)) {
-                snprintf(errbuf, errlen, "access token file %s is not a regular file (it is %s)", path,
-                         file_type(st.st_mode));
+                (void) error_set(err, 0, "access token file %s is not a regular file (it is %s)", path,
+                                 file_type(st.st_mode));
                 r = -EINVAL;
                 goto out;
         }
         if (st.st_mode & S_IROTH) {
-                snprintf(errbuf, errlen,
-                         "access token file %s is readable by others (mode %04o); refusing it: "
-                         "run 'chmod o-r %s'",
-                         path, (unsigned) (st.st_mode & 07777), path);
+                (void) error_set(err, 0,
+                                 "access token file %s is readable by others (mode %04o); refusing it: "
+                                 "run 'chmod o-r %s'",
+                                 path, (unsigned) (st.st_mode & 07777), path);
                 r = -EPERM;
                 goto out;
         }
@@ -121,17 +121,17 @@ static int load_file(const char *path, struct credentials *c, char *errbuf, size
                 r = len < 0 ? (int) len : 0;
         }
         if (r < 0) {
-                snprintf(errbuf, errlen, "access token file %s: %s", path,
-                         r == -EFBIG ? "larger than 4 KiB" : strerror(-r));
+                (void) error_set(err, 0, "access token file %s: %s", path,
+                                 r == -EFBIG ? "larger than 4 KiB" : strerror(-r));
                 goto out;
         }
         /* A NUL byte would silently end the token early. */
         r = memchr(raw, '\0', (size_t) len) ? -EBADMSG : token_take(raw, &c->token);
         if (r < 0) {
-                snprintf(errbuf, errlen, "access token file %s: %s", path,
-                         r == -ENODATA   ? "is empty"
-                         : r == -EBADMSG ? "contains white space or non-printable characters"
-                                         : strerror(-r));
+                (void) error_set(err, 0, "access token file %s: %s", path,
+                                 r == -ENODATA   ? "is empty"
+                                 : r == -EBADMSG ? "contains white space or non-printable characters"
+                                                 : strerror(-r));
                 goto out;
         }
         snprintf(c->source, sizeof c->source, "file %s", path);
@@ -142,7 +142,7 @@ out:
 }
 
 int credentials_load(const struct gateway_config *g, const struct credentials *previous, const char *account,
-                     struct credentials **ret, char *errbuf, size_t errlen) {
+                     struct credentials **ret, struct error *err) {
         char cred_name[128], env_name[128], path[PATH_MAX];
         struct credentials *c;
         const char *dir;
@@ -170,9 +170,9 @@ int credentials_load(const struct gateway_config *g, const struct credentials *p
                 snprintf(path, sizeof path, "%s/%s", dir, cred_name);
         env = getenv(env_name);
         if (g->accesstoken_file) {
-                r = load_file(g->accesstoken_file, c, errbuf, errlen);
+                r = load_file(g->accesstoken_file, c, err);
         } else if (dir && *dir && access(path, F_OK) == 0) {
-                r = load_file(path, c, errbuf, errlen);
+                r = load_file(path, c, err);
         } else if (env) {
                 size_t len = strlen(env);
                 char *raw = strdup(env);
@@ -183,9 +183,9 @@ int credentials_load(const struct gateway_config *g, const struct credentials *p
                         free(raw);
                 }
                 if (r < 0)
-                        snprintf(errbuf, errlen, "%s: %s", env_name,
-                                 r == -ENODATA ? "is empty"
-                                               : "contains white space or non-printable characters");
+                        (void) error_set(err, 0, "%s: %s", env_name,
+                                         r == -ENODATA ? "is empty"
+                                                       : "contains white space or non-printable characters");
                 else {
                         snprintf(c->source, sizeof c->source, "environment variable %s", env_name);
                         c->from_env = true;
@@ -196,11 +196,11 @@ int credentials_load(const struct gateway_config *g, const struct credentials *p
                 memcpy(c->source, previous->source, sizeof c->source);
                 c->from_env = true;
         } else {
-                snprintf(errbuf, errlen,
-                         "no access token%s%s: set %saccesstoken_file, provide the credential '%s' "
-                         "(LoadCredential=), or set %s",
-                         account ? " for account " : "", account ? account : "",
-                         account ? "the account's " : "gateway.", cred_name, env_name);
+                (void) error_set(err, 0,
+                                 "no access token%s%s: set %saccesstoken_file, provide the credential '%s' "
+                                 "(LoadCredential=), or set %s",
+                                 account ? " for account " : "", account ? account : "",
+                                 account ? "the account's " : "gateway.", cred_name, env_name);
                 r = -ENOKEY;
         }
         /* Keep the token out of /proc/PID/environ (which shows the original

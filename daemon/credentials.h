@@ -5,6 +5,7 @@
 #include <stddef.h>
 
 #include "config.h"
+#include "error.h"
 
 struct credentials {
         char *token;      /* wiped on free */
@@ -21,8 +22,8 @@ struct credentials {
  * On reload, pass the running credentials as previous: a token that came from
  * the (since wiped) environment is then carried over when no file names one.
  * Returns 0, or a negative errno with a message (never containing the token)
- * written to errbuf. */
+ * in err. */
 int credentials_load(const struct gateway_config *g, const struct credentials *previous, const char *account,
-                     struct credentials **ret, char *errbuf, size_t errlen);
+                     struct credentials **ret, struct error *err);
 
 void credentials_free(struct credentials *c);

@@ -1,4 +1,4 @@
-#include "cycle.h"
+#include "cycle-internal.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -9,38 +9,22 @@
 #include <sys/random.h>
 #include <time.h>
 
+#include "decide.h"
 #include "duration.h"
 #include "gateway.h"
 #include "log.h"
 #include "plan.h"
 #include "policy.h"
+#include "reply.h"
 #include "throttle.h"
 #include "util.h"
 
 /* Failed closes back off from one poll interval up to this many. */
 #define RETRY_CAP_INTERVALS 64
 #define RETRY_CAP_MAX_MS    (3600 * 1000)
-/* A session no longer listed keeps its first-seen time for this many poll
- * intervals, so that a list that now and then comes back short or empty
- * resets no age. */
-#define STATE_GRACE_INTERVALS 10
 /* A close refused as too frequent is tried again in the same cycle, after a
  * pause, at most this many times; then it waits for the next cycle. */
 #define MAX_REQUEUES 8
-
-/* The published Header.Code values the daemon acts on (see README). */
-#define CODE_UNAUTHORIZED   100005
-#define CODE_TOO_FREQUENT   100012
-#define CODE_ALREADY_CLOSED 110013
-#define CODE_NO_SESSION     110018
-
-enum outcome {
-        OUTCOME_CLOSED,
-        OUTCOME_ALREADY_CLOSED,
-        OUTCOME_FAILED,
-        OUTCOME_DRY_RUN,
-        OUTCOME_SKIPPED,
-};
 
 static const char *const outcome_names[] = {
         [OUTCOME_CLOSED] = "closed",   [OUTCOME_ALREADY_CLOSED] = "already_closed",
@@ -48,67 +32,12 @@ static const char *const outcome_names[] = {
         [OUTCOME_SKIPPED] = "skipped",
 };
 
-struct close_job {
-        struct cycle *cycle;
-        const struct session *session; /* borrowed from cycle->list */
-        const struct policy *policy;   /* borrowed from the config */
-        uint64_t age_ms;
-        struct gateway_error close_err;
-        bool dispatched; /* counted in cycle->in_flight until finished */
-        bool finished;   /* its outcome is logged */
-        unsigned requeues;
-        int64_t sent_ms; /* when its last request went out */
-        /* What a statsession reply said about the stream, for the log. */
-        bool has_stream_error;
-        int stream_error_code;
-        char stream_error[256];
-};
-
-struct cycle {
-        struct cycle_env env;
-        cycle_phase_fn phase_fn;
-        void *userdata;
-        enum cycle_phase phase;
-        int64_t last_progress_ms;
-        /* A configuration reloaded while this cycle runs: closes not yet sent
-         * must still be selected by it (see cycle_reconfigure()). */
-        const struct config *reloaded;
-        struct session_list *list;
-        struct close_job *jobs;
-        size_t n_jobs, next_job, in_flight;
-        /* Closes refused as too frequent, to send again after the pause. */
-        struct close_job **requeued;
-        size_t n_requeued;
-        int64_t last_reaction_ms; /* the account last slowed down (a throttle) */
-        bool auth_logged;
-        ev_timer resume_timer; /* dispatch paused by a Retry-After */
-        bool stopping;
-        bool dispatching;
-        struct cycle_result res;
-        /* Listing per project and per asset (gateway.project_ids,
-         * gateway.asset_vks): one request each. */
-        struct project_list *projects;
-        size_t n_projects, projects_pending;
-        bool projects_failed;
-        char projects_error[600];
-        long projects_error_code, projects_retry_after_s;
-};
-
-struct project_list {
-        struct cycle *cycle;
-        const char *endpoint;   /* listsessionofprojectid or listsessionofassetvk */
-        const char *what;       /* "project" or "asset" */
-        const char *project_id; /* the project id or asset key, borrowed from the config */
-        struct session_list *list;
-};
-
-static void dispatch(struct cycle *c);
 static void job_done(struct close_job *job, enum outcome outcome, const char *detail, long retry_after_s);
 static void job_throttled(struct close_job *job, const struct http_response *resp);
 static void job_auth(struct close_job *job, const char *endpoint, const char *detail);
 
 /* A response (or a resume) arrived: the cycle is making progress. */
-static void progress(struct cycle *c) {
+void cycle_progress(struct cycle *c) {
         c->last_progress_ms = now_mono_ms();
 }
 
@@ -120,7 +49,7 @@ static void job_deferred(struct close_job *job) {
         c->res.deferred++;
         if (job->dispatched)
                 c->in_flight--;
-        dispatch(c);
+        cycle_dispatch(c);
 }
 
 /* Why the reloaded configuration, if any, no longer lets this job close its
@@ -167,12 +96,8 @@ static bool job_may_send(struct close_job *job) {
         return true;
 }
 
-/* log_struct() with the cycle's account added to the fields. */
-static void cycle_log(struct cycle *c, int priority, const char *message_id, const struct log_field *fields,
-                      size_t n, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
-
-static void cycle_log(struct cycle *c, int priority, const char *message_id, const struct log_field *fields,
-                      size_t n, const char *fmt, ...) {
+void cycle_log(struct cycle *c, int priority, const char *message_id, const struct log_field *fields,
+               size_t n, const char *fmt, ...) {
         struct log_field all[16];
         va_list ap;
 
@@ -188,10 +113,10 @@ static void cycle_log(struct cycle *c, int priority, const char *message_id, con
 
 /* Sends one call. field/value: the Payload field besides ReqId ("SessionId",
  * "VirtualmanProjectId", "AssetVirtualmanKey"), or NULL. Every call takes a
- * token of the account's max_rate bucket; dispatch() waits for one before
+ * token of the account's max_rate bucket; cycle_dispatch() waits for one before
  * sending a new close, follow-up calls go at once and leave a debt. */
-static int post(struct cycle *c, const char *endpoint, const char *field, const char *value,
-                http_done_fn done, void *userdata) {
+int cycle_post(struct cycle *c, const char *endpoint, const char *field, const char *value,
+               http_done_fn done, void *userdata) {
         const struct config *cfg = c->env.config;
         char reqid[GATEWAY_REQID_LEN + 1];
         char *url = NULL, *body = NULL;
@@ -215,87 +140,15 @@ static int post(struct cycle *c, const char *endpoint, const char *field, const 
         return ret;
 }
 
-/* Describes a transport-level failure; returns false when resp is a 200. */
-static bool transport_failed(const struct http_response *resp, char *buf, size_t n) {
-        if (resp->result != CURLE_OK) {
-                snprintf(buf, n, "%s", resp->error);
-                return true;
-        }
-        if (resp->status != 200) {
-                if (resp->retry_after_s > 0)
-                        snprintf(buf, n, "HTTP status %ld (Retry-After %lds)", resp->status,
-                                 resp->retry_after_s);
-                else
-                        snprintf(buf, n, "HTTP status %ld", resp->status);
-                return true;
-        }
-        return false;
-}
-
-/* Describes what a gateway_parse_*() failure r means. */
-static void describe_parse_error(int r, const struct gateway_error *err, char *buf, size_t n) {
-        if (r == -ENOMEM)
-                snprintf(buf, n, "out of memory while parsing the session list");
-        else
-                snprintf(buf, n, "%s%s",
-                         err->kind == GATEWAY_API_ERROR ? "API error: " : "malformed response: ",
-                         err->message);
-}
-
-/* What a reply means, by the published codes (README, "Gateway codes"). */
-enum verdict {
-        VERDICT_OK,
-        VERDICT_GONE,      /* 110013 already closed, 110018 does not exist */
-        VERDICT_THROTTLED, /* 100012, HTTP 429 or 503: slow down, account-wide */
-        VERDICT_AUTH,      /* 100005, HTTP 401 or 403: an account problem */
-        VERDICT_FAILED,    /* anything else */
-};
-
-/* The verdict from the transport alone: VERDICT_OK when a 200 arrived and
- * the body is to be parsed. */
-static enum verdict http_verdict(const struct http_response *resp) {
-        if (resp->result != CURLE_OK)
-                return VERDICT_FAILED;
-        if (resp->status == 401 || resp->status == 403)
-                return VERDICT_AUTH;
-        if (resp->status == 429 || resp->status == 503)
-                return VERDICT_THROTTLED;
-        return resp->status == 200 ? VERDICT_OK : VERDICT_FAILED;
-}
-
-/* A throttled reply: 100012 and HTTP 429 say that the account calls too
- * often, which teaches the pace; HTTP 503 that the gateway is overloaded. */
-static bool teaches_pace(const struct http_response *resp) {
-        return resp->status != 503;
-}
-
-static enum verdict api_verdict(int parsed, const struct gateway_error *err) {
-        if (parsed >= 0)
-                return VERDICT_OK;
-        if (parsed == -ENOMEM || err->kind != GATEWAY_API_ERROR)
-                return VERDICT_FAILED;
-        switch (err->code) {
-        case CODE_TOO_FREQUENT:
-                return VERDICT_THROTTLED;
-        case CODE_UNAUTHORIZED:
-                return VERDICT_AUTH;
-        case CODE_ALREADY_CLOSED:
-        case CODE_NO_SESSION:
-                return VERDICT_GONE;
-        default:
-                return VERDICT_FAILED;
-        }
-}
-
 /* Counts one API call in the metrics. parsed: the gateway_parse_*() result
  * (ignored when the transport failed). */
-static void record_call(struct cycle *c, const char *endpoint, const struct http_response *resp, int parsed,
-                        const struct gateway_error *err) {
-        enum verdict v = http_verdict(resp);
+void cycle_record_call(struct cycle *c, const char *endpoint, const struct http_response *resp, int parsed,
+                       const struct gateway_error *err) {
+        enum verdict v = reply_http_verdict(resp);
         enum metrics_result result;
 
         if (v == VERDICT_OK)
-                v = api_verdict(parsed, err);
+                v = reply_api_verdict(parsed, err);
         if (v == VERDICT_THROTTLED)
                 result = METRICS_THROTTLED;
         else if (v == VERDICT_AUTH)
@@ -315,7 +168,7 @@ static void record_call(struct cycle *c, const char *endpoint, const struct http
 
 /* The account's credentials were refused: logged once per cycle with its
  * own MESSAGE_ID, and nothing more is sent this cycle. */
-static void auth_refused(struct cycle *c, const char *endpoint, const char *detail) {
+void cycle_auth_refused(struct cycle *c, const char *endpoint, const char *detail) {
         struct log_field f[] = { { "IVH_ENDPOINT", endpoint }, { "IVH_ERROR", detail } };
 
         c->res.auth_failed = true;
@@ -337,7 +190,7 @@ static uint32_t random_u32(void) {
         return v;
 }
 
-static void log_reclaim(struct close_job *job, enum outcome outcome, const char *detail) {
+void cycle_log_reclaim(struct close_job *job, enum outcome outcome, const char *detail) {
         struct cycle *c = job->cycle;
         const struct session *s = job->session;
         char age[32], status[16], age_h[32], code[32], id[96], user[96], scode[32];
@@ -399,7 +252,7 @@ static void log_reclaim(struct close_job *job, enum outcome outcome, const char 
         }
 }
 
-static void cycle_end(struct cycle *c) {
+void cycle_end(struct cycle *c) {
         const struct cycle_result *res = &c->res;
         char f_listed[24], f_due[24], f_closed[24], f_already[24], f_failed[24], f_deferred[24],
                 f_protected[24], f_dry[24], f_dur[24], f_skipped[24], f_backoff[24], f_fused[24],
@@ -466,7 +319,7 @@ static void job_done(struct close_job *job, enum outcome outcome, const char *de
         const char *id = job->session->session_id;
 
         job->finished = true;
-        log_reclaim(job, outcome, detail);
+        cycle_log_reclaim(job, outcome, detail);
         switch (outcome) {
         case OUTCOME_CLOSED:
                 c->res.closed++;
@@ -519,7 +372,7 @@ static void job_done(struct close_job *job, enum outcome outcome, const char *de
                         defer_queued(c);
                 }
         }
-        dispatch(c);
+        cycle_dispatch(c);
 }
 
 static void close_failed(struct close_job *job, const char *what, const char *detail, long retry_after_s) {
@@ -572,9 +425,9 @@ static void job_throttled(struct close_job *job, const struct http_response *res
 
         if (!stale) {
                 c->last_reaction_ms = now;
-                pause_ms = c->env.throttle
-                                   ? throttle_refused(c->env.throttle, teaches_pace(resp), pause_ms, now)
-                                   : (pause_ms > 0 ? pause_ms : 1000);
+                pause_ms = c->env.throttle ? throttle_refused(c->env.throttle, reply_teaches_pace(resp),
+                                                              pause_ms, now)
+                                           : (pause_ms > 0 ? pause_ms : 1000);
         }
         c->res.throttled++;
         if (job->dispatched)
@@ -593,8 +446,8 @@ static void job_throttled(struct close_job *job, const struct http_response *res
         } else
                 c->requeued[c->n_requeued++] = job;
         {
-                const char *what = teaches_pace(resp) ? "The gateway says the account calls too often"
-                                                      : "The gateway is overloaded (HTTP 503)";
+                const char *what = reply_teaches_pace(resp) ? "The gateway says the account calls too often"
+                                                            : "The gateway is overloaded (HTTP 503)";
                 unsigned window = c->env.throttle ? c->env.throttle->window : cfg->gateway.max_parallel;
 
                 if (c->env.throttle && throttle_rate(c->env.throttle) > 0)
@@ -610,7 +463,7 @@ static void job_throttled(struct close_job *job, const struct http_response *res
                 pause_ms = cfg->poll_interval_ms;
         if (!c->stopping && pause_ms > 0)
                 pause_dispatch(c, pause_ms, why);
-        dispatch(c);
+        cycle_dispatch(c);
 }
 
 /* The gateway refused our credentials on a call of this job: the close
@@ -620,7 +473,7 @@ static void job_auth(struct close_job *job, const char *endpoint, const char *de
         struct cycle *c = job->cycle;
         char msg[640];
 
-        auth_refused(c, endpoint, detail);
+        cycle_auth_refused(c, endpoint, detail);
         defer_queued(c);
         snprintf(msg, sizeof msg, "%s: unauthorized (%s)", endpoint, detail);
         job_done(job, OUTCOME_FAILED, msg, -1);
@@ -640,7 +493,7 @@ static void job_account_problem(struct close_job *job, const char *endpoint, enu
         if (parsed < 0 && err->kind == GATEWAY_API_ERROR)
                 snprintf(buf, sizeof buf, "Code %ld", err->code);
         else
-                transport_failed(resp, buf, sizeof buf);
+                reply_transport_failed(resp, buf, sizeof buf);
         job_auth(job, endpoint, buf);
 }
 
@@ -663,11 +516,11 @@ static void postcheck_done(const struct http_response *resp, void *userdata) {
         char buf[512];
         int r;
 
-        progress(job->cycle);
+        cycle_progress(job->cycle);
         memset(&err, 0, sizeof err);
-        if (http_verdict(resp) == VERDICT_OK) {
+        if (reply_http_verdict(resp) == VERDICT_OK) {
                 r = gateway_parse_stat(resp->body, resp->body_len, &st, &err);
-                record_call(job->cycle, "statsession", resp, r, &err);
+                cycle_record_call(job->cycle, "statsession", resp, r, &err);
                 if (r >= 0)
                         note_stream(job, &st);
                 if ((r >= 0 && st.status == SESSION_CLOSED) ||
@@ -676,24 +529,24 @@ static void postcheck_done(const struct http_response *resp, void *userdata) {
                         return;
                 }
         } else
-                record_call(job->cycle, "statsession", resp, -1, &err);
+                cycle_record_call(job->cycle, "statsession", resp, -1, &err);
         snprintf(buf, sizeof buf, "API error %ld: %s", job->close_err.code, job->close_err.message);
         close_failed(job, "closesession", buf, 0);
 }
 
 static void close_done(const struct http_response *resp, void *userdata) {
         struct close_job *job = userdata;
-        enum verdict v = http_verdict(resp);
+        enum verdict v = reply_http_verdict(resp);
         char buf[512];
         int parsed = -1;
 
-        progress(job->cycle);
+        cycle_progress(job->cycle);
         memset(&job->close_err, 0, sizeof job->close_err);
         if (v == VERDICT_OK) {
                 parsed = gateway_parse_ack(resp->body, resp->body_len, &job->close_err);
-                v = api_verdict(parsed, &job->close_err);
+                v = reply_api_verdict(parsed, &job->close_err);
         }
-        record_call(job->cycle, "closesession", resp, parsed, &job->close_err);
+        cycle_record_call(job->cycle, "closesession", resp, parsed, &job->close_err);
         switch (v) {
         case VERDICT_OK:
                 job_done(job, OUTCOME_CLOSED, NULL, 0);
@@ -708,18 +561,18 @@ static void close_done(const struct http_response *resp, void *userdata) {
         case VERDICT_FAILED:
                 break;
         }
-        if (transport_failed(resp, buf, sizeof buf)) {
+        if (reply_transport_failed(resp, buf, sizeof buf)) {
                 close_failed(job, "closesession", buf, resp->retry_after_s);
                 return;
         }
         if (job->close_err.kind == GATEWAY_API_ERROR && !job->cycle->stopping) {
                 /* An error the daemon does not know: maybe the session went
                  * away between the list and now. statsession says. */
-                if (post(job->cycle, "statsession", "SessionId", job->session->session_id, postcheck_done,
-                         job) >= 0)
+                if (cycle_post(job->cycle, "statsession", "SessionId", job->session->session_id,
+                               postcheck_done, job) >= 0)
                         return;
         }
-        describe_parse_error(parsed, &job->close_err, buf, sizeof buf);
+        reply_describe_parse_error(parsed, &job->close_err, buf, sizeof buf);
         close_failed(job, "closesession", buf, 0);
 }
 
@@ -729,7 +582,7 @@ static void start_close(struct close_job *job) {
         if (!job_may_send(job))
                 return;
         job->sent_ms = now_mono_ms();
-        ret = post(job->cycle, "closesession", "SessionId", job->session->session_id, close_done, job);
+        ret = cycle_post(job->cycle, "closesession", "SessionId", job->session->session_id, close_done, job);
         if (ret < 0)
                 close_failed(job, "closesession", strerror(-ret), 0);
 }
@@ -747,15 +600,15 @@ static void precheck_done(const struct http_response *resp, void *userdata) {
         char buf[512];
         int parsed;
 
-        progress(c);
+        cycle_progress(c);
         memset(&err, 0, sizeof err);
         parsed = -1;
-        v = http_verdict(resp);
+        v = reply_http_verdict(resp);
         if (v == VERDICT_OK) {
                 parsed = gateway_parse_stat(resp->body, resp->body_len, &st, &err);
-                v = api_verdict(parsed, &err);
+                v = reply_api_verdict(parsed, &err);
         }
-        record_call(c, "statsession", resp, parsed, &err);
+        cycle_record_call(c, "statsession", resp, parsed, &err);
         switch (v) {
         case VERDICT_OK:
                 break;
@@ -767,8 +620,8 @@ static void precheck_done(const struct http_response *resp, void *userdata) {
                 job_account_problem(job, "statsession", v, resp, parsed, &err);
                 return;
         case VERDICT_FAILED:
-                if (!transport_failed(resp, buf, sizeof buf))
-                        describe_parse_error(parsed, &err, buf, sizeof buf);
+                if (!reply_transport_failed(resp, buf, sizeof buf))
+                        reply_describe_parse_error(parsed, &err, buf, sizeof buf);
                 close_failed(job, "statsession before closing", buf, resp->retry_after_s);
                 return;
         }
@@ -802,7 +655,7 @@ static bool needs_precheck(const struct cycle *c, const struct close_job *job) {
 }
 
 /* Starts jobs up to max_parallel. Never recursive: a job that fails at once
- * calls job_done(), whose dispatch() returns here at once, and this loop
+ * calls job_done(), whose cycle_dispatch() returns here at once, and this loop
  * carries on. Ends the cycle when nothing is left. */
 static bool jobs_left(const struct cycle *c) {
         return c->n_requeued > 0 || c->next_job < c->n_jobs;
@@ -810,9 +663,9 @@ static bool jobs_left(const struct cycle *c) {
 
 /* Starts jobs up to the account's window (gateway.max_parallel, narrowed
  * while the gateway throttles) and as its max_rate allows. Never recursive:
- * a job that fails at once calls job_done(), whose dispatch() returns here
+ * a job that fails at once calls job_done(), whose cycle_dispatch() returns here
  * at once, and this loop carries on. Ends the cycle when nothing is left. */
-static void dispatch(struct cycle *c) {
+void cycle_dispatch(struct cycle *c) {
         size_t window = c->env.config->gateway.max_parallel;
 
         if (c->dispatching || c->phase == CYCLE_ENDED)
@@ -841,8 +694,8 @@ static void dispatch(struct cycle *c) {
                         int ret;
 
                         job->sent_ms = now_mono_ms();
-                        ret = post(c, "statsession", "SessionId", job->session->session_id, precheck_done,
-                                   job);
+                        ret = cycle_post(c, "statsession", "SessionId", job->session->session_id,
+                                         precheck_done, job);
                         if (ret < 0)
                                 close_failed(job, "statsession before closing", strerror(-ret), 0);
                 }
@@ -857,412 +710,8 @@ static void dispatch(struct cycle *c) {
 static void resume_cb(struct ev_loop *loop, ev_timer *w, int revents) {
         (void) loop;
         (void) revents;
-        progress(w->data);
-        dispatch(w->data);
-}
-
-static int compare_job_age_desc(const void *a, const void *b) {
-        const struct close_job *x = a, *y = b;
-
-        return x->age_ms < y->age_ms ? 1 : x->age_ms > y->age_ms ? -1 : 0;
-}
-
-static void list_failed(struct cycle *c, const char *what, long code, long retry_after_s) {
-        struct log_field f[2];
-        char codebuf[32];
-        size_t n = 0;
-
-        f[n++] = (struct log_field){ "IVH_ERROR", what };
-        if (code) {
-                snprintf(codebuf, sizeof codebuf, "%ld", code);
-                f[n++] = (struct log_field){ "IVH_API_CODE", codebuf };
-        }
-        cycle_log(c, LOG_ERR, MESSAGE_ID_CYCLE_FAILED, f, n,
-                  "Failed to list sessions: %s; no session is closed this cycle, retrying next cycle", what);
-        c->res.list_failed = true;
-        c->res.retry_after_ms = (uint64_t) retry_after_s * 1000;
-}
-
-/* The share fuse: a cycle that would close too large a share of the live
- * sessions acts on none of them. A gateway that suddenly reports every
- * session as unstarted must not empty the account. */
-static size_t apply_share_fuse(struct cycle *c, size_t n_due) {
-        const struct config *cfg = c->env.config;
-        size_t live = 0, due_live = 0, kept = 0;
-        char f_due[24], f_live[24], f_share[24], f_min[24];
-        struct log_field f[] = {
-                { "IVH_DUE_LIVE", f_due },
-                { "IVH_LIVE", f_live },
-                { "IVH_MAX_SHARE", f_share },
-                { "IVH_MIN_SESSIONS", f_min },
-        };
-
-        /* Entries never acted on still hold a slot: those listed as live
-         * count as live. Junk without a readable live status does not, or
-         * it would dilute the fuse. */
-        for (size_t i = 0; i < c->list->n_malformed; i++)
-                live += c->list->malformed[i].live;
-        for (size_t i = 0; i < c->list->n; i++)
-                live += policy_session_is_live(&c->list->items[i]);
-        for (size_t i = 0; i < n_due; i++)
-                due_live += policy_session_is_live(c->jobs[i].session);
-        if (!policy_share_fuse_trips(&cfg->fuse, live, due_live))
-                return n_due;
-
-        for (size_t i = 0; i < n_due; i++)
-                if (!policy_session_is_live(c->jobs[i].session))
-                        c->jobs[kept++] = c->jobs[i];
-        c->res.fused = due_live;
-        snprintf(f_due, sizeof f_due, "%zu", due_live);
-        snprintf(f_live, sizeof f_live, "%zu", live);
-        snprintf(f_share, sizeof f_share, "%g%%", cfg->fuse.max_share * 100);
-        snprintf(f_min, sizeof f_min, "%u", cfg->fuse.min_sessions);
-        cycle_log(
-                c, LOG_WARNING, MESSAGE_ID_SHARE_FUSE, f, ELEMENTSOF(f),
-                "Not closing any of %zu due live sessions: that is more than fuse.max_share (%s) of the %zu "
-                "live sessions and more than fuse.min_sessions (%u); check the policies and the gateway",
-                due_live, f_share, live, cfg->fuse.min_sessions);
-        return kept;
-}
-
-/* Appends a job; room is made only for what is due (usually nothing, not
- * the whole list). */
-static int push_job(struct cycle *c, size_t *n, size_t *cap, const struct session *s,
-                    const struct policy *pol, uint64_t age_ms) {
-        if (*n == *cap) {
-                size_t ncap = *cap ? *cap * 2 : 16;
-                struct close_job *jobs = realloc(c->jobs, ncap * sizeof *jobs);
-
-                if (!jobs)
-                        return -ENOMEM;
-                c->jobs = jobs;
-                *cap = ncap;
-        }
-        c->jobs[(*n)++] = (struct close_job){
-                .cycle = c,
-                .session = s,
-                .policy = pol,
-                .age_ms = age_ms,
-        };
-        return 0;
-}
-
-static bool has_capacity_policy(const struct config *cfg) {
-        for (size_t i = 0; i < cfg->n_policies; i++)
-                if (cfg->policies[i].kind == POLICY_OVER_CAPACITY)
-                        return true;
-        return false;
-}
-
-/* The over_capacity policies pick their victims among what the timer
- * policies left. */
-static int decide_capacity(struct cycle *c, const uint64_t *ages, size_t *n_due, size_t *cap) {
-        const struct session_list *l = c->list;
-        struct capacity_victim *victims = malloc(l->n * sizeof *victims);
-        bool *closing = calloc(l->n, sizeof *closing);
-        size_t n_victims = 0;
-        int r = -ENOMEM;
-
-        if (!victims || !closing)
-                goto out;
-        for (size_t j = 0; j < *n_due; j++)
-                closing[c->jobs[j].session - l->items] = true;
-        r = policy_capacity_victims(c->env.config, l, ages, closing, victims, &n_victims);
-        for (size_t v = 0; r >= 0 && v < n_victims; v++)
-                r = push_job(c, n_due, cap, &l->items[victims[v].index], victims[v].policy,
-                             ages[victims[v].index]);
-out:
-        free(victims);
-        free(closing);
-        return r;
-}
-
-/* ages[i] is the age of c->list->items[i], from state_sync().
- * Returns 0, or -ENOMEM (nothing is then closed). */
-static int decide(struct cycle *c, const uint64_t *ages) {
-        const struct config *cfg = c->env.config;
-        int64_t now = now_mono_ms();
-        size_t n_due = 0, n_ready = 0, cap = 0;
-        int r;
-
-        for (size_t i = 0; i < c->list->n; i++) {
-                const struct session *s = &c->list->items[i];
-                struct decision d;
-
-                policy_decide(cfg, s, ages[i], &d);
-                if (d.kind == DECISION_PROTECTED && d.policy && d.age_ms >= d.policy->after_ms)
-                        c->res.protected_due++;
-                if (d.kind != DECISION_CLOSE)
-                        continue;
-                if (push_job(c, &n_due, &cap, s, d.policy, d.age_ms) < 0)
-                        return -ENOMEM;
-        }
-        if (has_capacity_policy(cfg) && c->list->n > 0) {
-                r = decide_capacity(c, ages, &n_due, &cap);
-                if (r < 0)
-                        return r;
-        }
-        c->res.due = n_due;
-        n_due = apply_share_fuse(c, n_due);
-
-        /* Sessions that failed recently wait for their backoff to pass. */
-        for (size_t i = 0; i < n_due; i++) {
-                uint64_t wait_ms = 0;
-
-                if (retry_blocked(c->env.retries, c->jobs[i].session->session_id, now, &wait_ms)) {
-                        c->res.backing_off++;
-                        cycle_log(c, LOG_DEBUG, NULL, NULL, 0,
-                                  "Session %s is due but waits %" PRIu64 " ms after an earlier failure",
-                                  c->jobs[i].session->session_id, wait_ms);
-                        continue;
-                }
-                c->jobs[n_ready++] = c->jobs[i];
-        }
-        c->n_jobs = n_ready;
-
-        /* The fuse: close the oldest first, leave the rest for later cycles. */
-        if (n_ready > cfg->max_closes_per_cycle) {
-                char due[32], limit[32];
-                struct log_field f[2] = { { "IVH_DUE", due }, { "IVH_LIMIT", limit } };
-
-                qsort(c->jobs, n_ready, sizeof c->jobs[0], compare_job_age_desc);
-                c->n_jobs = cfg->max_closes_per_cycle;
-                c->res.deferred += n_ready - c->n_jobs;
-                snprintf(due, sizeof due, "%zu", n_ready);
-                snprintf(limit, sizeof limit, "%u", cfg->max_closes_per_cycle);
-                cycle_log(c, LOG_WARNING, MESSAGE_ID_FUSE, f, 2,
-                          "%zu sessions are due but max_closes_per_cycle is %u: closing the %u oldest, "
-                          "deferring %zu to later cycles",
-                          n_ready, cfg->max_closes_per_cycle, cfg->max_closes_per_cycle,
-                          n_ready - c->n_jobs);
-        }
-        return 0;
-}
-
-static void after_list(struct cycle *c);
-
-/* Reads one list reply into *ret. Returns 0, or <0 with buf saying why,
- * *ret_code the API code (0 when none); a throttle or an auth refusal is
- * recorded for the account. */
-static int read_list(struct cycle *c, const char *endpoint, const struct http_response *resp,
-                     struct session_list **ret, char *buf, size_t n, long *ret_code) {
-        struct gateway_error err;
-        enum verdict v = http_verdict(resp);
-        int r = -EIO;
-
-        progress(c);
-        c->res.list_bytes += resp->body_len;
-        memset(&err, 0, sizeof err);
-        *ret_code = 0;
-        if (v == VERDICT_OK) {
-                r = gateway_parse_list(resp->body, resp->body_len, ret, &err);
-                v = api_verdict(r, &err);
-        }
-        record_call(c, endpoint, resp, r, &err);
-        if (r >= 0)
-                return 0;
-        if (!transport_failed(resp, buf, n))
-                describe_parse_error(r, &err, buf, n);
-        if (r != -ENOMEM && err.kind == GATEWAY_API_ERROR)
-                *ret_code = err.code;
-        if (v == VERDICT_THROTTLED) {
-                c->res.throttled++;
-                if (c->env.throttle)
-                        (void) throttle_refused(c->env.throttle, false,
-                                                (uint64_t) resp->retry_after_s * 1000, now_mono_ms());
-        } else if (v == VERDICT_AUTH)
-                auth_refused(c, endpoint, buf);
-        return r < 0 ? r : -EIO;
-}
-
-static void list_done(const struct http_response *resp, void *userdata) {
-        struct cycle *c = userdata;
-        char buf[512];
-        long code;
-
-        if (read_list(c, "listsessionofuin", resp, &c->list, buf, sizeof buf, &code) < 0) {
-                list_failed(c, buf, code, resp->retry_after_s);
-                cycle_end(c);
-                return;
-        }
-        after_list(c);
-}
-
-/* One project's list arrived. The cycle goes on once all have; if any
- * failed, it decides nothing, like a failed listsessionofuin. */
-static void project_list_done(const struct http_response *resp, void *userdata) {
-        struct project_list *pl = userdata;
-        struct cycle *c = pl->cycle;
-        char buf[512];
-        long code;
-        int ret;
-
-        ret = read_list(c, pl->endpoint, resp, &pl->list, buf, sizeof buf, &code);
-        if (ret < 0 && !c->projects_failed) {
-                c->projects_failed = true;
-                snprintf(c->projects_error, sizeof c->projects_error, "%s %s: %s", pl->what, pl->project_id,
-                         buf);
-                c->projects_error_code = code;
-                c->projects_retry_after_s = resp->retry_after_s;
-        }
-        if (--c->projects_pending > 0)
-                return;
-        if (!c->projects_failed) {
-                struct session_list **lists = malloc(c->n_projects * sizeof *lists);
-
-                if (lists) {
-                        for (size_t i = 0; i < c->n_projects; i++) {
-                                lists[i] = c->projects[i].list;
-                                c->projects[i].list = NULL;
-                        }
-                        ret = session_list_merge(lists, c->n_projects, &c->list);
-                        free(lists);
-                } else
-                        ret = -ENOMEM;
-                if (ret < 0) {
-                        c->projects_failed = true;
-                        snprintf(c->projects_error, sizeof c->projects_error,
-                                 "out of memory while merging the project lists");
-                }
-        }
-        if (c->projects_failed) {
-                list_failed(c, c->projects_error, c->projects_error_code, c->projects_retry_after_s);
-                cycle_end(c);
-                return;
-        }
-        after_list(c);
-}
-
-/* Entries never acted on: counted every cycle, each id warned about once
- * (again only after it has been gone for a cycle), escaped. */
-static void report_malformed(struct cycle *c) {
-        const struct session_list *l = c->list;
-
-        c->res.malformed = l->n_malformed;
-        for (size_t i = 0; i < l->n_malformed; i++) {
-                struct log_field f[] = { { "IVH_SESSION_ID", l->malformed[i].id },
-                                         { "IVH_REASON", l->malformed[i].reason } };
-                int r = c->env.malformed_logged ? idset_mark(c->env.malformed_logged, l->malformed[i].id)
-                                                : 1;
-
-                if (r == 0)
-                        continue;
-                cycle_log(c, LOG_WARNING, NULL, f, ELEMENTSOF(f),
-                          "Ignoring listed session \"%s\": %s; it is never acted on, and counts as live for "
-                          "the fuses",
-                          l->malformed[i].id, l->malformed[i].reason);
-        }
-        if (c->env.malformed_logged)
-                idset_round_end(c->env.malformed_logged);
-}
-
-/* The list is in: record it, decide, close. */
-static void after_list(struct cycle *c) {
-        const struct config *cfg = c->env.config;
-        uint64_t *ages, grace;
-        size_t anchored;
-        int ret;
-
-        c->res.listed = c->list->n;
-        metrics_listed(c->env.metrics, c->list);
-        report_malformed(c);
-        /* The gateway accepted our signature, so the wall clock is within its
-         * window: ages from before a reboot can be trusted now. */
-        anchored = state_anchor(c->env.state, now_wall_ms(), now_mono_ms());
-        if (anchored > 0)
-                cycle_log(c, LOG_INFO, NULL, NULL, 0,
-                          "The gateway accepted our clock; %zu first-seen time(s) from before the restart "
-                          "now count from the wall clock",
-                          anchored);
-        if (c->list->n_duplicates > 0)
-                cycle_log(c, LOG_WARNING, NULL, NULL, 0,
-                          "The session list named %zu session(s) more than once; using the first entry of "
-                          "each",
-                          c->list->n_duplicates);
-
-        if (c->env.plan_out) {
-                plan_print(c->env.plan_out, c->env.config, c->list, c->env.state, now_mono_ms());
-                cycle_end(c);
-                return;
-        }
-        if (c->stopping) {
-                cycle_end(c);
-                return;
-        }
-
-        /* One state lookup per listed session: state_sync() hands back the
-         * ages that decide() needs. */
-        ages = malloc((c->list->n > 0 ? c->list->n : 1) * sizeof *ages);
-        grace = cfg->poll_interval_ms * STATE_GRACE_INTERVALS;
-        ret = ages ? state_sync(c->env.state, c->list, now_mono_ms(), grace, ages) : -ENOMEM;
-        if (ret >= 0) {
-                retry_prune(c->env.retries, c->list);
-                ret = decide(c, ages);
-        }
-        free(ages);
-        if (ret < 0) {
-                /* Nothing was closed: a cycle with half a decision is no cycle. */
-                list_failed(c, "out of memory while deciding", 0, 0);
-                c->n_jobs = 0;
-                cycle_end(c);
-                return;
-        }
-
-        if (c->env.dry_run) {
-                for (size_t i = 0; i < c->n_jobs; i++) {
-                        log_reclaim(&c->jobs[i], OUTCOME_DRY_RUN, NULL);
-                        c->jobs[i].finished = true;
-                        c->res.dry_run++;
-                }
-                c->next_job = c->n_jobs;
-        }
-        if (c->n_jobs > 0 && !(c->requeued = calloc(c->n_jobs, sizeof *c->requeued))) {
-                list_failed(c, "out of memory while deciding", 0, 0);
-                c->n_jobs = 0;
-        }
-        c->phase = CYCLE_CLOSING;
-        c->phase_fn(c, CYCLE_CLOSING, c->userdata);
-        dispatch(c);
-}
-
-/* Sends listsessionofuin, or one listsessionofprojectid per configured
- * project. Returns 0 when at least one request is under way. */
-static int start_listing(struct cycle *c) {
-        const struct glob_list *projects = &c->env.config->gateway.project_ids;
-        const struct glob_list *assets = &c->env.config->gateway.asset_vks;
-        size_t n = projects->n + assets->n;
-        int r = 0;
-
-        if (n == 0)
-                return post(c, "listsessionofuin", NULL, NULL, list_done, c);
-        c->projects = calloc(n, sizeof *c->projects);
-        if (!c->projects)
-                return -ENOMEM;
-        c->n_projects = n;
-        for (size_t i = 0; i < n; i++) {
-                bool asset = i >= projects->n;
-                struct project_list *pl = &c->projects[i];
-
-                *pl = (struct project_list){
-                        .cycle = c,
-                        .endpoint = asset ? "listsessionofassetvk" : "listsessionofprojectid",
-                        .what = asset ? "asset" : "project",
-                        .project_id = asset ? assets->items[i - projects->n] : projects->items[i],
-                };
-                r = post(c, pl->endpoint, asset ? "AssetVirtualmanKey" : "VirtualmanProjectId",
-                         pl->project_id, project_list_done, pl);
-                if (r < 0)
-                        break;
-                c->projects_pending++;
-        }
-        if (r < 0 && c->projects_pending > 0) {
-                /* Some are under way: let them end, then fail the cycle. */
-                c->projects_failed = true;
-                snprintf(c->projects_error, sizeof c->projects_error, "cannot start request: %s",
-                         strerror(-r));
-                return 0;
-        }
-        return r;
+        cycle_progress(w->data);
+        cycle_dispatch(w->data);
 }
 
 int cycle_start(const struct cycle_env *env, cycle_phase_fn phase, void *userdata, struct cycle **ret) {
@@ -1283,7 +732,7 @@ int cycle_start(const struct cycle_env *env, cycle_phase_fn phase, void *userdat
         c->res.started_ms = c->last_progress_ms = now_mono_ms();
         ev_init(&c->resume_timer, resume_cb);
         c->resume_timer.data = c;
-        r = start_listing(c);
+        r = cycle_start_listing(c);
         if (r < 0) {
                 char buf[128];
                 struct log_field f[] = { { "IVH_ERROR", buf } };
@@ -1307,7 +756,7 @@ void cycle_stop(struct cycle *c) {
         if (ev_is_active(&c->resume_timer))
                 ev_timer_stop(c->env.loop, &c->resume_timer);
         if (c->phase == CYCLE_CLOSING)
-                dispatch(c); /* counts what was held back, and ends the cycle if idle */
+                cycle_dispatch(c); /* counts what was held back, and ends the cycle if idle */
 }
 
 void cycle_reconfigure(struct cycle *c, const struct config *cfg) {
@@ -1317,7 +766,7 @@ void cycle_reconfigure(struct cycle *c, const struct config *cfg) {
                 return; /* still listing: decide() will use the old file, job_may_send() the new */
         /* Check every close not yet sent now, not only when its turn comes:
          * an operator who protects a user as an emergency brake sees the
-         * effect at once. dispatch() is held off until all are checked. */
+         * effect at once. cycle_dispatch() is held off until all are checked. */
         c->dispatching = true;
         for (size_t i = c->next_job; i < c->n_jobs; i++) {
                 struct close_job *job = &c->jobs[i];
@@ -1330,7 +779,7 @@ void cycle_reconfigure(struct cycle *c, const struct config *cfg) {
                         job_done(job, OUTCOME_SKIPPED, why, 0);
         }
         c->dispatching = false;
-        dispatch(c);
+        cycle_dispatch(c);
 }
 
 enum cycle_phase cycle_phase(const struct cycle *c) {

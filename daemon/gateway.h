@@ -7,6 +7,8 @@
 #include <stdint.h>
 #include <time.h>
 
+#include "session.h"
+
 #define GATEWAY_PATH_PREFIX   "/v2/ivh/sessionmanager/sessionmanagerservice/"
 #define GATEWAY_REQID_LEN     32
 #define GATEWAY_SIGNATURE_LEN 44 /* base64 of a 32-byte HMAC-SHA256 */
@@ -21,49 +23,6 @@
  * session entry has fewer than 12 values, so this is about 20,000 sessions
  * per list call. */
 #define GATEWAY_LIST_MAX_VALUES 250000
-
-struct cJSON;
-
-enum session_status {
-        SESSION_IN_PROGRESS = 1,
-        SESSION_CLOSED = 2,
-        SESSION_PREPARING = 3,
-        SESSION_STREAM_FAILED = 4,
-};
-
-enum tristate { TRISTATE_UNKNOWN = -1, TRISTATE_FALSE = 0, TRISTATE_TRUE = 1 };
-
-struct session {
-        char *session_id;
-        char *user_id;
-        int status;            /* SessionStatus as sent; other values are kept and never acted on */
-        enum tristate started; /* IsSessionStarted; unknown when absent */
-};
-
-/* A listed entry that is never acted on: its SessionId or UserId is not a
- * usable id (see gateway_id_problem()). */
-struct malformed_entry {
-        char *id;           /* the SessionId, escaped (\xNN) so it can be logged */
-        const char *raw_id; /* the SessionId as parsed (borrowed from the list's documents), or NULL */
-        const char *reason; /* static text */
-        bool live;          /* listed with SessionStatus 1 or 3: it holds a slot */
-};
-
-struct session_list {
-        struct session *items;
-        size_t n;
-        size_t n_duplicates; /* identical entries dropped because their SessionId came twice */
-        /* Entries never acted on: an id is hostile, or one SessionId is
-         * listed with conflicting fields (or beside a hostile entry). They
-         * hold a slot on the account, so they count as live for the share
-         * fuse. */
-        struct malformed_entry *malformed;
-        size_t n_malformed;
-        /* The parsed replies (cJSON trees) the items' strings point into;
-         * none when the list owns its strings (lists built by hand). */
-        struct cJSON **docs;
-        size_t n_docs;
-};
 
 /* What a response said when it was not a success. */
 enum gateway_failure {
@@ -143,5 +102,3 @@ int session_list_merge(struct session_list **lists, size_t n, struct session_lis
 
 /* cJSON_ParseWithLength() that also refuses anything after the value. */
 struct cJSON *json_parse_exact(const char *text, size_t len);
-
-const char *session_status_to_string(int status);

@@ -34,7 +34,6 @@ struct http {
         CURL **idle;        /* easy handles kept for reuse */
         size_t n_idle, cap_idle;
         size_t in_flight;
-        unsigned long connections;
         /* check_multi_info() is handing responses to their owners: an
          * http_free() from one of those callbacks is only recorded here and
          * carried out when the loop over finished transfers has returned. */
@@ -82,7 +81,6 @@ static void check_multi_info(struct http *h) {
                 struct request *req = NULL;
                 struct http_response resp = { 0 };
                 CURLcode result;
-                long conns = 0;
 
                 if (msg->msg != CURLMSG_DONE)
                         continue;
@@ -97,8 +95,6 @@ static void check_multi_info(struct http *h) {
                             retry_after > 0)
                                 resp.retry_after_s = retry_after > 86400 ? 86400 : (long) retry_after;
                 }
-                if (curl_easy_getinfo(req->easy, CURLINFO_NUM_CONNECTS, &conns) == CURLE_OK && conns > 0)
-                        h->connections += (unsigned long) conns;
                 curl_multi_remove_handle(h->multi, req->easy);
                 request_unlink(h, req);
                 h->in_flight--;
@@ -372,6 +368,3 @@ size_t http_in_flight(const struct http *h) {
         return h->in_flight;
 }
 
-unsigned long http_connections_opened(const struct http *h) {
-        return h->connections;
-}

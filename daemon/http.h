@@ -47,5 +47,3 @@ int http_post_json(struct http *h, const char *url, const char *body, http_done_
 
 size_t http_in_flight(const struct http *h);
 
-/* Number of TCP connections curl opened so far (for statistics). */
-unsigned long http_connections_opened(const struct http *h);

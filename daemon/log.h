@@ -62,10 +62,6 @@ void log_structv(int priority, const char *message_id, const struct log_field *f
 #define log_warning(...)    log_full(LOG_WARNING, __VA_ARGS__)
 #define log_error(...)      log_full(LOG_ERR, __VA_ARGS__)
 
-/* Logs and returns r (a negative errno), so that callers can write
- * `return log_error_errno(r, "Failed to ...: %s", strerror(-r));`. */
-#define log_error_errno(r, ...) (log_error(__VA_ARGS__), (r))
-
 /* Appends `key=value` to buf in logfmt, quoting and escaping as needed.
  * Exposed for the tests. */
 void logfmt_append(char *buf, size_t size, size_t *off, const char *key, const char *value);

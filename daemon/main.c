@@ -83,7 +83,7 @@ int main(int argc, char **argv) {
         struct reclaimer *r = NULL;
         struct ev_loop *loop;
         bool check_only = false, verbose = false;
-        char *errors = NULL, errbuf[512];
+        struct error err = { 0 };
         int c, ret, status;
 
         ignore_signals();
@@ -145,13 +145,13 @@ int main(int argc, char **argv) {
         if (verbose)
                 log_set_max_level(LOG_DEBUG);
 
-        ret = config_load(config_path, &config, &errors);
+        ret = config_load(config_path, &config, &err);
         if (ret < 0) {
                 /* FILE:LINE:COLUMN lines go to stderr as they are, so editors can jump to them. */
-                fputs(errors ? errors : "", stderr);
+                fputs(error_message(&err), stderr);
                 if (!check_only && log_get_target() == LOG_TARGET_JOURNAL)
-                        log_error("Invalid configuration %s:\n%s", config_path, errors ? errors : "");
-                free(errors);
+                        log_error("Invalid configuration %s:\n%s", config_path, error_message(&err));
+                error_done(&err);
                 return ret == -ENOMEM ? EXIT_FAIL : EXIT_CONFIG;
         }
         if (check_only) {
@@ -180,9 +180,10 @@ int main(int argc, char **argv) {
                 return EXIT_FAIL;
         }
 
-        ret = reclaimer_new(loop, config, &ropt, &r, errbuf, sizeof errbuf);
+        ret = reclaimer_new(loop, config, &ropt, &r, &err);
         if (ret < 0) {
-                log_error("%s", errbuf);
+                log_error("%s", error_message(&err));
+                error_done(&err);
                 status = ret == -ENOMEM ? EXIT_FAIL : EXIT_CONFIG;
         } else if ((ret = reclaimer_start(r)) < 0) {
                 /* A state_file that cannot be locked or read (a directory, a

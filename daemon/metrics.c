@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fileio.h"
 #include "util.h"
 
 /* The endpoints the daemon calls; anything else is counted as "other". */

@@ -6,7 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "gateway.h"
+#include "session.h"
 
 struct metrics;
 

@@ -1,5 +1,6 @@
 #include "policy.h"
 
+#include <assert.h>
 #include <fnmatch.h>
 #include <stdbool.h>
 #include <errno.h>
@@ -38,6 +39,7 @@ static bool policy_matches(const struct policy *p, const struct session *s) {
 void policy_decide(const struct config *c, const struct session *s, uint64_t age_ms, struct decision *ret) {
         struct decision d = { .kind = DECISION_KEEP, .age_ms = age_ms };
 
+        assert(c && s && ret);
         /* "First match wins": the first policy whose kind and selector fit owns
          * the session, and only its `after` decides when it is due. A later,
          * shorter policy cannot overrule an earlier exception. */
@@ -57,14 +59,17 @@ void policy_decide(const struct config *c, const struct session *s, uint64_t age
 }
 
 bool policy_selects_user(const struct policy *p, const char *user_id) {
+        assert(p);
         return p->user_ids.n == 0 || glob_match_any(&p->user_ids, user_id);
 }
 
 bool policy_session_is_live(const struct session *s) {
+        assert(s);
         return is_live(s->status);
 }
 
 bool policy_share_fuse_trips(const struct fuse_config *fuse, size_t live_total, size_t due_live) {
+        assert(fuse);
         return due_live > fuse->min_sessions && (double) due_live > fuse->max_share * (double) live_total;
 }
 

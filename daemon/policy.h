@@ -7,7 +7,7 @@
 #include <stdint.h>
 
 #include "config.h"
-#include "gateway.h"
+#include "session.h"
 
 enum decision_kind {
         DECISION_KEEP,

@@ -33,6 +33,7 @@
 
 #include "cycle.h"
 #include "duration.h"
+#include "fileio.h"
 #include "health.h"
 #include "http.h"
 #include "idset.h"
@@ -523,18 +524,18 @@ static size_t accounts_of(struct config *c, struct config ***ret) {
 static void reload(struct reclaimer *r) {
         struct config *top = NULL, **accounts;
         struct credentials **creds = NULL;
-        char *errors = NULL, errbuf[512], *metrics_file = NULL;
+        struct error err = { 0 };
+        char *metrics_file = NULL;
         size_t n;
         int ret;
 
         sd_notify(0, "RELOADING=1");
         log_info("Reloading %s", r->runners[0].config->path);
-        ret = config_load(r->runners[0].config->path, &top, &errors);
+        ret = config_load(r->runners[0].config->path, &top, &err);
         if (ret < 0) {
-                log_lines(LOG_ERR, errors);
+                log_lines(LOG_ERR, error_message(&err));
                 log_error("Reload failed: %s is not valid; the previous configuration stays in effect",
                           r->runners[0].config->path);
-                free(errors);
                 goto done;
         }
         n = accounts_of(top, &accounts);
@@ -547,8 +548,9 @@ static void reload(struct reclaimer *r) {
         for (size_t i = 0; i < n; i++) {
                 const struct config *a = accounts ? accounts[i] : top;
 
-                if (strcmp(config_account_name(a), account(&r->runners[i])) != 0 ||
-                    strcmp(a->state_file, r->runners[i].config->state_file) != 0) {
+                /* The keys flagged as needing a restart (state_file, an
+                 * account's name). */
+                if (config_restart_needed(a, r->runners[i].config)) {
                         log_error("Reload failed: account names or state_file changed, which needs a "
                                   "restart; the "
                                   "previous configuration stays in effect");
@@ -563,10 +565,10 @@ static void reload(struct reclaimer *r) {
         for (size_t i = 0; i < n; i++) {
                 const struct config *a = accounts ? accounts[i] : top;
 
-                ret = credentials_load(&a->gateway, r->runners[i].creds, a->account, &creds[i], errbuf,
-                                       sizeof errbuf);
+                ret = credentials_load(&a->gateway, r->runners[i].creds, a->account, &creds[i], &err);
                 if (ret < 0) {
-                        log_error("Reload failed: %s; the previous configuration stays in effect", errbuf);
+                        log_error("Reload failed: %s; the previous configuration stays in effect",
+                                  error_message(&err));
                         goto done;
                 }
         }
@@ -612,6 +614,7 @@ done:
         free(creds);
         free(metrics_file);
         config_free(top);
+        error_done(&err);
         sd_notify(0, "READY=1");
 }
 
@@ -757,8 +760,7 @@ static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents) {
         }
 }
 
-static int runner_init(struct reclaimer *r, struct runner *u, struct config *config, char *errbuf,
-                       size_t errlen) {
+static int runner_init(struct reclaimer *r, struct runner *u, struct config *config, struct error *err) {
         struct http_options hopt = http_options_for(config);
         int ret;
 
@@ -771,7 +773,7 @@ static int runner_init(struct reclaimer *r, struct runner *u, struct config *con
         u->poll_timer.data = u;
         ev_prepare_init(&u->advance_watcher, advance_cb);
         u->advance_watcher.data = u;
-        ret = credentials_load(&config->gateway, NULL, config->account, &u->creds, errbuf, errlen);
+        ret = credentials_load(&config->gateway, NULL, config->account, &u->creds, err);
         if (ret < 0)
                 return ret;
         ret = http_new(r->loop, &hopt, &u->http);
@@ -784,7 +786,7 @@ static int runner_init(struct reclaimer *r, struct runner *u, struct config *con
         if (ret >= 0)
                 ret = idset_new(&u->malformed_logged);
         if (ret < 0)
-                snprintf(errbuf, errlen, "%s", strerror(-ret));
+                (void) error_set(err, 0, "%s", strerror(-ret));
         return ret;
 }
 
@@ -810,14 +812,14 @@ static void runner_done(struct runner *u) {
 }
 
 int reclaimer_new(struct ev_loop *loop, struct config *config, const struct reclaimer_options *opt,
-                  struct reclaimer **ret, char *errbuf, size_t errlen) {
+                  struct reclaimer **ret, struct error *err) {
         struct reclaimer *r = calloc(1, sizeof *r);
         struct config **accounts;
         int ret_code = 0;
 
         if (!r) {
                 config_free(config);
-                snprintf(errbuf, errlen, "out of memory");
+                (void) error_set(err, 0, "out of memory");
                 return -ENOMEM;
         }
         r->loop = loop;
@@ -834,7 +836,7 @@ int reclaimer_new(struct ev_loop *loop, struct config *config, const struct recl
                 free(r->metrics_file);
                 free(r->runners);
                 free(r);
-                snprintf(errbuf, errlen, "out of memory");
+                (void) error_set(err, 0, "out of memory");
                 return -ENOMEM;
         }
         /* Each runner owns its account's configuration from here on. */
@@ -843,7 +845,7 @@ int reclaimer_new(struct ev_loop *loop, struct config *config, const struct recl
 
                 if (accounts)
                         accounts[i] = NULL;
-                ret_code = runner_init(r, &r->runners[i], a, errbuf, errlen);
+                ret_code = runner_init(r, &r->runners[i], a, err);
                 if (ret_code < 0)
                         break;
         }
@@ -874,7 +876,7 @@ int reclaimer_new(struct ev_loop *loop, struct config *config, const struct recl
 int reclaimer_start(struct reclaimer *r) {
         for (size_t i = 0; i < r->n_runners; i++) {
                 struct runner *u = &r->runners[i];
-                char *warning = NULL;
+                struct error warning = { 0 };
                 int ret;
 
                 /* Two daemons acting on one account from one state file would
@@ -904,10 +906,9 @@ int reclaimer_start(struct reclaimer *r) {
                                                               : "");
                         return ret;
                 }
-                if (warning) {
-                        ulog(u, LOG_WARNING, "%s", warning);
-                        free(warning);
-                }
+                if (warning.message)
+                        ulog(u, LOG_WARNING, "%s", warning.message);
+                error_done(&warning);
         }
         /* SIGTERM and SIGINT stop gracefully in every mode. */
         ev_signal_start(r->loop, &r->sig_term);

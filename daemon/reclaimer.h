@@ -7,6 +7,7 @@
 #include <stdio.h>
 
 #include "config.h"
+#include "error.h"
 
 enum reclaimer_mode {
         RECLAIMER_DAEMON, /* cycle every poll_interval until SIGTERM/SIGINT */
@@ -24,9 +25,9 @@ struct reclaimer;
 
 /* Takes ownership of config, also on failure. Loads each account's access
  * token. Returns 0, -ENOMEM, or another negative errno when a token cannot be
- * had (a configuration error); errbuf then says why, never with the token. */
+ * had (a configuration error); err then says why, never with the token. */
 int reclaimer_new(struct ev_loop *loop, struct config *config, const struct reclaimer_options *opt,
-                  struct reclaimer **ret, char *errbuf, size_t errlen);
+                  struct reclaimer **ret, struct error *err);
 
 /* Loads the state, installs signal watchers and schedules the first cycle
  * at once. Returns 0 or a negative errno (already logged). */

@@ -1,5 +1,6 @@
 #include "retry.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <search.h>
 #include <stdlib.h>
@@ -31,6 +32,7 @@ static void entry_free(void *p) {
 int retry_table_new(struct retry_table **ret) {
         struct retry_table *t = calloc(1, sizeof *t);
 
+        assert(ret);
         if (!t)
                 return -ENOMEM;
         *ret = t;
@@ -108,6 +110,7 @@ int retry_failed(struct retry_table *t, const char *session_id, int64_t now_ms, 
 void retry_forget(struct retry_table *t, const char *session_id) {
         struct retry_entry *e = lookup(t, session_id);
 
+        assert(t && session_id);
         if (!e)
                 return;
         tdelete(e, &t->root, compare);
@@ -119,6 +122,7 @@ void retry_prune(struct retry_table *t, const struct session_list *l) {
         void *keep = NULL;
         size_t n = 0;
 
+        assert(t && l);
         if (t->n == 0)
                 return;
         /* Move the listed entries into a new tree; what remains is dropped. */
@@ -140,5 +144,6 @@ void retry_prune(struct retry_table *t, const struct session_list *l) {
 }
 
 size_t retry_size(const struct retry_table *t) {
+        assert(t);
         return t->n;
 }

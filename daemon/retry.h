@@ -7,7 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "gateway.h"
+#include "session.h"
 
 struct retry_table;
 

@@ -15,6 +15,8 @@
 #include <sys/file.h>
 #include <unistd.h>
 
+#include "fileio.h"
+#include "gateway.h"
 #include "util.h"
 
 #define STATE_VERSION       2
@@ -243,13 +245,13 @@ static void remove_stale_temporaries(const char *path) {
         closedir(d);
 }
 
-int state_load(struct state *s, int64_t now_wall_ms, int64_t now_mono_ms, bool read_only,
-               char **ret_warning) {
+/* state_load() with the warning as an allocated string. */
+static int load(struct state *s, int64_t now_wall_ms, int64_t now_mono_ms, bool read_only,
+                char **ret_warning) {
         char *data = NULL, aside[4096];
         size_t size = 0;
         int r;
 
-        assert(s && ret_warning);
         *ret_warning = NULL;
         s->offset_known = true;
         s->offset_ms = now_wall_ms - now_mono_ms;
@@ -288,6 +290,18 @@ int state_load(struct state *s, int64_t now_wall_ms, int64_t now_mono_ms, bool r
                 *ret_warning = NULL;
         s->dirty = true;
         return 0;
+}
+
+int state_load(struct state *s, int64_t now_wall_ms, int64_t now_mono_ms, bool read_only,
+               struct error *warning) {
+        char *w = NULL;
+        int r;
+
+        assert(s && warning);
+        r = load(s, now_wall_ms, now_mono_ms, read_only, &w);
+        error_done(warning);
+        (void) error_take(warning, r, w);
+        return r;
 }
 
 static void anchor_one(const void *node, VISIT which, void *closure) {

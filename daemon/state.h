@@ -19,7 +19,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "gateway.h"
+#include "error.h"
+#include "session.h"
 
 struct state;
 
@@ -39,11 +40,11 @@ int state_lock(struct state *s);
  * when read_only) and the state starts empty: ages then restart from zero,
  * which delays reclaims and never hastens one. Also removes temporary files
  * that a crash during a write left behind (".#NAME.XXXXXX"; nothing else).
- * Returns 0 (with *ret_warning set to a message to log, freed by the
- * caller) or a negative errno for an unreadable file: -EISDIR, -EBADFD (not
+ * Returns 0 (with a message to log in warning when something was set
+ * aside) or a negative errno for an unreadable file: -EISDIR, -EBADFD (not
  * a regular file), or what open/read said. */
 int state_load(struct state *s, int64_t now_wall_ms, int64_t now_mono_ms, bool read_only,
-               char **ret_warning);
+               struct error *warning);
 
 /* The gateway has just accepted a signed request, so the wall clock is
  * within its signature window: entries loaded from another boot get their

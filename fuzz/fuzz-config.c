@@ -13,7 +13,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         struct config *c = NULL;
-        char path[64], *errors = NULL;
+        char path[64];
+        struct error err = { 0 };
         int fd, r;
 
         fd = memfd_create("policy.yaml", MFD_CLOEXEC);
@@ -24,18 +25,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 return 0;
         }
         snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
-        r = config_load(path, &c, &errors);
+        r = config_load(path, &c, &err);
         if (r == 0) {
-                if (errors || !c || !c->gateway.appkey || !c->gateway.url || !c->state_file)
+                if (err.message || !c || !c->gateway.appkey || !c->gateway.url || !c->state_file)
                         __builtin_trap();
                 for (size_t i = 0; i < c->n_policies; i++)
                         if (!c->policies[i].name)
                                 __builtin_trap();
-        } else if (!errors || c) {
+        } else if (!err.message || c) {
                 __builtin_trap(); /* every refusal says why, and returns nothing */
         }
         config_free(c);
-        free(errors);
+        error_done(&err);
         close(fd);
         return 0;
 }

@@ -53,6 +53,43 @@ class Modes(DaemonTest):
         self.assertRegex(rows[keep], r"\skeep\s+no policy matches")
         self.assertIn("4 sessions: 1 to reclaim, 1 protected, 2 kept", run.stdout)
 
+    def test_plan_marks_fused_and_deferred_rows_as_the_cycle_then_does(self):
+        # Three never-started live sessions of four live: over the share fuse.
+        # Three failed streams with max_closes_per_cycle 2: the youngest waits.
+        unstarted = [self.gw.add_session("kiosk-%d" % i, IN_PROGRESS, started=False) for i in range(3)]
+        live = self.gw.add_session("web-1", IN_PROGRESS, started=True)
+        failed = [self.gw.add_session("crash-%d" % i, STREAM_FAILED) for i in range(3)]
+        self.seed_state(dict({s: 1200 for s in unstarted + [live]},
+                             **{failed[0]: 1800, failed[1]: 1200, failed[2]: 600}))
+        self.write_config([("failed-streams", "failed", "1m"), ("never-started", "not_started", "10m")],
+                          extra="max_closes_per_cycle: 2\nfuse:\n  max_share: 50%\n  min_sessions: 0\n")
+
+        plan = self.run_daemon("--plan")
+
+        self.assertEqual(plan.returncode, 0, plan)
+        rows = {l.split()[0]: l.split() for l in plan.stdout.splitlines()[1:] if l and not l[0].isdigit()}
+        decision = {sid: cols[6] for sid, cols in rows.items()}  # STATUS is two words
+        for sid in unstarted:
+            self.assertEqual(decision[sid], "fused", plan.stdout)
+            self.assertIn("held back by the share fuse", " ".join(rows[sid]))
+        self.assertEqual(decision[failed[0]], "failed-streams")
+        self.assertEqual(decision[failed[1]], "failed-streams")
+        self.assertEqual(decision[failed[2]], "deferred", plan.stdout)
+        self.assertIn("max_closes_per_cycle is 2", " ".join(rows[failed[2]]))
+        self.assertEqual(decision[live], "keep")
+        self.assertIn("7 sessions: 2 to reclaim, 0 protected, 1 kept", plan.stdout)
+        self.assertIn("the share fuse holds back all 3 due live ones", plan.stdout)
+        self.assertIn("max_closes_per_cycle=2 defers 1 to later cycles", plan.stdout)
+        self.assertEqual(self.gw.calls_to("closesession"), [])
+
+        # The cycle does exactly what the plan said.
+        run = self.run_daemon("--once")
+        self.assertEqual(run.returncode, 0, run)
+        planned = {sid for sid, d in decision.items() if d == "failed-streams"}
+        self.assertEqual(set(self.gw.closed_ids()), planned)
+        summary = run.summaries()[-1]
+        self.assertEqual((summary["closed"], summary["fused"], summary["deferred"]), ("2", "3", "1"), summary)
+
     def test_plan_with_list_failure_exits_1(self):
         self.gw.add_fault("listsessionofuin", "http_status", status=503)
         self.write_config([("failed-streams", "failed", "0s")])

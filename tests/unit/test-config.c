@@ -36,21 +36,21 @@ static int teardown(void **state) {
 /* Loads text; returns the error text (caller frees) or NULL on success. */
 static char *load(const char *text, struct config **ret) {
         struct config *c = NULL;
-        char *errors = NULL;
+        struct error err = { 0 };
         FILE *f = fopen(path, "w");
         int r;
 
         assert_non_null(f);
         fputs(text, f);
         fclose(f);
-        r = config_load(path, &c, &errors);
+        r = config_load(path, &c, &err);
         if (r < 0) {
                 assert_int_equal(r, -EINVAL);
                 assert_null(c);
-                assert_non_null(errors);
-                return errors;
+                assert_non_null(err.message);
+                return err.message; /* the caller frees it */
         }
-        assert_null(errors);
+        assert_null(err.message);
         if (ret)
                 *ret = c;
         else
@@ -87,10 +87,11 @@ static size_t count_lines(const char *s) {
 
 static void test_example_file_loads(void **state) {
         struct config *c = NULL;
-        char *errors = NULL;
+        struct error err = { 0 };
 
         (void) state;
-        assert_int_equal(config_load(IVH_SOURCE_DIR "/config/policy.yaml", &c, &errors), 0);
+        assert_int_equal(config_load(IVH_SOURCE_DIR "/config/policy.yaml", &c, &err), 0);
+        assert_null(err.message);
         assert_string_equal(c->gateway.url, "https://gw-sg.tvs.qq.com");
         assert_string_equal(c->gateway.appkey, "e38267c0e86411ebb02aed82acb0ed99");
         assert_int_equal(c->gateway.timeout_ms, 10000);
@@ -333,12 +334,12 @@ static void test_missing_and_empty(void **state) {
 
 static void test_unreadable(void **state) {
         struct config *c = NULL;
-        char *errors = NULL;
+        struct error err = { 0 };
 
         (void) state;
-        assert_int_equal(config_load("/nonexistent/policy.yaml", &c, &errors), -ENOENT);
-        assert_non_null(strstr(errors, "/nonexistent/policy.yaml: cannot read configuration"));
-        free(errors);
+        assert_int_equal(config_load("/nonexistent/policy.yaml", &c, &err), -ENOENT);
+        assert_non_null(strstr(error_message(&err), "/nonexistent/policy.yaml: cannot read configuration"));
+        error_done(&err);
 }
 
 static void test_junk(void **state) {

@@ -87,10 +87,14 @@ static size_t count_fds(void) {
 /* Loads from gateway.accesstoken_file = path. */
 static int load(const char *path, struct credentials **c, char *errbuf, size_t errlen) {
         struct gateway_config g = { .accesstoken_file = (char *) (uintptr_t) path };
+        struct error err = { 0 };
+        int r;
 
         *c = NULL;
-        errbuf[0] = '\0';
-        return credentials_load(&g, NULL, NULL, c, errbuf, errlen);
+        r = credentials_load(&g, NULL, NULL, c, &err);
+        snprintf(errbuf, errlen, "%s", error_message(&err));
+        error_done(&err);
+        return r;
 }
 
 static void test_regular_file(void **state) {
@@ -129,16 +133,18 @@ static void test_fifo_refused(void **state) {
 /* The same through $CREDENTIALS_DIRECTORY. */
 static void test_fifo_credential_refused(void **state) {
         struct gateway_config g = { 0 };
-        char path[128], err[512];
+        char path[128];
         struct credentials *c = NULL;
+        struct error err = { 0 };
 
         (void) state;
         snprintf(path, sizeof path, "%s/accesstoken", dir);
         assert_int_equal(mkfifo(path, 0600), 0);
         assert_int_equal(setenv("CREDENTIALS_DIRECTORY", dir, 1), 0);
-        assert_true(credentials_load(&g, NULL, NULL, &c, err, sizeof err) < 0);
+        assert_true(credentials_load(&g, NULL, NULL, &c, &err) < 0);
         assert_null(c);
-        assert_non_null(strstr(err, "is not a regular file"));
+        assert_non_null(strstr(error_message(&err), "is not a regular file"));
+        error_done(&err);
         unsetenv("CREDENTIALS_DIRECTORY");
 }
 
@@ -262,16 +268,17 @@ static void test_missing_file(void **state) {
 static void test_environment_wiped(void **state) {
         struct gateway_config g = { 0 };
         struct credentials *c = NULL, *again = NULL;
-        char err[512];
+        struct error err = { 0 };
 
         (void) state;
         assert_int_equal(setenv("IVH_ACCESS_TOKEN", SECRET, 1), 0);
-        assert_int_equal(credentials_load(&g, NULL, NULL, &c, err, sizeof err), 0);
+        assert_int_equal(credentials_load(&g, NULL, NULL, &c, &err), 0);
         assert_string_equal(c->token, SECRET);
         assert_true(c->from_env);
         assert_null(getenv("IVH_ACCESS_TOKEN"));
         /* A reload carries it over. */
-        assert_int_equal(credentials_load(&g, c, NULL, &again, err, sizeof err), 0);
+        assert_int_equal(credentials_load(&g, c, NULL, &again, &err), 0);
+        assert_null(err.message);
         assert_string_equal(again->token, SECRET);
         credentials_free(again);
         credentials_free(c);

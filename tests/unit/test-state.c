@@ -12,6 +12,7 @@
 
 #include <cmocka.h>
 
+#include "gateway.h"
 #include "state.h"
 #include "util.h"
 
@@ -62,12 +63,12 @@ static void test_sync_and_ages(void **st) {
         int64_t seen;
         uint64_t ages[3];
         struct state *s = NULL;
-        char *warning = NULL;
+        struct error warning = { 0 };
 
         (void) st;
         assert_int_equal(state_new(path, &s), 0);
         assert_int_equal(state_load(s, W + (1000000), 500, false, &warning), 0); /* no file: empty */
-        assert_null(warning);
+        assert_null(warning.message);
         assert_int_equal(state_size(s), 0);
         assert_false(state_dirty(s));
 
@@ -109,7 +110,7 @@ static void test_restart_keeps_ages(void **st) {
         struct session_list *l = list_of(ids, 2);
         uint64_t ages[2];
         struct state *s = NULL;
-        char *warning = NULL;
+        struct error warning = { 0 };
         struct stat sb;
 
         (void) st;
@@ -128,7 +129,7 @@ static void test_restart_keeps_ages(void **st) {
         assert_int_equal(state_new(path, &s), 0);
         state_set_boot_id(s, "22222222-2222-2222-2222-222222222222");
         assert_int_equal(state_load(s, W + (10000000 + 3600000), 7, false, &warning), 0);
-        assert_null(warning);
+        assert_null(warning.message);
         assert_int_equal(state_size(s), 2);
         /* No age until the gateway has accepted a signed request. */
         assert_false(state_first_seen(s, "x", NULL));
@@ -160,7 +161,7 @@ static void test_same_boot_ignores_wall_clock(void **st) {
         const int64_t hour = 3600000;
         uint64_t ages[1];
         struct state *s = NULL;
-        char *warning = NULL;
+        struct error warning = { 0 };
 
         (void) st;
         assert_int_equal(state_new(path, &s), 0);
@@ -175,7 +176,7 @@ static void test_same_boot_ignores_wall_clock(void **st) {
         assert_int_equal(state_new(path, &s), 0);
         state_set_boot_id(s, "11111111-1111-1111-1111-111111111111");
         assert_int_equal(state_load(s, W + (108 * hour + 8000), 8000, false, &warning), 0);
-        assert_null(warning);
+        assert_null(warning.message);
         assert_true(state_first_seen(s, "x", NULL));
         assert_int_equal(state_age_ms(s, "x", 8000), 7000);
         /* Neither the gateway's confirmation nor the sync changes a same-boot age. */
@@ -192,7 +193,7 @@ static void test_untrusted_file_after_reboot(void **st) {
         static const char *const ids[] = { "x" };
         struct session_list *l = list_of(ids, 1);
         struct state *s = NULL;
-        char *warning = NULL;
+        struct error warning = { 0 };
 
         (void) st;
         assert_int_equal(state_new(path, &s), 0);
@@ -205,9 +206,9 @@ static void test_untrusted_file_after_reboot(void **st) {
         assert_int_equal(state_new(path, &s), 0);
         state_set_boot_id(s, "22222222-2222-2222-2222-222222222222");
         assert_int_equal(state_load(s, W + (10000000 + 3600000), 7, false, &warning), 0);
-        assert_non_null(warning);
-        assert_non_null(strstr(warning, "restart from zero"));
-        free(warning);
+        assert_non_null(warning.message);
+        assert_non_null(strstr(warning.message, "restart from zero"));
+        error_done(&warning);
         assert_int_equal(state_size(s), 0);
         state_free(s);
         session_list_free(l);
@@ -216,7 +217,7 @@ static void test_untrusted_file_after_reboot(void **st) {
 /* A step of the wall clock is noticed and makes the file due again. */
 static void test_clock_step(void **st) {
         struct state *s = NULL;
-        char *warning = NULL;
+        struct error warning = { 0 };
 
         (void) st;
         assert_int_equal(state_new(path, &s), 0);
@@ -243,7 +244,7 @@ static void test_grace_period(void **st) {
         struct session_list *both = list_of(ids, 2), *none = list_of(ids, 0);
         uint64_t ages[2];
         struct state *s = NULL;
-        char *warning = NULL;
+        struct error warning = { 0 };
 
         (void) st;
         assert_int_equal(state_new(path, &s), 0);
@@ -269,7 +270,7 @@ static void test_temporaries(void **st) {
                                             ".#state.json.backup1", ".#other.json.abc123" };
         char p[256];
         struct state *s = NULL;
-        char *warning = NULL;
+        struct error warning = { 0 };
 
         (void) st;
         for (size_t i = 0; i < ELEMENTSOF(keep); i++) {
@@ -296,7 +297,7 @@ static void test_symlink_written_through(void **st) {
         struct session_list *l = list_of(ids, 1);
         char target[256];
         struct state *s = NULL;
-        char *warning = NULL;
+        struct error warning = { 0 };
         struct stat sb;
 
         (void) st;
@@ -357,7 +358,7 @@ static void test_lock(void **st) {
 /* A directory or a FIFO at the state path is an error, at once. */
 static void test_not_regular(void **st) {
         struct state *s = NULL;
-        char *warning = NULL;
+        struct error warning = { 0 };
 
         (void) st;
         assert_int_equal(mkdir(path, 0700), 0);
@@ -398,21 +399,22 @@ static void test_corrupt_is_set_aside(void **st) {
         (void) st;
         for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
                 struct state *s = NULL;
-                char *warning = NULL, pattern[160];
+                struct error warning = { 0 };
+                char pattern[160];
                 glob_t g;
 
                 write_text(bad[i]);
                 assert_int_equal(state_new(path, &s), 0);
                 /* read-only (--plan): warn, leave the file alone */
                 assert_int_equal(state_load(s, W + (1000), 0, true, &warning), 0);
-                assert_non_null(warning);
-                free(warning);
+                assert_non_null(warning.message);
+                error_done(&warning);
                 assert_int_equal(access(path, F_OK), 0);
 
                 assert_int_equal(state_load(s, W + (1000), 0, false, &warning), 0);
-                assert_non_null(warning);
-                assert_non_null(strstr(warning, "corrupt-"));
-                free(warning);
+                assert_non_null(warning.message);
+                assert_non_null(strstr(warning.message, "corrupt-"));
+                error_done(&warning);
                 assert_int_equal(state_size(s), 0);
                 assert_int_equal(access(path, F_OK), -1);
                 snprintf(pattern, sizeof pattern, "%s.corrupt-*", path);
@@ -428,7 +430,7 @@ static void test_unwritable_dir(void **st) {
         static const char *const ids[] = { "x" };
         struct session_list *l = list_of(ids, 1);
         struct state *s = NULL;
-        char *warning = NULL;
+        struct error warning = { 0 };
 
         (void) st;
         assert_int_equal(state_new("/nonexistent-dir/state.json", &s), 0);

@@ -1,0 +1,61 @@
+#include "reply.h"
+
+#include <errno.h>
+#include <stdio.h>
+
+bool reply_transport_failed(const struct http_response *resp, char *buf, size_t n) {
+        if (resp->result != CURLE_OK) {
+                snprintf(buf, n, "%s", resp->error);
+                return true;
+        }
+        if (resp->status != 200) {
+                if (resp->retry_after_s > 0)
+                        snprintf(buf, n, "HTTP status %ld (Retry-After %lds)", resp->status,
+                                 resp->retry_after_s);
+                else
+                        snprintf(buf, n, "HTTP status %ld", resp->status);
+                return true;
+        }
+        return false;
+}
+
+void reply_describe_parse_error(int r, const struct gateway_error *err, char *buf, size_t n) {
+        if (r == -ENOMEM)
+                snprintf(buf, n, "out of memory while parsing the session list");
+        else
+                snprintf(buf, n, "%s%s",
+                         err->kind == GATEWAY_API_ERROR ? "API error: " : "malformed response: ",
+                         err->message);
+}
+
+enum verdict reply_http_verdict(const struct http_response *resp) {
+        if (resp->result != CURLE_OK)
+                return VERDICT_FAILED;
+        if (resp->status == 401 || resp->status == 403)
+                return VERDICT_AUTH;
+        if (resp->status == 429 || resp->status == 503)
+                return VERDICT_THROTTLED;
+        return resp->status == 200 ? VERDICT_OK : VERDICT_FAILED;
+}
+
+bool reply_teaches_pace(const struct http_response *resp) {
+        return resp->status != 503;
+}
+
+enum verdict reply_api_verdict(int parsed, const struct gateway_error *err) {
+        if (parsed >= 0)
+                return VERDICT_OK;
+        if (parsed == -ENOMEM || err->kind != GATEWAY_API_ERROR)
+                return VERDICT_FAILED;
+        switch (err->code) {
+        case CODE_TOO_FREQUENT:
+                return VERDICT_THROTTLED;
+        case CODE_UNAUTHORIZED:
+                return VERDICT_AUTH;
+        case CODE_ALREADY_CLOSED:
+        case CODE_NO_SESSION:
+                return VERDICT_GONE;
+        default:
+                return VERDICT_FAILED;
+        }
+}

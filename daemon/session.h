@@ -1,0 +1,51 @@
+/* The data model: a listed session and a list of them. No I/O here; the
+ * gateway module fills these in and frees them. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+
+struct cJSON;
+
+enum session_status {
+        SESSION_IN_PROGRESS = 1,
+        SESSION_CLOSED = 2,
+        SESSION_PREPARING = 3,
+        SESSION_STREAM_FAILED = 4,
+};
+
+enum tristate { TRISTATE_UNKNOWN = -1, TRISTATE_FALSE = 0, TRISTATE_TRUE = 1 };
+
+struct session {
+        char *session_id;
+        char *user_id;
+        int status;            /* SessionStatus as sent; other values are kept and never acted on */
+        enum tristate started; /* IsSessionStarted; unknown when absent */
+};
+
+/* A listed entry that is never acted on: its SessionId or UserId is not a
+ * usable id (see gateway_id_problem()). */
+struct malformed_entry {
+        char *id;           /* the SessionId, escaped (\xNN) so it can be logged */
+        const char *raw_id; /* the SessionId as parsed (borrowed from the list's documents), or NULL */
+        const char *reason; /* static text */
+        bool live;          /* listed with SessionStatus 1 or 3: it holds a slot */
+};
+
+struct session_list {
+        struct session *items;
+        size_t n;
+        size_t n_duplicates; /* identical entries dropped because their SessionId came twice */
+        /* Entries never acted on: an id is hostile, or one SessionId is
+         * listed with conflicting fields (or beside a hostile entry). They
+         * hold a slot on the account, so they count as live for the share
+         * fuse. */
+        struct malformed_entry *malformed;
+        size_t n_malformed;
+        /* The parsed replies (cJSON trees) the items' strings point into;
+         * none when the list owns its strings (lists built by hand). */
+        struct cJSON **docs;
+        size_t n_docs;
+};
+
+const char *session_status_to_string(int status);

@@ -1,0 +1,273 @@
+/* The decide step: one decision per session, and the order in which the
+ * fuses see them. Table-driven: each case is a list, a configuration and the
+ * outcome expected for every session. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "decide.h"
+#include "util.h"
+
+#define MIN (60 * 1000ULL)
+
+static char *vip[] = { "vip-*" };
+
+static struct policy timer_policies[] = {
+        { .name = "failed", .kind = POLICY_FAILED, .after_ms = 1 * MIN },
+        { .name = "never-started", .kind = POLICY_NOT_STARTED, .after_ms = 10 * MIN },
+};
+
+static struct policy with_capacity[] = {
+        { .name = "failed", .kind = POLICY_FAILED, .after_ms = 1 * MIN },
+        { .name = "cap", .kind = POLICY_OVER_CAPACITY, .capacity = 4, .keep_free = 0 },
+};
+
+struct entry {
+        const char *id, *user;
+        int status;
+        enum tristate started;
+        uint64_t age_ms;
+        enum decide_outcome expect;
+        const char *policy; /* the policy named in the row, or NULL */
+};
+
+struct scenario {
+        const char *name;
+        struct policy *policies;
+        size_t n_policies;
+        double max_share;
+        unsigned min_sessions, max_closes;
+        const char *backing_off; /* a session id that failed a moment ago, or NULL */
+        struct entry entries[8];
+        size_t n_entries;
+        const char *closes[8]; /* the closes of the cycle, in order */
+        size_t n_closes;
+};
+
+#define E(...) \
+        { __VA_ARGS__ }
+
+static const struct scenario scenarios[] = {
+        { "timer policies, protect wins, young sessions kept",
+          timer_policies,
+          2,
+          0.5,
+          10,
+          100,
+          NULL,
+          { E("a", "u1", 4, TRISTATE_TRUE, 2 * MIN, DECIDE_CLOSE, "failed"),
+            E("b", "vip-1", 4, TRISTATE_TRUE, 2 * MIN, DECIDE_PROTECTED, "failed"),
+            E("c", "u2", 1, TRISTATE_FALSE, 1 * MIN, DECIDE_KEEP, "never-started"),
+            E("d", "u3", 1, TRISTATE_TRUE, 99 * MIN, DECIDE_KEEP, NULL) },
+          4,
+          { "a" },
+          1 },
+        /* Over the share: no due live session is closed; a failed stream
+         * (status 4, not live) still is. */
+        { "the share fuse holds the live ones only",
+          timer_policies,
+          2,
+          0.5,
+          0,
+          100,
+          NULL,
+          { E("f", "u", 4, TRISTATE_TRUE, 2 * MIN, DECIDE_CLOSE, "failed"),
+            E("n1", "u", 1, TRISTATE_FALSE, 11 * MIN, DECIDE_FUSED, "never-started"),
+            E("n2", "u", 3, TRISTATE_FALSE, 11 * MIN, DECIDE_FUSED, "never-started"),
+            E("live", "u", 1, TRISTATE_TRUE, 1 * MIN, DECIDE_KEEP, NULL) },
+          4,
+          { "f" },
+          1 },
+        /* The fuse comes before the backoff: a session backing off still
+         * counts as due for the share. */
+        { "the fuse sees sessions that back off",
+          timer_policies,
+          2,
+          0.5,
+          0,
+          100,
+          "n1",
+          { E("n1", "u", 1, TRISTATE_FALSE, 11 * MIN, DECIDE_FUSED, "never-started"),
+            E("n2", "u", 1, TRISTATE_FALSE, 11 * MIN, DECIDE_FUSED, "never-started"),
+            E("live", "u", 1, TRISTATE_TRUE, 1 * MIN, DECIDE_KEEP, NULL) },
+          3,
+          { NULL },
+          0 },
+        /* The backoff comes before max_closes_per_cycle: a session backing
+         * off takes no place among the oldest. */
+        { "backoff before max_closes_per_cycle",
+          timer_policies,
+          2,
+          1.0,
+          0,
+          2,
+          "old",
+          { E("old", "u", 4, TRISTATE_TRUE, 50 * MIN, DECIDE_BACKING_OFF, "failed"),
+            E("mid", "u", 4, TRISTATE_TRUE, 40 * MIN, DECIDE_CLOSE, "failed"),
+            E("young", "u", 4, TRISTATE_TRUE, 2 * MIN, DECIDE_DEFERRED, "failed"),
+            E("older", "u", 4, TRISTATE_TRUE, 45 * MIN, DECIDE_CLOSE, "failed") },
+          4,
+          { "older", "mid" },
+          2 },
+        /* over_capacity picks among what the timer policies left, and its
+         * victims then meet the share fuse like any due session. */
+        { "over_capacity after the timer policies, before the fuse",
+          with_capacity,
+          2,
+          1.0,
+          0,
+          100,
+          NULL,
+          { E("f", "u", 4, TRISTATE_TRUE, 2 * MIN, DECIDE_CLOSE, "failed"),
+            E("l1", "u", 1, TRISTATE_TRUE, 30 * MIN, DECIDE_CLOSE, "cap"),
+            E("l2", "u", 1, TRISTATE_TRUE, 20 * MIN, DECIDE_KEEP, NULL),
+            E("l3", "u", 1, TRISTATE_TRUE, 10 * MIN, DECIDE_KEEP, NULL),
+            E("l4", "u", 1, TRISTATE_TRUE, 5 * MIN, DECIDE_KEEP, NULL),
+            E("l5", "u", 1, TRISTATE_TRUE, 1 * MIN, DECIDE_KEEP, NULL) },
+          6,
+          { "f", "l1" },
+          2 },
+        { "over_capacity victims are fused too",
+          with_capacity,
+          2,
+          0.1,
+          0,
+          100,
+          NULL,
+          { E("l1", "u", 1, TRISTATE_TRUE, 30 * MIN, DECIDE_FUSED, "cap"),
+            E("l2", "u", 1, TRISTATE_TRUE, 20 * MIN, DECIDE_KEEP, NULL),
+            E("l3", "u", 1, TRISTATE_TRUE, 10 * MIN, DECIDE_KEEP, NULL),
+            E("l4", "u", 1, TRISTATE_TRUE, 5 * MIN, DECIDE_KEEP, NULL),
+            E("l5", "u", 1, TRISTATE_TRUE, 1 * MIN, DECIDE_KEEP, NULL) },
+          5,
+          { NULL },
+          0 },
+        /* Deferred sessions do not free places for the fuse: the share is
+         * judged on everything due. */
+        { "the fuse before max_closes_per_cycle",
+          timer_policies,
+          2,
+          0.5,
+          0,
+          1,
+          NULL,
+          { E("n1", "u", 1, TRISTATE_FALSE, 11 * MIN, DECIDE_FUSED, "never-started"),
+            E("n2", "u", 1, TRISTATE_FALSE, 12 * MIN, DECIDE_FUSED, "never-started"),
+            E("f1", "u", 4, TRISTATE_TRUE, 2 * MIN, DECIDE_DEFERRED, "failed"),
+            E("f2", "u", 4, TRISTATE_TRUE, 3 * MIN, DECIDE_CLOSE, "failed"),
+            E("live", "u", 1, TRISTATE_TRUE, 1 * MIN, DECIDE_KEEP, NULL) },
+          5,
+          { "f2" },
+          1 },
+};
+
+static void run_scenario(const struct scenario *sc) {
+        struct config cfg = {
+                .protect_user_ids = { vip, 1 },
+                .policies = sc->policies,
+                .n_policies = sc->n_policies,
+                .max_closes_per_cycle = sc->max_closes,
+                .fuse = { .max_share = sc->max_share, .min_sessions = sc->min_sessions },
+        };
+        struct session items[8];
+        char ids[8][16], users[8][16];
+        uint64_t ages[8];
+        struct session_list l = { .items = items, .n = sc->n_entries };
+        struct retry_table *retries = NULL;
+        struct decide_result r;
+
+        print_message("%s\n", sc->name);
+        for (size_t i = 0; i < sc->n_entries; i++) {
+                const struct entry *e = &sc->entries[i];
+
+                snprintf(ids[i], sizeof ids[i], "%s", e->id);
+                snprintf(users[i], sizeof users[i], "%s", e->user);
+                items[i] = (struct session){ ids[i], users[i], e->status, e->started };
+                ages[i] = e->age_ms;
+        }
+        assert_int_equal(retry_table_new(&retries), 0);
+        if (sc->backing_off)
+                assert_true(retry_failed(retries, sc->backing_off, 1000, MIN, 60 * MIN, 0, 0) > 0);
+        assert_int_equal(decide(&(struct decide_input){ &cfg, &l, ages, retries, 1000 }, &r), 0);
+        for (size_t i = 0; i < sc->n_entries; i++) {
+                const struct entry *e = &sc->entries[i];
+
+                if (r.rows[i].outcome != e->expect)
+                        fail_msg("%s: session %s is %s, expected %s", sc->name, e->id,
+                                 decide_outcome_to_string(r.rows[i].outcome),
+                                 decide_outcome_to_string(e->expect));
+                if (e->policy)
+                        assert_string_equal(r.rows[i].policy->name, e->policy);
+                else
+                        assert_null(r.rows[i].policy);
+        }
+        assert_int_equal(r.n_closes, sc->n_closes);
+        for (size_t k = 0; k < sc->n_closes; k++)
+                assert_string_equal(items[r.closes[k]].session_id, sc->closes[k]);
+        decide_result_done(&r);
+        retry_table_free(retries);
+}
+
+static void test_scenarios(void **state) {
+        (void) state;
+        for (size_t i = 0; i < ELEMENTSOF(scenarios); i++)
+                run_scenario(&scenarios[i]);
+}
+
+/* The counts a cycle summary and --plan report. */
+static void test_counts(void **state) {
+        const struct scenario *sc = &scenarios[6]; /* fuse before max_closes_per_cycle */
+        struct config cfg = {
+                .policies = sc->policies,
+                .n_policies = sc->n_policies,
+                .max_closes_per_cycle = sc->max_closes,
+                .fuse = { .max_share = 0.4, .min_sessions = sc->min_sessions },
+        };
+        struct session items[8];
+        char ids[8][16], users[8][16];
+        uint64_t ages[8];
+        /* A live entry never acted on counts as live: 2 due of 4 live. */
+        struct malformed_entry junk = { .id = (char *) "x", .reason = "test", .live = true };
+        struct session_list l = { .items = items, .n = sc->n_entries, .malformed = &junk, .n_malformed = 1 };
+        struct decide_result r;
+
+        (void) state;
+        for (size_t i = 0; i < sc->n_entries; i++) {
+                const struct entry *e = &sc->entries[i];
+
+                snprintf(ids[i], sizeof ids[i], "%s", e->id);
+                snprintf(users[i], sizeof users[i], "%s", e->user);
+                items[i] = (struct session){ ids[i], users[i], e->status, e->started };
+                ages[i] = e->age_ms;
+        }
+        assert_int_equal(decide(&(struct decide_input){ &cfg, &l, ages, NULL, 0 }, &r), 0);
+        assert_int_equal(r.due, 4);
+        assert_int_equal(r.live, 4); /* n1, n2, live and the malformed live entry */
+        assert_int_equal(r.due_live, 2);
+        assert_true(r.fuse_tripped);
+        assert_int_equal(r.fused, 2);
+        assert_int_equal(r.backing_off, 0);
+        assert_int_equal(r.deferred, 1);
+        assert_int_equal(r.n_closes, 1);
+        decide_result_done(&r);
+
+        /* An empty list decides nothing, and needs no ages. */
+        l = (struct session_list){ 0 };
+        assert_int_equal(decide(&(struct decide_input){ &cfg, &l, NULL, NULL, 0 }, &r), 0);
+        assert_int_equal(r.n_closes, 0);
+        assert_false(r.fuse_tripped);
+        decide_result_done(&r);
+}
+
+int main(void) {
+        const struct CMUnitTest tests[] = {
+                cmocka_unit_test(test_scenarios),
+                cmocka_unit_test(test_counts),
+        };
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}
