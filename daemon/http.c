@@ -367,4 +367,3 @@ oom:
 size_t http_in_flight(const struct http *h) {
         return h->in_flight;
 }
-

@@ -46,4 +46,3 @@ void http_free(struct http *h);
 int http_post_json(struct http *h, const char *url, const char *body, http_done_fn done, void *userdata);
 
 size_t http_in_flight(const struct http *h);
-
