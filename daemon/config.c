@@ -682,8 +682,10 @@ void config_free(struct config *c) {
         free(c->account);
         free(c->path);
         yaml_free_fields(top_keys, c);
-        for (size_t i = 0; i < c->n_policies; i++)
+        for (size_t i = 0; i < c->n_policies; i++) {
                 yaml_free_fields(policy_keys, &c->policies[i]);
+                glob_list_free(&c->policies[i].user_ids); /* read by parse_selector() */
+        }
         free(c->policies);
         free(c);
 }

@@ -54,6 +54,7 @@ struct cycle {
         bool auth_logged;
         ev_timer resume_timer; /* dispatch paused by a Retry-After */
         bool stopping;
+        bool gave_up; /* a pause outlasts poll_interval: the closes left wait for the next cycle */
         bool dispatching;
         struct cycle_result res;
         /* Listing per project and per asset (gateway.project_ids,

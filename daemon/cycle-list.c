@@ -141,12 +141,12 @@ static int read_list(struct cycle *c, const char *endpoint, const struct http_re
                 reply_describe_parse_error(r, &err, buf, n);
         if (r != -ENOMEM && err.kind == GATEWAY_API_ERROR)
                 *ret_code = err.code;
-        if (v == VERDICT_THROTTLED) {
+        /* A throttled list fails the cycle; the next poll waits for its
+         * Retry-After (see the reclaimer). It teaches the closes nothing: a
+         * list that then succeeds shows the gateway accepts calls again. */
+        if (v == VERDICT_THROTTLED)
                 c->res.throttled++;
-                if (c->env.throttle)
-                        (void) throttle_refused(c->env.throttle, false,
-                                                (uint64_t) resp->retry_after_s * 1000, now_mono_ms());
-        } else if (v == VERDICT_AUTH)
+        else if (v == VERDICT_AUTH)
                 cycle_auth_refused(c, endpoint, buf);
         return r < 0 ? r : -EIO;
 }

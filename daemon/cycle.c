@@ -25,6 +25,9 @@
 /* A close refused as too frequent is tried again in the same cycle, after a
  * pause, at most this many times; then it waits for the next cycle. */
 #define MAX_REQUEUES 8
+/* The longest pause a Retry-After imposes on the account, when poll_interval
+ * is shorter. */
+#define ACCOUNT_PAUSE_CAP_MS (5 * 60 * 1000)
 
 static const char *const outcome_names[] = {
         [OUTCOME_CLOSED] = "closed",   [OUTCOME_ALREADY_CLOSED] = "already_closed",
@@ -35,6 +38,8 @@ static const char *const outcome_names[] = {
 static void job_done(struct close_job *job, enum outcome outcome, const char *detail, long retry_after_s);
 static void job_throttled(struct close_job *job, const struct http_response *resp);
 static void job_auth(struct close_job *job, const char *endpoint, const char *detail);
+static uint64_t account_pause_ms(const struct cycle *c, long retry_after_s);
+static void pause_dispatch(struct cycle *c, uint64_t pause_ms, const char *why);
 
 /* A response (or a resume) arrived: the cycle is making progress. */
 void cycle_progress(struct cycle *c) {
@@ -112,9 +117,9 @@ void cycle_log(struct cycle *c, int priority, const char *message_id, const stru
 }
 
 /* Sends one call. field/value: the Payload field besides ReqId ("SessionId",
- * "VirtualmanProjectId", "AssetVirtualmanKey"), or NULL. Every call takes a
- * token of the account's max_rate bucket; cycle_dispatch() waits for one before
- * sending a new close, follow-up calls go at once and leave a debt. */
+ * "VirtualmanProjectId", "AssetVirtualmanKey"), or NULL. Every call about a
+ * session takes a token of the account's pace; cycle_dispatch() waits for one
+ * before sending a new close, follow-up calls go at once and leave a debt. */
 int cycle_post(struct cycle *c, const char *endpoint, const char *field, const char *value,
                http_done_fn done, void *userdata) {
         const struct config *cfg = c->env.config;
@@ -130,7 +135,10 @@ int cycle_post(struct cycle *c, const char *endpoint, const char *field, const c
                 ret = gateway_build_body(reqid, field, value, &body);
         if (ret >= 0)
                 ret = http_post_json(c->env.http, url, body, done, userdata);
-        if (ret >= 0 && c->env.throttle)
+        /* Closes and their re-checks are paced; the list calls are paced by
+         * poll_interval, and never wait for a token (or starve the closes of
+         * one when poll_interval is short). */
+        if (ret >= 0 && c->env.throttle && field && strcmp(field, "SessionId") == 0)
                 throttle_take(c->env.throttle, now_mono_ms());
         /* The URL carries a signature derived from the token: wipe it. */
         if (url)
@@ -352,25 +360,15 @@ static void job_done(struct close_job *job, enum outcome outcome, const char *de
         }
         if (job->dispatched)
                 c->in_flight--;
-        /* The gateway asked us to slow down: hold back the remaining closes. */
-        if (retry_after_s > 0 && c->next_job < c->n_jobs && !c->stopping) {
-                uint64_t pause_ms = (uint64_t) retry_after_s * 1000;
+        /* The gateway asked us to slow down: hold back the remaining closes,
+         * for this cycle and the next. */
+        if (retry_after_s > 0 && !c->stopping) {
+                uint64_t pause_ms = account_pause_ms(c, retry_after_s);
 
-                if (pause_ms < cfg->poll_interval_ms && !ev_is_active(&c->resume_timer)) {
-                        cycle_log(c, LOG_INFO, NULL, NULL, 0,
-                                  "The gateway asked for a pause of %lds; holding the remaining %zu closes",
-                                  retry_after_s, c->n_jobs - c->next_job);
-                        ev_timer_set(&c->resume_timer, (double) retry_after_s, 0.);
-                        ev_timer_start(c->env.loop, &c->resume_timer);
-                } else if (pause_ms >= cfg->poll_interval_ms) {
-                        cycle_log(
-                                c, LOG_INFO, NULL, NULL, 0,
-                                "The gateway asked for a pause of %lds; deferring the remaining %zu closes "
-                                "to a "
-                                "later cycle",
-                                retry_after_s, c->n_jobs - c->next_job);
-                        defer_queued(c);
-                }
+                if (c->env.throttle)
+                        throttle_hold(c->env.throttle, pause_ms, now_mono_ms());
+                if (c->next_job < c->n_jobs || c->n_requeued > 0)
+                        pause_dispatch(c, pause_ms, "The gateway asked for a pause (Retry-After)");
         }
         cycle_dispatch(c);
 }
@@ -382,17 +380,36 @@ static void close_failed(struct close_job *job, const char *what, const char *de
         job_done(job, OUTCOME_FAILED, msg, retry_after_s);
 }
 
+/* A Retry-After as a pause of the account: at most max(poll_interval,
+ * 5 min), so that a gateway cannot switch reclaiming off (as for the list). */
+static uint64_t account_pause_ms(const struct cycle *c, long retry_after_s) {
+        uint64_t cap = c->env.config->poll_interval_ms > ACCOUNT_PAUSE_CAP_MS
+                               ? c->env.config->poll_interval_ms
+                               : ACCOUNT_PAUSE_CAP_MS;
+        uint64_t ms = retry_after_s > 0 ? (uint64_t) retry_after_s * 1000 : 0;
+
+        return ms > cap ? cap : ms;
+}
+
 /* Holds back dispatch for pause_ms (keeping a longer pause already
  * running). A pause as long as poll_interval leaves what is left to the
  * next cycle. */
+/* Holds back dispatch for pause_ms (keeping a longer pause already
+ * running). A pause that would carry the cycle past poll_interval leaves what
+ * is left to the next cycle, which starts only once the pause is over (the
+ * account's throttle remembers it). */
 static void pause_dispatch(struct cycle *c, uint64_t pause_ms, const char *why) {
         const struct config *cfg = c->env.config;
+        int64_t now = now_mono_ms();
 
-        if (pause_ms >= cfg->poll_interval_ms) {
+        if (c->gave_up)
+                return;
+        if (now + (int64_t) pause_ms - c->res.started_ms >= (int64_t) cfg->poll_interval_ms) {
+                c->gave_up = true;
                 cycle_log(c, LOG_WARNING, NULL, NULL, 0,
                           "%s: pausing %" PRIu64
-                          " ms, longer than poll_interval; the closes left wait for the "
-                          "next cycle",
+                          " ms, longer than poll_interval; the closes left wait for the next cycle, "
+                          "after the pause",
                           why, pause_ms);
                 defer_queued(c);
                 return;
@@ -420,7 +437,7 @@ static void job_throttled(struct close_job *job, const struct http_response *res
          * gateway's Retry-After is honoured either way. Dispatch stops at a
          * reaction, so a call sent in its millisecond went out before it. */
         bool stale = c->last_reaction_ms > 0 && job->sent_ms <= c->last_reaction_ms;
-        uint64_t pause_ms = (uint64_t) (resp->retry_after_s > 0 ? resp->retry_after_s : 0) * 1000;
+        uint64_t pause_ms = account_pause_ms(c, resp->retry_after_s);
         char why[200];
 
         if (!stale) {
@@ -428,16 +445,19 @@ static void job_throttled(struct close_job *job, const struct http_response *res
                 pause_ms = c->env.throttle ? throttle_refused(c->env.throttle, reply_teaches_pace(resp),
                                                               pause_ms, now)
                                            : (pause_ms > 0 ? pause_ms : 1000);
-        }
+        } else if (pause_ms > 0 && c->env.throttle)
+                throttle_hold(c->env.throttle, pause_ms, now);
+        if (c->env.throttle)
+                pause_ms = throttle_paused_ms(c->env.throttle, now);
         c->res.throttled++;
         if (job->dispatched)
                 c->in_flight--;
         job->dispatched = false;
-        if (c->stopping || ++job->requeues > MAX_REQUEUES) {
+        if (c->stopping || c->gave_up || ++job->requeues > MAX_REQUEUES) {
                 /* Deferred to a later cycle, still without a backoff. */
                 job->finished = true;
                 c->res.deferred++;
-                if (!c->stopping)
+                if (!c->stopping && !c->gave_up)
                         cycle_log(
                                 c, LOG_WARNING, NULL, NULL, 0,
                                 "Session %s was refused as too frequent %u times in a row; it waits for the "
@@ -458,9 +478,6 @@ static void job_throttled(struct close_job *job, const struct http_response *res
         }
         /* A cycle never waits on throttles past poll_interval in all: what
          * is left then goes to the next cycle, with a warning. */
-        if (!c->stopping && pause_ms > 0 &&
-            now + (int64_t) pause_ms - c->res.started_ms >= (int64_t) cfg->poll_interval_ms)
-                pause_ms = cfg->poll_interval_ms;
         if (!c->stopping && pause_ms > 0)
                 pause_dispatch(c, pause_ms, why);
         cycle_dispatch(c);
@@ -511,25 +528,32 @@ static void note_stream(struct close_job *job, const struct stat_result *st) {
  * confirms it; anything else leaves the close failed. */
 static void postcheck_done(const struct http_response *resp, void *userdata) {
         struct close_job *job = userdata;
+        enum verdict v = reply_http_verdict(resp);
         struct gateway_error err;
         struct stat_result st;
         char buf[512];
-        int r;
+        int r = -1;
 
         cycle_progress(job->cycle);
         memset(&err, 0, sizeof err);
-        if (reply_http_verdict(resp) == VERDICT_OK) {
+        if (v == VERDICT_OK) {
                 r = gateway_parse_stat(resp->body, resp->body_len, &st, &err);
-                cycle_record_call(job->cycle, "statsession", resp, r, &err);
-                if (r >= 0)
-                        note_stream(job, &st);
-                if ((r >= 0 && st.status == SESSION_CLOSED) ||
-                    (r < 0 && err.kind == GATEWAY_API_ERROR && err.code == CODE_NO_SESSION)) {
-                        job_done(job, OUTCOME_ALREADY_CLOSED, NULL, 0);
-                        return;
-                }
-        } else
-                cycle_record_call(job->cycle, "statsession", resp, -1, &err);
+                v = reply_api_verdict(r, &err);
+        }
+        cycle_record_call(job->cycle, "statsession", resp, r, &err);
+        if (r >= 0)
+                note_stream(job, &st);
+        /* Throttled or unauthorized: a problem of the account, as on any
+         * call; the close is sent again after the pause. */
+        if (v == VERDICT_THROTTLED || v == VERDICT_AUTH) {
+                job_account_problem(job, "statsession", v, resp, r, &err);
+                return;
+        }
+        if ((r >= 0 && st.status == SESSION_CLOSED) ||
+            (r < 0 && err.kind == GATEWAY_API_ERROR && err.code == CODE_NO_SESSION)) {
+                job_done(job, OUTCOME_ALREADY_CLOSED, NULL, 0);
+                return;
+        }
         snprintf(buf, sizeof buf, "API error %ld: %s", job->close_err.code, job->close_err.message);
         close_failed(job, "closesession", buf, 0);
 }
@@ -678,7 +702,22 @@ void cycle_dispatch(struct cycle *c) {
                 uint64_t wait = c->env.throttle ? throttle_ready(c->env.throttle, now_mono_ms()) : 0;
 
                 if (wait > 0) {
-                        /* gateway.max_rate: wait for the next token. */
+                        int64_t now = now_mono_ms();
+
+                        /* The account's pace (learnt, or gateway.max_rate)
+                         * holds the next close back. In the daemon, not past
+                         * poll_interval: then the closes left wait for the
+                         * next cycle. --once has no next cycle: it waits. */
+                        if (c->env.next_cycle && now + (int64_t) wait - c->res.started_ms >=
+                                                         (int64_t) c->env.config->poll_interval_ms) {
+                                c->gave_up = true;
+                                cycle_log(c, LOG_WARNING, NULL, NULL, 0,
+                                          "The account's pace (%.1f calls/s) leaves closes for longer than "
+                                          "poll_interval; the closes left wait for the next cycle",
+                                          throttle_rate(c->env.throttle));
+                                defer_queued(c);
+                                break;
+                        }
                         ev_timer_set(&c->resume_timer, (double) wait / 1000.0, 0.);
                         ev_timer_start(c->env.loop, &c->resume_timer);
                         break;

@@ -30,6 +30,8 @@ struct cycle_env {
         struct metrics *metrics;   /* may be NULL */
         struct throttle *throttle; /* the account's pacing (window, max_rate); may be NULL */
         bool dry_run;
+        bool next_cycle; /* another cycle follows (the daemon, not --once): what the pace holds back
+                            past poll_interval may wait for it */
         struct idset *malformed_logged; /* ids already warned about (owned by the runner) */
         FILE *plan_out; /* non-NULL for --plan: print the plan, close nothing, record nothing */
 };

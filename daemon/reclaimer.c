@@ -368,6 +368,7 @@ static void start_cycle(struct runner *u) {
                 .retries = u->retries,
                 .metrics = u->metrics,
                 .dry_run = dry_run(u),
+                .next_cycle = r->opt.mode == RECLAIMER_DAEMON,
                 .malformed_logged = u->malformed_logged,
                 .throttle = &u->throttle,
                 .plan_out = r->opt.mode == RECLAIMER_PLAN ? r->opt.plan_out : NULL,
@@ -380,6 +381,7 @@ static void start_cycle(struct runner *u) {
         if (env.plan_out && r->n_runners > 1)
                 fprintf(env.plan_out, "%s== account %s\n", u == r->runners ? "" : "\n", account(u));
         u->last_cycle_started_ms = now_mono_ms();
+        throttle_new_cycle(&u->throttle);
         u->run_state = RUNNER_LISTING;
         ret = cycle_start(&env, cycle_phase_changed, u, &u->cycle);
         if (ret < 0) {
@@ -459,15 +461,20 @@ static void advance(struct runner *u) {
                                 ev_timer_start(r->loop, &u[1].poll_timer);
                         }
                 } else {
+                        /* The next list waits for the account's pause too
+                         * (a Retry-After on a close). */
+                        uint64_t paused = throttle_held_ms(&u->throttle, now_mono_ms());
+                        uint64_t wait = paused > u->last.retry_after_ms ? paused : u->last.retry_after_ms;
+
                         u->run_state = RUNNER_IDLE;
                         apply_pending(u);
                         if (u->sweep_requested) {
                                 u->sweep_requested = false;
                                 schedule_next(u,
                                               sweep_earliest_ms(u) - (int64_t) u->config->poll_interval_ms,
-                                              u->last.retry_after_ms, false);
+                                              wait, false);
                         } else
-                                schedule_next(u, u->last.started_ms, u->last.retry_after_ms, true);
+                                schedule_next(u, u->last.started_ms, wait, true);
                         notify_status(r, u);
                 }
         }

@@ -64,6 +64,8 @@ static void refill(struct throttle *t, int64_t now_ms) {
                 raise_pace(t, 2.0);
         }
         burst = t->rate > 1 ? t->rate : 1; /* one second's worth */
+        if (t->refilled_ms < t->paused_until_ms)
+                t->refilled_ms = t->paused_until_ms < now_ms ? t->paused_until_ms : now_ms;
         if (now_ms > t->refilled_ms) {
                 if (t->rate > 0)
                         t->tokens += (double) (now_ms - t->refilled_ms) * t->rate / 1000.0;
@@ -109,14 +111,20 @@ uint64_t throttle_refused(struct throttle *t, bool learn, uint64_t retry_after_m
                 pause *= 2;
         if (pause > PAUSE_MAX_MS)
                 pause = PAUSE_MAX_MS;
-        if (retry_after_ms > 0)
+        if (retry_after_ms > 0) {
                 pause = retry_after_ms;
+                if (now_ms + (int64_t) pause > t->held_until_ms)
+                        t->held_until_ms = now_ms + (int64_t) pause;
+        }
+        /* A shorter pause never cuts a longer one short. */
+        if (now_ms + (int64_t) pause > t->paused_until_ms)
+                t->paused_until_ms = now_ms + (int64_t) pause;
         /* No burst after a refusal: tokens do not pile up during the pause. */
         if (t->tokens > 1)
                 t->tokens = 1;
-        t->refilled_ms = now_ms + (int64_t) pause;
-        t->grown_ms = now_ms + (int64_t) pause;
-        return pause;
+        t->refilled_ms = t->paused_until_ms;
+        t->grown_ms = t->paused_until_ms;
+        return (uint64_t) (t->paused_until_ms - now_ms);
 }
 
 void throttle_ok(struct throttle *t, int64_t now_ms) {
@@ -143,8 +151,34 @@ void throttle_ok(struct throttle *t, int64_t now_ms) {
         }
 }
 
+void throttle_hold(struct throttle *t, uint64_t ms, int64_t now_ms) {
+        assert(t);
+        if (now_ms + (int64_t) ms > t->paused_until_ms)
+                t->paused_until_ms = now_ms + (int64_t) ms;
+        if (now_ms + (int64_t) ms > t->held_until_ms)
+                t->held_until_ms = now_ms + (int64_t) ms;
+}
+
+void throttle_new_cycle(struct throttle *t) {
+        assert(t);
+        if (t->paused_until_ms > t->held_until_ms)
+                t->paused_until_ms = t->held_until_ms;
+}
+
+uint64_t throttle_held_ms(const struct throttle *t, int64_t now_ms) {
+        assert(t);
+        return t->held_until_ms > now_ms ? (uint64_t) (t->held_until_ms - now_ms) : 0;
+}
+
+uint64_t throttle_paused_ms(const struct throttle *t, int64_t now_ms) {
+        assert(t);
+        return t->paused_until_ms > now_ms ? (uint64_t) (t->paused_until_ms - now_ms) : 0;
+}
+
 uint64_t throttle_ready(struct throttle *t, int64_t now_ms) {
         assert(t);
+        if (t->paused_until_ms > now_ms)
+                return (uint64_t) (t->paused_until_ms - now_ms);
         if (t->last_call_ms > 0 && now_ms - t->last_call_ms >= THROTTLE_IDLE_MS)
                 restart(t, now_ms);
         refill(t, now_ms);

@@ -34,12 +34,14 @@ struct throttle {
         unsigned max_window; /* gateway.max_parallel */
         unsigned window;     /* calls allowed in flight now, 1..max_window */
         unsigned ok_in_round;
-        unsigned consecutive; /* throttles without a success between them */
-        double max_rate;      /* gateway.max_rate; 0: none */
-        double pace;          /* learnt; 0: none */
-        bool slow_start;      /* no "too frequent" yet: the pace doubles */
-        int64_t grown_ms;     /* when the pace last doubled */
-        int64_t last_call_ms; /* when a call last went out; 0: never */
+        unsigned consecutive;    /* throttles without a success between them */
+        double max_rate;         /* gateway.max_rate; 0: none */
+        double pace;             /* learnt; 0: none */
+        bool slow_start;         /* no "too frequent" yet: the pace doubles */
+        int64_t grown_ms;        /* when the pace last doubled */
+        int64_t last_call_ms;    /* when a call last went out; 0: never */
+        int64_t paused_until_ms; /* no close before this (a pause, a Retry-After) */
+        int64_t held_until_ms;   /* the gateway's Retry-After: the next list waits for it too */
         /* token bucket at the lower of max_rate and pace; rate 0 = unlimited */
         double rate, tokens;
         int64_t refilled_ms;
@@ -57,7 +59,8 @@ void throttle_configure(struct throttle *t, unsigned max_parallel, double max_ra
 /* A call was refused as too frequent, or the gateway was overloaded.
  * Halves the window and returns how long to pause dispatch: the gateway's
  * Retry-After when it gave one, else 250 ms, doubling for each throttle in a
- * row, up to 16 s. No tokens pile up during the pause. With `learn` (a close
+ * row, up to 16 s. The pause never shortens one already running, and no
+ * tokens pile up during it. With `learn` (a close
  * or re-check answered 100012 or HTTP 429), the pace is cut too. */
 uint64_t throttle_refused(struct throttle *t, bool learn, uint64_t retry_after_ms, int64_t now_ms);
 
@@ -66,8 +69,24 @@ uint64_t throttle_refused(struct throttle *t, bool learn, uint64_t retry_after_m
  * row the window grows by one, up to max_window. */
 void throttle_ok(struct throttle *t, int64_t now_ms);
 
-/* How many ms until a call may go (0: now); takes nothing. */
+/* How many ms until a call may go (0: now): the pause after a refusal, then
+ * a token. Takes nothing. */
 uint64_t throttle_ready(struct throttle *t, int64_t now_ms);
+
+/* The gateway asked for a pause (a Retry-After on a reply that teaches
+ * nothing else): no call goes for ms from now, unless a longer pause runs. */
+void throttle_hold(struct throttle *t, uint64_t ms, int64_t now_ms);
+
+/* A cycle begins: a pause of the daemon's own (after a refusal without a
+ * Retry-After) ends here; the gateway's Retry-After does not. */
+void throttle_new_cycle(struct throttle *t);
+
+/* How many ms the account's pause still runs (0: none). */
+uint64_t throttle_paused_ms(const struct throttle *t, int64_t now_ms);
+
+/* How many ms the gateway's last Retry-After still runs (0: none). A cycle
+ * that ends before it does not cut it short: the next one waits for it. */
+uint64_t throttle_held_ms(const struct throttle *t, int64_t now_ms);
 
 /* A call goes now: takes a token, even when none is left (the list call of a
  * cycle must go). */

@@ -218,3 +218,81 @@ class RedTeam11(DaemonTest):
         self.assertEqual(run.returncode, 0, run)
         self.assertEqual(self.gw.closed_ids(), [])
         self.assertEqual(run.summaries()[0]["fused"], "12")
+
+
+class RedTeam11Pace(DaemonTest):
+    """What a red-team pass found in the learnt pace (issue 11, second round)."""
+
+    def test_a_retry_after_longer_than_the_cycle_holds_the_next_cycle_too(self):
+        # Retry-After 6 s with poll_interval 2 s: the cycle gives the close up,
+        # and neither the next list nor the close may come before 6 s.
+        a = self.gw.add_session("u1", STREAM_FAILED)
+        self.gw.add_fault("closesession", "http_status", session_id=a, status=429, retry_after=6, count=1)
+        self.write_config([("failed-streams", "failed", "0s")], poll_interval="2s")
+        p = self.start_daemon()
+        wait_for(lambda: self.gw.closed_ids() == [a], timeout=20, what="the close after the Retry-After")
+        run = self.stop_daemon(p)
+        self.assertEqual(run.returncode, 0, run)
+        closes = self.gw.calls_to("closesession")
+        refused_at = closes[0]["time"]
+        self.assertEqual(closes[0]["http_status"], 429)
+        self.assertGreaterEqual(closes[1]["time"] - refused_at, 5.9, closes)
+        early = [c for c in self.gw.calls_to("listsessionofuin") if 0.1 < c["time"] - refused_at < 5.9]
+        self.assertEqual(early, [], "a list went out inside the gateway's Retry-After")
+        self.assertEqual(run.reclaims("failed"), [])
+        self.assertTrue(any(l["level"] == "warning" and "next cycle" in l["msg"] for l in run.logs), run)
+
+    def test_what_the_cycle_gave_up_is_not_sent_later_in_that_cycle(self):
+        # One reply of a burst asks for 6 s, the others for 1 s: once the
+        # cycle has said "the closes left wait for the next cycle", nothing
+        # goes out before the 6 s are over.
+        ids = [self.gw.add_session("u%d" % i, STREAM_FAILED) for i in range(4)]
+        self.gw.add_fault("closesession", "http_status", session_id=ids[0], status=429, retry_after=6, count=1)
+        for sid in ids[1:]:
+            self.gw.add_fault("closesession", "http_status", session_id=sid, status=429, retry_after=1, count=1)
+        self.write_config([("failed-streams", "failed", "0s")], poll_interval="2s", max_parallel=4)
+        p = self.start_daemon()
+        wait_for(lambda: sorted(self.gw.closed_ids()) == sorted(ids), timeout=25, what="all four closed")
+        run = self.stop_daemon(p)
+        self.assertEqual(run.returncode, 0, run)
+        closes = self.gw.calls_to("closesession")
+        first_refusal = min(c["time"] for c in closes if c["http_status"] == 429)
+        later = [c["time"] - first_refusal for c in closes if c["http_status"] != 429]
+        self.assertGreaterEqual(min(later), 5.8, closes)
+
+    def test_a_throttled_confirmation_is_a_throttle_not_a_failure(self):
+        # The close answers a code the daemon does not know, the confirming
+        # statsession answers 100012: the account pauses and the close is
+        # sent again; no `failed` entry, and the summary counts the throttle.
+        a = self.gw.add_session("u1", STREAM_FAILED)
+        self.gw.add_fault("closesession", "api_error", session_id=a, code=E_INTERNAL, message="internal", count=1)
+        self.gw.add_fault("statsession", "api_error", session_id=a, code=E_TOO_FREQUENT,
+                          message="request too frequent", count=1)
+        self.write_config([("failed-streams", "failed", "0s")])
+        run = self.run_daemon("--once")
+        self.assertEqual(run.returncode, 0, run)
+        self.assertEqual(self.gw.closed_ids(), [a])
+        self.assertEqual(run.reclaims("failed"), [])
+        self.assertEqual(run.summaries()[0]["throttled"], "1")
+
+    def test_an_unauthorized_confirmation_is_an_auth_failure(self):
+        a = self.gw.add_session("u1", STREAM_FAILED)
+        self.gw.add_fault("closesession", "api_error", session_id=a, code=E_INTERNAL, message="internal", count=1)
+        self.gw.add_fault("statsession", "http_status", session_id=a, status=401, count=1)
+        self.write_config([("failed-streams", "failed", "0s")])
+        run = self.run_daemon("--once")
+        self.assertTrue(any(l.get("message_id") == AUTH_ID for l in run.logs), run)
+
+    def test_a_tiny_max_rate_does_not_make_an_endless_quiet_cycle(self):
+        # max_rate 0.2: one close every 5 s. A cycle waits for its pace no
+        # longer than poll_interval, says so, and the next cycle lists again.
+        for i in range(6):
+            self.gw.add_session("u%d" % i, STREAM_FAILED)
+        self.write_config([("failed-streams", "failed", "0s")], poll_interval="2s",
+                          gateway_extra="  max_rate: 0.2\n")
+        p = self.start_daemon()
+        wait_for(lambda: len(self.gw.calls_to("listsessionofuin")) >= 4, timeout=15, what="four cycles")
+        run = self.stop_daemon(p)
+        self.assertEqual(run.returncode, 0, run)
+        self.assertTrue(any(l["level"] == "warning" and "pace" in l["msg"] for l in run.logs), run)
+        self.assertGreaterEqual(len(run.summaries()), 3)

@@ -26,11 +26,13 @@ static void test_window(void **state) {
         assert_int_equal(t.window, 4);
         throttle_ok(&t, 0); /* a whole round of 4 */
         assert_int_equal(t.window, 5);
-        assert_int_equal(throttle_refused(&t, true, 0, 0), 250); /* the run of throttles was broken */
+        /* (Each later pause is asked for after the earlier ones ran out:
+         * the value returned is the longest pause still running.) */
+        assert_int_equal(throttle_refused(&t, true, 0, 10000), 250); /* the run of throttles was broken */
         for (int i = 0; i < 10; i++)
-                (void) throttle_refused(&t, true, 0, 0);
+                (void) throttle_refused(&t, true, 0, 10000);
         assert_int_equal(t.window, 1);
-        assert_int_equal(throttle_refused(&t, true, 0, 0), 16000); /* capped */
+        assert_int_equal(throttle_refused(&t, true, 0, 30000), 16000); /* capped */
         for (int i = 0; i < 10000; i++)
                 throttle_ok(&t, 0);
         assert_int_equal(t.window, 32); /* never above max_parallel */
@@ -169,6 +171,40 @@ static void test_refusal_learns(void **state) {
         assert_true(throttle_rate(&t) == 5);
 }
 
+/* A pause is never cut short: not by a shorter one, not by the restart
+ * after 10 s without a call. A Retry-After also holds the next list. */
+static void test_pause_holds(void **state) {
+        struct throttle t;
+
+        (void) state;
+        throttle_init(&t, 8, 0, 0);
+        throttle_take(&t, 1000);
+        assert_int_equal(throttle_refused(&t, true, 120000, 1000), 120000);
+        assert_int_equal(throttle_held_ms(&t, 1000), 120000);
+        /* A later refusal asking for 1 s: the 120 s stand. */
+        assert_int_equal(throttle_refused(&t, true, 1000, 2000), 119000);
+        /* 10 s and more without a call: the pace starts over, the pause stays. */
+        assert_int_equal(throttle_ready(&t, 30000), 91000);
+        assert_int_equal(throttle_paused_ms(&t, 30000), 91000);
+        assert_int_equal(throttle_ready(&t, 121000), 0);
+        assert_int_equal(throttle_held_ms(&t, 121000), 0);
+        /* A pause of our own (no Retry-After) holds the closes, not the list. */
+        throttle_ok(&t, 199000);
+        assert_int_equal(throttle_refused(&t, false, 0, 200000), 250);
+        assert_int_equal(throttle_paused_ms(&t, 200000), 250);
+        assert_int_equal(throttle_held_ms(&t, 200000), 0);
+        throttle_new_cycle(&t); /* ... and ends with the cycle */
+        assert_int_equal(throttle_paused_ms(&t, 200000), 0);
+        /* throttle_hold(): a Retry-After on a reply that teaches nothing else. */
+        throttle_hold(&t, 5000, 300000);
+        assert_int_equal(throttle_held_ms(&t, 300000), 5000);
+        assert_int_equal(throttle_ready(&t, 300000), 5000);
+        throttle_hold(&t, 1000, 301000); /* shorter: no change */
+        assert_int_equal(throttle_held_ms(&t, 301000), 4000);
+        throttle_new_cycle(&t); /* the gateway's pause outlives the cycle */
+        assert_int_equal(throttle_ready(&t, 301000), 4000);
+}
+
 /* Accepted calls are counted over the last second only. */
 static void test_accepted_window(void **state) {
         struct throttle t;
@@ -189,7 +225,7 @@ int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_window),          cmocka_unit_test(test_max_rate),
                 cmocka_unit_test(test_slow_start),      cmocka_unit_test(test_refusal_learns),
-                cmocka_unit_test(test_accepted_window),
+                cmocka_unit_test(test_accepted_window), cmocka_unit_test(test_pause_holds),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
