@@ -119,11 +119,12 @@ uint64_t throttle_refused(struct throttle *t, bool learn, uint64_t retry_after_m
         /* A shorter pause never cuts a longer one short. */
         if (now_ms + (int64_t) pause > t->paused_until_ms)
                 t->paused_until_ms = now_ms + (int64_t) pause;
-        /* No burst after a refusal: tokens do not pile up during the pause. */
+        /* No burst after a refusal: tokens do not pile up during the pause
+         * (refill() skips it), and the doubling starts its count again. */
         if (t->tokens > 1)
                 t->tokens = 1;
-        t->refilled_ms = t->paused_until_ms;
-        t->grown_ms = t->paused_until_ms;
+        t->refilled_ms = now_ms;
+        t->grown_ms = now_ms;
         return (uint64_t) (t->paused_until_ms - now_ms);
 }
 
