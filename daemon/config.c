@@ -116,7 +116,8 @@ static void check_policy_name(struct yaml_reader *p, const char *where, yaml_nod
 
         if (!yaml_only_name_chars(s, "-_."))
                 yaml_error(p, v, "%s: may contain only letters, digits, '-', '_' and '.'", where);
-        else if (strcmp(s, "keep") == 0 || strcmp(s, "protected") == 0)
+        else if (strcmp(s, "keep") == 0 || strcmp(s, "protected") == 0 || strcmp(s, "fused") == 0 ||
+                 strcmp(s, "backing_off") == 0 || strcmp(s, "deferred") == 0)
                 yaml_error(p, v, "%s: '%s' is reserved for --plan output; choose another name", where, s);
 }
 
@@ -188,6 +189,7 @@ static const struct yaml_key gateway_keys[] = {
         { .name = "appkey",
           .type = YAML_T_STRING,
           .offset = offsetof(struct gateway_config, appkey),
+          .flags = YAML_K_CHECK_PREFIX,
           .check = check_appkey },
         { .name = "accesstoken_file",
           .type = YAML_T_STRING_OR_NULL,
@@ -296,6 +298,7 @@ static const struct yaml_key policy_keys[] = {
         { .name = "name",
           .type = YAML_T_STRING,
           .offset = offsetof(struct policy, name),
+          .flags = YAML_K_CHECK_PREFIX,
           .check = check_policy_name },
         { .name = "kind", .type = YAML_T_CUSTOM, .parse = parse_kind },
         { .name = "after", .type = YAML_T_DURATION, .offset = offsetof(struct policy, after_ms) },
@@ -318,11 +321,12 @@ static const struct yaml_key account_keys[] = {
         { .name = "name",
           .type = YAML_T_STRING,
           .offset = offsetof(struct config, account),
-          .flags = YAML_K_RESTART,
+          .flags = YAML_K_CHECK_PREFIX,
           .check = check_account_name },
         { .name = "appkey",
           .type = YAML_T_STRING,
           .offset = GW(appkey),
+          .flags = YAML_K_CHECK_PREFIX,
           .check = check_appkey,
           .where = "gateway" },
         { .name = "accesstoken_file",
@@ -343,9 +347,11 @@ static const struct yaml_key account_keys[] = {
 };
 
 const char *config_restart_needed(const struct config *a, const struct config *b) {
-        const char *key = yaml_restart_needed(top_keys, a, b);
-
-        return key ? key : yaml_restart_needed(account_keys, a, b);
+        /* An account is known by the name it is shown under: the single
+         * form's is "default", as is an account named "default". */
+        if (strcmp(config_account_name(a), config_account_name(b)) != 0)
+                return "name";
+        return yaml_restart_needed(top_keys, a, b);
 }
 
 /* Rules between the keys of one policy. */

@@ -360,13 +360,11 @@ static void job_done(struct close_job *job, enum outcome outcome, const char *de
         }
         if (job->dispatched)
                 c->in_flight--;
-        /* The gateway asked us to slow down: hold back the remaining closes,
-         * for this cycle and the next. */
+        /* A failed close came with a Retry-After: hold back the remaining
+         * closes of this cycle (the session itself waits in its backoff). */
         if (retry_after_s > 0 && !c->stopping) {
                 uint64_t pause_ms = account_pause_ms(c, retry_after_s);
 
-                if (c->env.throttle)
-                        throttle_hold(c->env.throttle, pause_ms, now_mono_ms());
                 if (c->next_job < c->n_jobs || c->n_requeued > 0)
                         pause_dispatch(c, pause_ms, "The gateway asked for a pause (Retry-After)");
         }

@@ -542,8 +542,19 @@ static bool read_value(struct yaml_reader *p, const char *where, yaml_node_t *v,
                 k->parse(p, where, v, base);
                 break;
         }
-        if (p->n_errors != before)
+        if (p->n_errors != before) {
+                /* As the file was always read: a string refused for a NUL
+                 * is still checked up to the NUL, when the key says so. */
+                const char *text = yaml_scalar(v);
+                char *copy;
+
+                if (k->check && (k->flags & YAML_K_CHECK_PREFIX) && text && !yaml_is_null(v) && *text &&
+                    strlen(text) != v->data.scalar.length && (copy = strdup(text))) {
+                        k->check(p, where, v, &copy);
+                        free(copy);
+                }
                 return false;
+        }
         if (k->check && k->type != YAML_T_CUSTOM)
                 k->check(p, where, v, field);
         return true;

@@ -36,9 +36,10 @@ enum yaml_type {
         YAML_T_CUSTOM,         /* .parse does it all, given the whole struct */
 };
 
-#define YAML_K_INHERITED (1u << 0) /* an account starts from the top level's value */
-#define YAML_K_RESTART   (1u << 1) /* a reload cannot change it: the daemon must restart */
-#define YAML_K_NULL_OK   (1u << 2) /* YAML_T_SECTION: null means all defaults */
+#define YAML_K_INHERITED    (1u << 0) /* an account starts from the top level's value */
+#define YAML_K_RESTART      (1u << 1) /* a reload cannot change it: the daemon must restart */
+#define YAML_K_NULL_OK      (1u << 2) /* YAML_T_SECTION: null means all defaults */
+#define YAML_K_CHECK_PREFIX (1u << 3) /* a string refused for a NUL is still .check()ed up to it */
 
 struct yaml_key;
 

@@ -645,6 +645,46 @@ static void test_metrics_file(void **state) {
         rmdir(dir);
 }
 
+/* The words --plan prints in its DECISION column cannot be policy names; a
+ * name refused for a NUL is still checked up to it (as it always was); the
+ * restart check knows an account by its shown name. */
+static void test_plan_words_nul_prefixes_and_restart(void **state) {
+        struct config *a = NULL, *b = NULL;
+        char *e;
+
+        (void) state;
+        e = load("gateway: {url: 'http://127.0.0.1:9', appkey: \"a b\\0c\"}\npolicies:\n"
+                 "  - {name: fused, kind: failed, after: 1m}\n"
+                 "  - {name: deferred, kind: failed, after: 1m}\n"
+                 "  - {name: backing_off, kind: failed, after: 1m}\n"
+                 "  - {name: \"keep\\0x\", kind: failed, after: 1m}\n",
+                 NULL);
+        assert_error_at(e, 1, 46, "gateway.appkey: must not contain a NUL character");
+        assert_error_at(e, 1, 46, "gateway.appkey: may contain only letters");
+        assert_error_at(e, 3, 12, "'fused' is reserved");
+        assert_error_at(e, 4, 12, "'deferred' is reserved");
+        assert_error_at(e, 5, 12, "'backing_off' is reserved");
+        assert_error_at(e, 6, 12, "must not contain a NUL character");
+        assert_error_at(e, 6, 12, "'keep' is reserved");
+        free(e);
+
+        assert_null(load("gateway: {url: 'http://127.0.0.1:9', appkey: k}\nstate_file: /tmp/s.default.json\n"
+                         "policies: [{name: f, kind: failed, after: 1m}]\n",
+                         &a));
+        assert_null(load(
+                "gateway: {url: 'http://127.0.0.1:9'}\nstate_file: /tmp/s.json\n"
+                "accounts: [{name: default, appkey: k, policies: [{name: f, kind: failed, after: 1m}]}]\n",
+                &b));
+        assert_int_equal(b->n_accounts, 1);
+        assert_null(config_restart_needed(a, b->accounts[0]));
+        assert_string_equal(b->accounts[0]->state_file, "/tmp/s.default.json");
+        free(b->accounts[0]->account);
+        b->accounts[0]->account = strdup("prod");
+        assert_string_equal(config_restart_needed(a, b->accounts[0]), "name");
+        config_free(a);
+        config_free(b);
+}
+
 static void test_loopback_hosts(void **state) {
         (void) state;
         assert_true(config_host_is_loopback("localhost"));
@@ -675,6 +715,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_hostile_sizes, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_duplicates, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_metrics_file, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_plan_words_nul_prefixes_and_restart, setup, teardown),
                 cmocka_unit_test(test_loopback_hosts),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
