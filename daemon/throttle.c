@@ -56,6 +56,18 @@ static void raise_pace(struct throttle *t, double factor) {
         set_rate(t);
 }
 
+/* A pause never cuts a longer one short. */
+static void extend(int64_t *until_ms, int64_t to_ms) {
+        if (to_ms > *until_ms)
+                *until_ms = to_ms;
+}
+
+/* A call about to go after 10 s without one: the pace starts over. */
+static void restart_if_idle(struct throttle *t, int64_t now_ms) {
+        if (t->last_call_ms > 0 && now_ms - t->last_call_ms >= THROTTLE_IDLE_MS)
+                restart(t, now_ms);
+}
+
 static void refill(struct throttle *t, int64_t now_ms) {
         double burst;
 
@@ -111,14 +123,10 @@ uint64_t throttle_refused(struct throttle *t, bool learn, uint64_t retry_after_m
                 pause *= 2;
         if (pause > PAUSE_MAX_MS)
                 pause = PAUSE_MAX_MS;
-        if (retry_after_ms > 0) {
-                pause = retry_after_ms;
-                if (now_ms + (int64_t) pause > t->held_until_ms)
-                        t->held_until_ms = now_ms + (int64_t) pause;
-        }
-        /* A shorter pause never cuts a longer one short. */
-        if (now_ms + (int64_t) pause > t->paused_until_ms)
-                t->paused_until_ms = now_ms + (int64_t) pause;
+        if (retry_after_ms > 0)
+                throttle_hold(t, retry_after_ms, now_ms); /* the gateway's pause */
+        else
+                extend(&t->paused_until_ms, now_ms + (int64_t) pause);
         /* No burst after a refusal: tokens do not pile up during the pause
          * (refill() skips it), and the doubling starts its count again. */
         if (t->tokens > 1)
@@ -154,10 +162,8 @@ void throttle_ok(struct throttle *t, int64_t now_ms) {
 
 void throttle_hold(struct throttle *t, uint64_t ms, int64_t now_ms) {
         assert(t);
-        if (now_ms + (int64_t) ms > t->paused_until_ms)
-                t->paused_until_ms = now_ms + (int64_t) ms;
-        if (now_ms + (int64_t) ms > t->held_until_ms)
-                t->held_until_ms = now_ms + (int64_t) ms;
+        extend(&t->paused_until_ms, now_ms + (int64_t) ms);
+        extend(&t->held_until_ms, now_ms + (int64_t) ms);
 }
 
 void throttle_new_cycle(struct throttle *t) {
@@ -180,8 +186,7 @@ uint64_t throttle_ready(struct throttle *t, int64_t now_ms) {
         assert(t);
         if (t->paused_until_ms > now_ms)
                 return (uint64_t) (t->paused_until_ms - now_ms);
-        if (t->last_call_ms > 0 && now_ms - t->last_call_ms >= THROTTLE_IDLE_MS)
-                restart(t, now_ms);
+        restart_if_idle(t, now_ms);
         refill(t, now_ms);
         if (t->rate <= 0 || t->tokens >= 1.0)
                 return 0;
@@ -190,8 +195,7 @@ uint64_t throttle_ready(struct throttle *t, int64_t now_ms) {
 
 void throttle_take(struct throttle *t, int64_t now_ms) {
         assert(t);
-        if (t->last_call_ms > 0 && now_ms - t->last_call_ms >= THROTTLE_IDLE_MS)
-                restart(t, now_ms);
+        restart_if_idle(t, now_ms);
         refill(t, now_ms);
         if (t->rate > 0)
                 t->tokens -= 1.0;
