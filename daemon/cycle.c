@@ -25,9 +25,6 @@
 /* A close refused as too frequent is tried again in the same cycle, after a
  * pause, at most this many times; then it waits for the next cycle. */
 #define MAX_REQUEUES 8
-/* The longest pause a Retry-After imposes on the account, when poll_interval
- * is shorter. */
-#define ACCOUNT_PAUSE_CAP_MS (5 * 60 * 1000)
 
 static const char *const outcome_names[] = {
         [OUTCOME_CLOSED] = "closed",   [OUTCOME_ALREADY_CLOSED] = "already_closed",
@@ -378,12 +375,9 @@ static void close_failed(struct close_job *job, const char *what, const char *de
         job_done(job, OUTCOME_FAILED, msg, retry_after_s);
 }
 
-/* A Retry-After as a pause of the account: at most max(poll_interval,
- * 5 min), so that a gateway cannot switch reclaiming off (as for the list). */
+/* A Retry-After as a pause of the account, capped as the list's is. */
 static uint64_t account_pause_ms(const struct cycle *c, long retry_after_s) {
-        uint64_t cap = c->env.config->poll_interval_ms > ACCOUNT_PAUSE_CAP_MS
-                               ? c->env.config->poll_interval_ms
-                               : ACCOUNT_PAUSE_CAP_MS;
+        uint64_t cap = reply_retry_after_cap_ms(c->env.config->poll_interval_ms);
         uint64_t ms = retry_after_s > 0 ? (uint64_t) retry_after_s * 1000 : 0;
 
         return ms > cap ? cap : ms;

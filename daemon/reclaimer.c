@@ -39,15 +39,13 @@
 #include "idset.h"
 #include "log.h"
 #include "metrics.h"
+#include "reply.h"
 #include "retry.h"
 #include "state.h"
 #include "util.h"
 
 #define MAX_RESPONSE_SIZE      (16u * 1024 * 1024)
 #define SHUTDOWN_GRACE_EXTRA_S 1.0
-/* A Retry-After on the list call delays the next poll by at most
- * max(poll_interval, this): a gateway cannot switch the daemon off. */
-#define LIST_RETRY_AFTER_CAP_MS (5 * 60 * 1000)
 /* SIGUSR1 never starts cycles closer together than this (or poll_interval,
  * if shorter), and never before a list Retry-After has passed. */
 #define SWEEP_MIN_GAP_MS 1000
@@ -150,13 +148,12 @@ static void ulog(const struct runner *u, int priority, const char *fmt, ...) {
 
 /* The next cycle starts poll_interval after the previous one started, and
  * never before it ended. A Retry-After from the list call can push it later,
- * by at most max(poll_interval, LIST_RETRY_AFTER_CAP_MS), and the real time
+ * by at most reply_retry_after_cap_ms() (max(poll_interval, 5 min)), and the real time
  * of the next poll is then logged. */
 static void schedule_next(struct runner *u, int64_t started_mono_ms, uint64_t retry_after_ms,
                           bool after_cycle) {
         int64_t now = now_mono_ms(), next = started_mono_ms + (int64_t) u->config->poll_interval_ms;
-        uint64_t cap = u->config->poll_interval_ms > LIST_RETRY_AFTER_CAP_MS ? u->config->poll_interval_ms
-                                                                             : LIST_RETRY_AFTER_CAP_MS;
+        uint64_t cap = reply_retry_after_cap_ms(u->config->poll_interval_ms);
         double delay;
 
         if (next <= now && after_cycle)

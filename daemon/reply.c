@@ -3,6 +3,12 @@
 #include <errno.h>
 #include <stdio.h>
 
+#define RETRY_AFTER_CAP_MS (5 * 60 * 1000)
+
+uint64_t reply_retry_after_cap_ms(uint64_t poll_interval_ms) {
+        return poll_interval_ms > RETRY_AFTER_CAP_MS ? poll_interval_ms : RETRY_AFTER_CAP_MS;
+}
+
 bool reply_transport_failed(const struct http_response *resp, char *buf, size_t n) {
         if (resp->result != CURLE_OK) {
                 snprintf(buf, n, "%s", resp->error);

@@ -4,6 +4,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "gateway.h"
 #include "http.h"
@@ -38,6 +39,10 @@ bool reply_teaches_pace(const struct http_response *resp);
 /* Describes a transport-level failure into buf; returns false when resp is
  * a 200. */
 bool reply_transport_failed(const struct http_response *resp, char *buf, size_t n);
+
+/* The longest wait a Retry-After imposes, on the list or on the closes:
+ * max(poll_interval, 5 min), so that a gateway cannot switch reclaiming off. */
+uint64_t reply_retry_after_cap_ms(uint64_t poll_interval_ms);
 
 /* Describes what a gateway_parse_*() failure r means. */
 void reply_describe_parse_error(int r, const struct gateway_error *err, char *buf, size_t n);
