@@ -383,6 +383,20 @@ static uint64_t account_pause_ms(const struct cycle *c, long retry_after_s) {
         return ms > cap ? cap : ms;
 }
 
+/* Whether waiting wait_ms from now would carry the cycle past
+ * poll_interval: a cycle never waits that long. */
+static bool outlasts_cycle(const struct cycle *c, uint64_t wait_ms) {
+        return now_mono_ms() + (int64_t) wait_ms - c->res.started_ms >=
+               (int64_t) c->env.config->poll_interval_ms;
+}
+
+/* The closes left wait for the next cycle, and nothing more is sent in this
+ * one (replies still to come are deferred too: see job_throttled()). */
+static void give_up(struct cycle *c) {
+        c->gave_up = true;
+        defer_queued(c);
+}
+
 /* Holds back dispatch for pause_ms (keeping a longer pause already
  * running). A pause as long as poll_interval leaves what is left to the
  * next cycle. */
@@ -391,19 +405,15 @@ static uint64_t account_pause_ms(const struct cycle *c, long retry_after_s) {
  * is left to the next cycle, which starts only once the pause is over (the
  * account's throttle remembers it). */
 static void pause_dispatch(struct cycle *c, uint64_t pause_ms, const char *why) {
-        const struct config *cfg = c->env.config;
-        int64_t now = now_mono_ms();
-
         if (c->gave_up)
                 return;
-        if (now + (int64_t) pause_ms - c->res.started_ms >= (int64_t) cfg->poll_interval_ms) {
-                c->gave_up = true;
+        if (outlasts_cycle(c, pause_ms)) {
                 cycle_log(c, LOG_WARNING, NULL, NULL, 0,
                           "%s: pausing %" PRIu64
                           " ms, longer than poll_interval; the closes left wait for the next cycle, "
                           "after the pause",
                           why, pause_ms);
-                defer_queued(c);
+                give_up(c);
                 return;
         }
         if (ev_is_active(&c->resume_timer) &&
@@ -694,20 +704,16 @@ void cycle_dispatch(struct cycle *c) {
                 uint64_t wait = c->env.throttle ? throttle_ready(c->env.throttle, now_mono_ms()) : 0;
 
                 if (wait > 0) {
-                        int64_t now = now_mono_ms();
-
                         /* The account's pace (learnt, or gateway.max_rate)
                          * holds the next close back. In the daemon, not past
                          * poll_interval: then the closes left wait for the
                          * next cycle. --once has no next cycle: it waits. */
-                        if (c->env.next_cycle && now + (int64_t) wait - c->res.started_ms >=
-                                                         (int64_t) c->env.config->poll_interval_ms) {
-                                c->gave_up = true;
+                        if (c->env.next_cycle && outlasts_cycle(c, wait)) {
                                 cycle_log(c, LOG_WARNING, NULL, NULL, 0,
                                           "The account's pace (%.1f calls/s) leaves closes for longer than "
                                           "poll_interval; the closes left wait for the next cycle",
                                           throttle_rate(c->env.throttle));
-                                defer_queued(c);
+                                give_up(c);
                                 break;
                         }
                         ev_timer_set(&c->resume_timer, (double) wait / 1000.0, 0.);
