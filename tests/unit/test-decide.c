@@ -166,6 +166,24 @@ static const struct scenario scenarios[] = {
           1 },
 };
 
+/* A scenario's entries as a session list and its ages. */
+struct listed {
+        struct session items[8];
+        char ids[8][16], users[8][16];
+        uint64_t ages[8];
+};
+
+static void listed_fill(struct listed *ls, const struct scenario *sc) {
+        for (size_t i = 0; i < sc->n_entries; i++) {
+                const struct entry *e = &sc->entries[i];
+
+                snprintf(ls->ids[i], sizeof ls->ids[i], "%s", e->id);
+                snprintf(ls->users[i], sizeof ls->users[i], "%s", e->user);
+                ls->items[i] = (struct session){ ls->ids[i], ls->users[i], e->status, e->started };
+                ls->ages[i] = e->age_ms;
+        }
+}
+
 static void run_scenario(const struct scenario *sc) {
         struct config cfg = {
                 .protect_user_ids = { vip, 1 },
@@ -174,26 +192,17 @@ static void run_scenario(const struct scenario *sc) {
                 .max_closes_per_cycle = sc->max_closes,
                 .fuse = { .max_share = sc->max_share, .min_sessions = sc->min_sessions },
         };
-        struct session items[8];
-        char ids[8][16], users[8][16];
-        uint64_t ages[8];
-        struct session_list l = { .items = items, .n = sc->n_entries };
+        struct listed ls;
+        struct session_list l = { .items = ls.items, .n = sc->n_entries };
         struct retry_table *retries = NULL;
         struct decide_result r;
 
         print_message("%s\n", sc->name);
-        for (size_t i = 0; i < sc->n_entries; i++) {
-                const struct entry *e = &sc->entries[i];
-
-                snprintf(ids[i], sizeof ids[i], "%s", e->id);
-                snprintf(users[i], sizeof users[i], "%s", e->user);
-                items[i] = (struct session){ ids[i], users[i], e->status, e->started };
-                ages[i] = e->age_ms;
-        }
+        listed_fill(&ls, sc);
         assert_int_equal(retry_table_new(&retries), 0);
         if (sc->backing_off)
                 assert_true(retry_failed(retries, sc->backing_off, 1000, MIN, 60 * MIN, 0, 0) > 0);
-        assert_int_equal(decide(&(struct decide_input){ &cfg, &l, ages, retries, 1000 }, &r), 0);
+        assert_int_equal(decide(&(struct decide_input){ &cfg, &l, ls.ages, retries, 1000 }, &r), 0);
         for (size_t i = 0; i < sc->n_entries; i++) {
                 const struct entry *e = &sc->entries[i];
 
@@ -208,7 +217,7 @@ static void run_scenario(const struct scenario *sc) {
         }
         assert_int_equal(r.n_closes, sc->n_closes);
         for (size_t k = 0; k < sc->n_closes; k++)
-                assert_string_equal(items[r.closes[k]].session_id, sc->closes[k]);
+                assert_string_equal(ls.items[r.closes[k]].session_id, sc->closes[k]);
         decide_result_done(&r);
         retry_table_free(retries);
 }
@@ -228,24 +237,17 @@ static void test_counts(void **state) {
                 .max_closes_per_cycle = sc->max_closes,
                 .fuse = { .max_share = 0.4, .min_sessions = sc->min_sessions },
         };
-        struct session items[8];
-        char ids[8][16], users[8][16];
-        uint64_t ages[8];
+        struct listed ls;
         /* A live entry never acted on counts as live: 2 due of 4 live. */
         struct malformed_entry junk = { .id = (char *) "x", .reason = "test", .live = true };
-        struct session_list l = { .items = items, .n = sc->n_entries, .malformed = &junk, .n_malformed = 1 };
+        struct session_list l = {
+                .items = ls.items, .n = sc->n_entries, .malformed = &junk, .n_malformed = 1
+        };
         struct decide_result r;
 
         (void) state;
-        for (size_t i = 0; i < sc->n_entries; i++) {
-                const struct entry *e = &sc->entries[i];
-
-                snprintf(ids[i], sizeof ids[i], "%s", e->id);
-                snprintf(users[i], sizeof users[i], "%s", e->user);
-                items[i] = (struct session){ ids[i], users[i], e->status, e->started };
-                ages[i] = e->age_ms;
-        }
-        assert_int_equal(decide(&(struct decide_input){ &cfg, &l, ages, NULL, 0 }, &r), 0);
+        listed_fill(&ls, sc);
+        assert_int_equal(decide(&(struct decide_input){ &cfg, &l, ls.ages, NULL, 0 }, &r), 0);
         assert_int_equal(r.due, 4);
         assert_int_equal(r.live, 4); /* n1, n2, live and the malformed live entry */
         assert_int_equal(r.due_live, 2);
