@@ -10,6 +10,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "decide.h"
 #include "fileio.h"
 #include "util.h"
 #include "yamlread.h"
@@ -116,8 +117,7 @@ static void check_policy_name(struct yaml_reader *p, const char *where, yaml_nod
 
         if (!yaml_only_name_chars(s, "-_."))
                 yaml_error(p, v, "%s: may contain only letters, digits, '-', '_' and '.'", where);
-        else if (strcmp(s, "keep") == 0 || strcmp(s, "protected") == 0 || strcmp(s, "fused") == 0 ||
-                 strcmp(s, "backing_off") == 0 || strcmp(s, "deferred") == 0)
+        else if (decide_is_plan_word(s))
                 yaml_error(p, v, "%s: '%s' is reserved for --plan output; choose another name", where, s);
 }
 
