@@ -104,8 +104,12 @@ static void check_gateway_url(struct yaml_reader *p, const char *where, yaml_nod
 
 static void check_appkey(struct yaml_reader *p, const char *where, yaml_node_t *v, void *field) {
         const char *s = *(char **) field;
+        /* Both the gateway's and an account's row point into a gateway_config. */
+        struct gateway_config *g = (void *) ((char *) field - offsetof(struct gateway_config, appkey));
 
         (void) where;
+        g->appkey_line = (unsigned) v->start_mark.line + 1;
+        g->appkey_column = (unsigned) v->start_mark.column + 1;
         if (!yaml_only_name_chars(s, "-_."))
                 yaml_error(p, v, "gateway.appkey: may contain only letters, digits, '-', '_' and '.'");
         else if (strlen(s) > 128)
@@ -564,28 +568,43 @@ static bool same_file(struct yaml_reader *p, const char *a, const char *b) {
         return same;
 }
 
-/* The metrics file is replaced on every cycle: it must not be the state
- * file (of any account) or the policy file itself. */
-static void check_metrics_file(struct yaml_reader *p, yaml_node_t *root, const struct config *c) {
-        yaml_node_t *at = NULL;
-
-        if (!c->metrics_file || p->stop)
-                return;
+/* The key node of a top-level key, for its position; else the root. */
+static yaml_node_t *top_key_node(struct yaml_reader *p, yaml_node_t *root, const char *name) {
         for (yaml_node_pair_t *pair = root->data.mapping.pairs.start; pair < root->data.mapping.pairs.top;
              pair++) {
                 yaml_node_t *k = yaml_node(p, pair->key);
                 const char *key = k ? yaml_scalar(k) : NULL;
 
-                if (key && strcmp(key, "metrics_file") == 0) {
-                        at = k;
-                        break;
-                }
+                if (key && strcmp(key, name) == 0)
+                        return k;
         }
-        if (!at)
+        return root;
+}
+
+/* The state and metrics files are replaced while the daemon runs: neither
+ * may be the policy file itself, nor may the metrics file be a state file
+ * (of any account). */
+static void check_distinct_files(struct yaml_reader *p, yaml_node_t *root, const struct config *c) {
+        yaml_node_t *at;
+
+        if (p->stop)
                 return;
+        at = top_key_node(p, root, "state_file");
+        if (c->state_file && same_file(p, c->state_file, c->path))
+                yaml_error(p, at, "state_file: '%s' is the same file as the policy file", c->state_file);
+        for (size_t i = 0; i < c->n_accounts; i++)
+                if (c->accounts[i]->state_file && same_file(p, c->accounts[i]->state_file, c->path))
+                        yaml_error(
+                                p, at,
+                                "state_file: the state file of accounts[%zu] (%s) is the same file as the "
+                                "policy file",
+                                i, c->accounts[i]->state_file);
+        if (!c->metrics_file)
+                return;
+        at = top_key_node(p, root, "metrics_file");
         if (same_file(p, c->metrics_file, c->path))
                 yaml_error(p, at, "metrics_file: '%s' is the same file as the policy file", c->metrics_file);
-        if (same_file(p, c->metrics_file, c->state_file))
+        if (c->state_file && same_file(p, c->metrics_file, c->state_file))
                 yaml_error(p, at, "metrics_file: '%s' is the same file as state_file", c->metrics_file);
         for (size_t i = 0; i < c->n_accounts; i++)
                 if (c->accounts[i]->state_file && same_file(p, c->metrics_file, c->accounts[i]->state_file))
@@ -617,7 +636,7 @@ static void parse_document(struct yaml_reader *p, yaml_node_t *root, void *userd
                 yaml_require(p, "top level", root, required);
                 if (gateway)
                         yaml_require(p, "gateway", gateway, required_gateway);
-                check_metrics_file(p, root, c);
+                check_distinct_files(p, root, c);
                 return;
         }
         /* With accounts, what is per account cannot also be global. */
@@ -630,7 +649,7 @@ static void parse_document(struct yaml_reader *p, yaml_node_t *root, void *userd
                         yaml_error(p, yaml_find(p, gateway, *k),
                                    "gateway.%s: belongs in each account when 'accounts' is used", *k);
         parse_accounts(p, accounts, c);
-        check_metrics_file(p, root, c);
+        check_distinct_files(p, root, c);
 }
 
 int config_load(const char *path, struct config **ret_config, struct error *err) {

@@ -11,6 +11,8 @@
 #define CONFIG_DEFAULT_PATH       "/etc/ivh-reclaimd/policy.yaml"
 #define CONFIG_DEFAULT_URL        "https://gw-sg.tvs.qq.com"
 #define CONFIG_DEFAULT_STATE_FILE "/var/lib/ivh-reclaimd/state.json"
+/* The appkey of the signature example in Tencent's documentation. */
+#define CONFIG_SAMPLE_APPKEY "e38267c0e86411ebb02aed82acb0ed99"
 
 struct glob_list {
         char **items;
@@ -36,8 +38,9 @@ struct policy {
 struct gateway_config {
         char *url; /* no trailing slash */
         char *appkey;
-        char *accesstoken_file; /* NULL: credentials directory, then environment */
-        char *ca_file;          /* NULL: the system trust store */
+        unsigned appkey_line, appkey_column; /* where the file sets it, for messages; 0: unknown */
+        char *accesstoken_file;              /* NULL: credentials directory, then environment */
+        char *ca_file;                       /* NULL: the system trust store */
         uint64_t timeout_ms;
         unsigned max_parallel;
         struct glob_list project_ids; /* listsessionofprojectid per id */

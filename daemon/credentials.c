@@ -135,6 +135,9 @@ static int load_file(const char *path, struct credentials *c, struct error *err)
                 goto out;
         }
         snprintf(c->source, sizeof c->source, "file %s", path);
+        c->path = strdup(path);
+        if (!c->path)
+                r = -ENOMEM;
 out:
         explicit_bzero(raw, sizeof raw);
         close(fd);
@@ -224,5 +227,6 @@ void credentials_free(struct credentials *c) {
                 explicit_bzero(c->token, strlen(c->token));
                 free(c->token);
         }
+        free(c->path);
         free(c);
 }

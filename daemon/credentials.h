@@ -10,6 +10,7 @@
 struct credentials {
         char *token;      /* wiped on free */
         char source[256]; /* human-readable origin, never the token */
+        char *path;       /* the file it was read from; NULL: the environment */
         bool from_env;
 };
 

@@ -257,8 +257,13 @@ static void after_list(struct cycle *c) {
                           c->list->n_duplicates);
 
         if (c->env.plan_out) {
-                plan_print(c->env.plan_out, c->env.config, c->list, c->env.state, c->env.retries,
-                           now_mono_ms());
+                int n = plan_print(c->env.plan_out, c->env.plan_format, c->env.config, c->list, c->env.state,
+                                   c->env.retries, now_mono_ms());
+
+                if (n < 0)
+                        c->res.list_failed = true;
+                else
+                        c->res.planned = (size_t) n;
                 cycle_end(c);
                 return;
         }

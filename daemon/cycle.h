@@ -13,6 +13,7 @@
 #include "http.h"
 #include "idset.h"
 #include "metrics.h"
+#include "plan.h"
 #include "retry.h"
 #include "state.h"
 #include "throttle.h"
@@ -34,6 +35,7 @@ struct cycle_env {
                             past poll_interval may wait for it */
         struct idset *malformed_logged; /* ids already warned about (owned by the runner) */
         FILE *plan_out; /* non-NULL for --plan: print the plan, close nothing, record nothing */
+        enum plan_format plan_format;
 };
 
 struct cycle_result {
@@ -49,6 +51,7 @@ struct cycle_result {
         uint64_t retry_after_ms; /* the list call's Retry-After, 0 if none */
         size_t list_bytes;       /* size of the list reply (or replies) */
         int64_t started_ms, duration_ms;
+        size_t planned; /* --plan: sessions a cycle would reclaim now */
 };
 
 /* Where a cycle is. It only ever moves forward. */

@@ -5,6 +5,7 @@
 #include <getopt.h>
 #include <malloc.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,12 +14,14 @@
 
 #include "config.h"
 #include "log.h"
+#include "preflight.h"
 #include "reclaimer.h"
 
 /* Exit codes (sysexits.h where one fits). */
 enum {
         EXIT_OK = 0,
         EXIT_FAIL = 1,    /* --once/--plan: the list call failed; or a runtime error */
+        EXIT_PLANNED = 2, /* --plan --detailed-exitcode: something would be reclaimed */
         EXIT_USAGE = 64,  /* bad command line */
         EXIT_BUSY = 75,   /* EX_TEMPFAIL: another instance holds the state file's lock */
         EXIT_CONFIG = 78, /* invalid configuration or missing credentials */
@@ -33,7 +36,13 @@ static void help(FILE *out) {
                      "      --dry-run            decide and log everything, never call closesession\n"
                      "      --plan               list sessions once, print what would happen to each, close "
                      "nothing\n"
-                     "      --check-config       validate the policy file and exit\n"
+                     "      --output FORMAT      with --plan: table (default) or json (one object per "
+                     "session)\n"
+                     "      --detailed-exitcode  with --plan: exit 0 if nothing would be reclaimed, 2 if "
+                     "something\n"
+                     "                           would, 1 on any error\n"
+                     "      --check-config       validate the policy file, token, appkey and "
+                     "directories, and exit\n"
                      "      --log-target TARGET  auto, journal or console (default auto)\n"
                      "  -v, --verbose            also log debug messages\n"
                      "  -h, --help               show this help\n"
@@ -43,13 +52,96 @@ static void help(FILE *out) {
                      "$CREDENTIALS_DIRECTORY/accesstoken, else $IVH_ACCESS_TOKEN.\n"
                      "\n"
                      "Exit status: 0 success; 1 the session list could not be fetched (--once, --plan)\n"
-                     "or a runtime error; 64 usage error; 75 another instance uses the same state file;\n"
-                     "78 invalid configuration or missing credentials.\n");
+                     "or a runtime error; 2 --plan --detailed-exitcode found sessions to reclaim;\n"
+                     "64 usage error; 75 another instance uses the same state file; 77 the gateway\n"
+                     "refused the credentials (--once, --plan); 78 invalid configuration or missing\n"
+                     "credentials.\n");
 }
 
-/* Before anything else: SIGHUP and SIGUSR1 would kill a process that has
- * not installed its handlers yet (--once, --plan, a daemon still loading
- * its state), and the README suggests `kill -USR1 $(pidof ivh-reclaimd)`.
+/* A usage error: one line saying what is wrong (getopt_long() prints its
+ * own), then where to look. */
+static int usage_hint(void) {
+        fputs("Try 'ivh-reclaimd --help' for more information.\n", stderr);
+        return EXIT_USAGE;
+}
+
+static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int usage_error(const char *fmt, ...) {
+        va_list ap;
+
+        fputs("ivh-reclaimd: ", stderr);
+        va_start(ap, fmt);
+        vfprintf(stderr, fmt, ap);
+        va_end(ap);
+        fputc('\n', stderr);
+        return usage_hint();
+}
+
+/* Run by the unit's ExecReload=, --check-config has $MAINPID: when it refuses
+ * the file, no SIGHUP follows, so it tells the daemon with SIGUSR2 that a
+ * reload failed (for ivh_config_last_reload_successful and STATUS=). Only
+ * from a unit's control process ($INVOCATION_ID is set too), and not when
+ * /proc shows that $MAINPID is something else. (The sandbox may hide the
+ * main process's /proc entry; systemd's $MAINPID is the daemon.) */
+static void tell_daemon_reload_failed(void) {
+        const char *s = getenv("MAINPID");
+        char path[64], comm[32] = "";
+        FILE *f;
+        long pid;
+        char *end;
+
+        if (!s || !*s || !getenv("INVOCATION_ID"))
+                return;
+        errno = 0;
+        pid = strtol(s, &end, 10);
+        if (errno || *end || pid <= 1 || pid == (long) getpid())
+                return;
+        snprintf(path, sizeof path, "/proc/%ld/comm", pid);
+        f = fopen(path, "re");
+        if (f) {
+                if (!fgets(comm, sizeof comm, f))
+                        comm[0] = '\0';
+                fclose(f);
+                if (strcmp(comm, "ivh-reclaimd\n") != 0)
+                        return;
+        }
+        (void) kill((pid_t) pid, SIGUSR2);
+}
+
+/* --check-config: the file was loaded; now what the daemon needs at start
+ * that can be checked without the network (preflight.h). */
+static int check_config(const char *path, struct config *config) {
+        struct error err = { 0 };
+        char *notes = NULL;
+        size_t n = 0;
+        int problems = preflight_check(config, &err, &notes);
+
+        if (notes)
+                fputs(notes, stdout);
+        free(notes);
+        if (problems < 0) {
+                fprintf(stderr, "ivh-reclaimd: out of memory\n");
+                return EXIT_FAIL;
+        }
+        if (problems > 0) {
+                fputs(error_message(&err), stderr);
+                error_done(&err);
+                tell_daemon_reload_failed();
+                return EXIT_CONFIG;
+        }
+        if (config->n_accounts > 0) {
+                for (size_t i = 0; i < config->n_accounts; i++)
+                        n += config->accounts[i]->n_policies;
+                printf("%s: OK (%zu accounts, %zu policies)\n", path, config->n_accounts, n);
+        } else
+                printf("%s: OK (%zu policies)\n", path, config->n_policies);
+        return EXIT_OK;
+}
+
+/* Before anything else: SIGHUP, SIGUSR1 and SIGUSR2 would kill a process
+ * that has not installed its handlers yet (--once, --plan, a daemon still
+ * loading its state), and the README suggests `kill -USR1 $(pidof
+ * ivh-reclaimd)`.
  * They are ignored until the daemon's signal watchers take them over. A
  * closed stderr pipe must not kill the daemon either: SIGPIPE is ignored,
  * and writes fail with EPIPE instead. */
@@ -59,11 +151,21 @@ static void ignore_signals(void) {
         sigemptyset(&sa.sa_mask);
         sigaction(SIGHUP, &sa, NULL);
         sigaction(SIGUSR1, &sa, NULL);
+        sigaction(SIGUSR2, &sa, NULL);
         sigaction(SIGPIPE, &sa, NULL);
 }
 
 int main(int argc, char **argv) {
-        enum { OPT_ONCE = 256, OPT_DRY_RUN, OPT_PLAN, OPT_CHECK, OPT_LOG_TARGET, OPT_VERSION };
+        enum {
+                OPT_ONCE = 256,
+                OPT_DRY_RUN,
+                OPT_PLAN,
+                OPT_CHECK,
+                OPT_LOG_TARGET,
+                OPT_VERSION,
+                OPT_OUTPUT,
+                OPT_DETAILED_EXITCODE,
+        };
         static const struct option options[] = {
                 { "config", required_argument, NULL, 'c' },
                 { "once", no_argument, NULL, OPT_ONCE },
@@ -74,6 +176,8 @@ int main(int argc, char **argv) {
                 { "verbose", no_argument, NULL, 'v' },
                 { "help", no_argument, NULL, 'h' },
                 { "version", no_argument, NULL, OPT_VERSION },
+                { "output", required_argument, NULL, OPT_OUTPUT },
+                { "detailed-exitcode", no_argument, NULL, OPT_DETAILED_EXITCODE },
                 {},
         };
         struct reclaimer_options ropt = { .mode = RECLAIMER_DAEMON };
@@ -82,7 +186,7 @@ int main(int argc, char **argv) {
         struct config *config = NULL;
         struct reclaimer *r = NULL;
         struct ev_loop *loop;
-        bool check_only = false, verbose = false;
+        bool check_only = false, verbose = false, output_set = false, detailed = false;
         struct error err = { 0 };
         int c, ret, status;
 
@@ -105,13 +209,21 @@ int main(int argc, char **argv) {
                         check_only = true;
                         break;
                 case OPT_LOG_TARGET:
-                        if (log_target_from_string(optarg, &target) < 0) {
-                                fprintf(stderr,
-                                        "ivh-reclaimd: --log-target must be auto, journal or console, not "
-                                        "'%s'\n",
-                                        optarg);
-                                return EXIT_USAGE;
-                        }
+                        if (log_target_from_string(optarg, &target) < 0)
+                                return usage_error("--log-target must be auto, journal or console, not '%s'",
+                                                   optarg);
+                        break;
+                case OPT_OUTPUT:
+                        if (strcmp(optarg, "table") == 0)
+                                ropt.plan_format = PLAN_TABLE;
+                        else if (strcmp(optarg, "json") == 0)
+                                ropt.plan_format = PLAN_JSON;
+                        else
+                                return usage_error("--output must be table or json, not '%s'", optarg);
+                        output_set = true;
+                        break;
+                case OPT_DETAILED_EXITCODE:
+                        detailed = true;
                         break;
                 case 'v':
                         verbose = true;
@@ -123,14 +235,16 @@ int main(int argc, char **argv) {
                         printf("ivh-reclaimd %s\n", IVH_VERSION);
                         return EXIT_OK;
                 default:
-                        help(stderr);
-                        return EXIT_USAGE;
+                        /* getopt_long() has said what is wrong. */
+                        return usage_hint();
                 }
         }
-        if (optind < argc) {
-                fprintf(stderr, "ivh-reclaimd: unexpected argument '%s'\n", argv[optind]);
-                return EXIT_USAGE;
-        }
+        if (optind < argc)
+                return usage_error("unexpected argument '%s'", argv[optind]);
+        if (output_set && ropt.mode != RECLAIMER_PLAN)
+                return usage_error("%s needs --plan", "--output");
+        if (detailed && ropt.mode != RECLAIMER_PLAN)
+                return usage_error("%s needs --plan", "--detailed-exitcode");
 
         /* Serve large buffers (a big session list) from mmap and give them back
          * when freed. glibc would otherwise raise its threshold after the first
@@ -152,19 +266,14 @@ int main(int argc, char **argv) {
                 if (!check_only && log_get_target() == LOG_TARGET_JOURNAL)
                         log_error("Invalid configuration %s:\n%s", config_path, error_message(&err));
                 error_done(&err);
-                return ret == -ENOMEM ? EXIT_FAIL : EXIT_CONFIG;
+                if (check_only)
+                        tell_daemon_reload_failed();
+                return detailed || ret == -ENOMEM ? EXIT_FAIL : EXIT_CONFIG;
         }
         if (check_only) {
-                if (config->n_accounts > 0) {
-                        size_t n = 0;
-
-                        for (size_t i = 0; i < config->n_accounts; i++)
-                                n += config->accounts[i]->n_policies;
-                        printf("%s: OK (%zu accounts, %zu policies)\n", config_path, config->n_accounts, n);
-                } else
-                        printf("%s: OK (%zu policies)\n", config_path, config->n_policies);
+                status = check_config(config_path, config);
                 config_free(config);
-                return EXIT_OK;
+                return status;
         }
 
         if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
@@ -195,7 +304,12 @@ int main(int argc, char **argv) {
                         sd_notify(0, "READY=1");
                 ev_run(loop, 0);
                 status = ropt.mode == RECLAIMER_DAEMON ? EXIT_OK : reclaimer_exit_status(r);
+                if (detailed && status == EXIT_OK)
+                        status = reclaimer_planned(r) > 0 ? EXIT_PLANNED : EXIT_OK;
         }
+        /* terraform's convention: 1 is any error, 2 is "there is something to do". */
+        if (detailed && status != EXIT_OK && status != EXIT_PLANNED)
+                status = EXIT_FAIL;
         reclaimer_free(r);
         ev_loop_destroy(loop);
         curl_global_cleanup();

@@ -52,6 +52,8 @@ struct metrics {
         uint64_t cycles_ok, cycles_failed;
         double last_success_s; /* 0 when none yet */
         uint64_t state_writes_ok, state_writes_failed;
+        uint64_t fused, deferred; /* in the last cycle */
+        bool held_known;
 };
 
 int metrics_new(struct metrics **ret) {
@@ -148,6 +150,14 @@ void metrics_cycle(struct metrics *m, bool list_ok, int64_t now_wall_ms) {
                 m->cycles_failed++;
 }
 
+void metrics_held(struct metrics *m, size_t fused, size_t deferred) {
+        if (!m)
+                return;
+        m->fused = fused;
+        m->deferred = deferred;
+        m->held_known = true;
+}
+
 void metrics_state_write(struct metrics *m, bool ok) {
         if (!m)
                 return;
@@ -165,13 +175,39 @@ static void render_ok_failed(FILE *f, const char *name, const char *account, con
                 (unsigned long long) failed);
 }
 
-int metrics_render(const struct metrics *const *ms, const char *const *accounts, size_t n, char **ret_text) {
+/* The process's own families: build, and loads of the policy file. */
+static void render_process(FILE *f, const struct metrics_process *proc) {
+        /* The version comes from the build ([0-9.] and letters): nothing to escape. */
+        fprintf(f,
+                "# HELP ivh_reclaimd_build_info The running ivh-reclaimd's version; always 1.\n"
+                "# TYPE ivh_reclaimd_build_info gauge\n"
+                "ivh_reclaimd_build_info{version=\"%s\"} 1\n",
+                proc->version);
+        fprintf(f,
+                "# HELP ivh_config_last_reload_successful Whether the last load of the policy file (at "
+                "start "
+                "or on reload) succeeded.\n"
+                "# TYPE ivh_config_last_reload_successful gauge\n"
+                "ivh_config_last_reload_successful %d\n",
+                proc->reload_ok ? 1 : 0);
+        fprintf(f,
+                "# HELP ivh_config_last_reload_success_timestamp_seconds When the policy file was last "
+                "loaded successfully, Unix time.\n"
+                "# TYPE ivh_config_last_reload_success_timestamp_seconds gauge\n"
+                "ivh_config_last_reload_success_timestamp_seconds %.3f\n",
+                proc->reload_success_s);
+}
+
+int metrics_render(const struct metrics_process *proc, const struct metrics *const *ms,
+                   const char *const *accounts, size_t n, char **ret_text) {
         char *text = NULL;
         size_t len = 0;
         FILE *f = open_memstream(&text, &len);
 
         if (!f)
                 return -ENOMEM;
+        if (proc)
+                render_process(f, proc);
 
         /* Each family once, with the samples of every account under it.
          * Account and policy names are restricted to [A-Za-z0-9._-]: nothing
@@ -192,6 +228,21 @@ int metrics_render(const struct metrics *const *ms, const char *const *accounts,
                 if (ms[a]->listed_known)
                         fprintf(f, "ivh_sessions_malformed{account=\"%s\"} %llu\n", accounts[a],
                                 (unsigned long long) ms[a]->malformed);
+
+        fprintf(f,
+                "# HELP ivh_sessions_fused Due live sessions the share fuse held back in the last cycle.\n"
+                "# TYPE ivh_sessions_fused gauge\n");
+        for (size_t a = 0; a < n; a++)
+                if (ms[a]->held_known)
+                        fprintf(f, "ivh_sessions_fused{account=\"%s\"} %llu\n", accounts[a],
+                                (unsigned long long) ms[a]->fused);
+        fprintf(f, "# HELP ivh_sessions_deferred Due sessions the last cycle left for later cycles "
+                   "(max_closes_per_cycle, a Retry-After, a stop).\n"
+                   "# TYPE ivh_sessions_deferred gauge\n");
+        for (size_t a = 0; a < n; a++)
+                if (ms[a]->held_known)
+                        fprintf(f, "ivh_sessions_deferred{account=\"%s\"} %llu\n", accounts[a],
+                                (unsigned long long) ms[a]->deferred);
 
         fprintf(f, "# HELP ivh_reclaims_total Reclaim decisions, by policy and outcome.\n"
                    "# TYPE ivh_reclaims_total counter\n");
@@ -266,9 +317,10 @@ int metrics_render(const struct metrics *const *ms, const char *const *accounts,
         return 0;
 }
 
-int metrics_write(const struct metrics *const *ms, const char *const *accounts, size_t n, const char *path) {
+int metrics_write(const struct metrics_process *proc, const struct metrics *const *ms,
+                  const char *const *accounts, size_t n, const char *path) {
         char *text = NULL;
-        int r = metrics_render(ms, accounts, n, &text);
+        int r = metrics_render(proc, ms, accounts, n, &text);
 
         if (r < 0)
                 return r;

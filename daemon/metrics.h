@@ -30,11 +30,23 @@ void metrics_api_call(struct metrics *m, const char *endpoint, enum metrics_resu
 int metrics_reclaim(struct metrics *m, const char *policy, const char *outcome);
 void metrics_listed(struct metrics *m, const struct session_list *l);
 void metrics_cycle(struct metrics *m, bool list_ok, int64_t now_wall_ms);
+/* Due sessions the last cycle held back: by the share fuse, and left for
+ * later cycles (max_closes_per_cycle, a Retry-After, a stop). */
+void metrics_held(struct metrics *m, size_t fused, size_t deferred);
+
+/* What belongs to the process, not to an account. */
+struct metrics_process {
+        const char *version;
+        bool reload_ok;          /* the last load of the policy file (start or reload) succeeded */
+        double reload_success_s; /* Unix time of the last successful load */
+};
 void metrics_state_write(struct metrics *m, bool ok);
 
 /* Renders the metrics of n accounts, each sample labelled account="NAME";
  * the caller frees *ret_text. */
-int metrics_render(const struct metrics *const *ms, const char *const *accounts, size_t n, char **ret_text);
+int metrics_render(const struct metrics_process *proc, const struct metrics *const *ms,
+                   const char *const *accounts, size_t n, char **ret_text);
 
 /* Renders and writes path atomically (mode 0644). */
-int metrics_write(const struct metrics *const *ms, const char *const *accounts, size_t n, const char *path);
+int metrics_write(const struct metrics_process *proc, const struct metrics *const *ms,
+                  const char *const *accounts, size_t n, const char *path);

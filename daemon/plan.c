@@ -1,5 +1,8 @@
 #include "plan.h"
 
+#include <cJSON.h>
+#include <errno.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -106,27 +109,12 @@ static void print_summary(FILE *out, const struct config *c, const struct sessio
         fputc('\n', out);
 }
 
-void plan_print(FILE *out, const struct config *c, const struct session_list *l, const struct state *st,
-                const struct retry_table *retries, int64_t now_mono_ms) {
+static void print_table(FILE *out, const struct config *c, const struct session_list *l,
+                        const struct state *st, const struct decide_result *r) {
         static const char *const head[] = { "SESSION_ID", "USER_ID",  "STATUS", "STARTED",
                                             "AGE",        "DECISION", "NOTE" };
         size_t w[ELEMENTSOF(head)];
-        uint64_t *ages = malloc((l->n ? l->n : 1) * sizeof *ages);
-        struct decide_result r;
         struct row row;
-
-        for (size_t i = 0; ages && i < l->n; i++)
-                ages[i] = state_age_ms(st, l->items[i].session_id, now_mono_ms);
-        if (!ages || decide(&(struct decide_input){ .config = c,
-                                                    .list = l,
-                                                    .ages = ages,
-                                                    .retries = retries,
-                                                    .now_ms = now_mono_ms },
-                            &r) < 0) {
-                free(ages);
-                fprintf(out, "out of memory while planning\n");
-                return;
-        }
 
         for (size_t i = 0; i < ELEMENTSOF(head); i++)
                 w[i] = strlen(head[i]);
@@ -138,7 +126,7 @@ void plan_print(FILE *out, const struct config *c, const struct session_list *l,
                         const char *cols[ELEMENTSOF(head)];
 
                         fill_row(&row, c, &l->items[i], state_first_seen(st, l->items[i].session_id, NULL),
-                                 &r.rows[i]);
+                                 &r->rows[i]);
                         cols[0] = row.id, cols[1] = row.user, cols[2] = row.status, cols[3] = row.started;
                         cols[4] = row.age, cols[5] = row.decision, cols[6] = row.note;
                         if (pass == 1) {
@@ -150,7 +138,80 @@ void plan_print(FILE *out, const struct config *c, const struct session_list *l,
                                         w[k] = strlen(cols[k]);
                 }
         }
-        print_summary(out, c, l, &r);
+        print_summary(out, c, l, r);
+}
+
+/* One JSON object per session and line, with the journal's field names.
+ * cJSON does the encoding; the ids are printed as listed (they passed the
+ * hostile-id checks), not shortened as in the table. */
+static int print_json(FILE *out, const struct config *c, const struct session_list *l,
+                      const struct state *st, const struct decide_result *r) {
+        for (size_t i = 0; i < l->n; i++) {
+                const struct session *s = &l->items[i];
+                const struct decide_row *d = &r->rows[i];
+                bool known = state_first_seen(st, s->session_id, NULL);
+                cJSON *o = cJSON_CreateObject();
+                struct row row;
+                char *text;
+                bool ok;
+
+                fill_row(&row, c, s, known, d);
+                ok = o && cJSON_AddStringToObject(o, "IVH_ACCOUNT", config_account_name(c)) &&
+                     cJSON_AddStringToObject(o, "IVH_SESSION_ID", s->session_id) &&
+                     cJSON_AddStringToObject(o, "IVH_USER_ID", s->user_id ? s->user_id : "") &&
+                     cJSON_AddNumberToObject(o, "IVH_SESSION_STATUS", s->status) &&
+                     (s->started == TRISTATE_UNKNOWN
+                              ? cJSON_AddNullToObject(o, "IVH_SESSION_STARTED") != NULL
+                              : cJSON_AddBoolToObject(o, "IVH_SESSION_STARTED",
+                                                      s->started == TRISTATE_TRUE) != NULL) &&
+                     (known ? cJSON_AddNumberToObject(o, "IVH_AGE_SEC", (double) (d->age_ms / 1000)) != NULL
+                            : cJSON_AddNullToObject(o, "IVH_AGE_SEC") != NULL) &&
+                     (d->policy ? cJSON_AddStringToObject(o, "IVH_POLICY", d->policy->name) != NULL &&
+                                          cJSON_AddStringToObject(o, "IVH_POLICY_KIND",
+                                                                  policy_kind_to_string(d->policy->kind)) !=
+                                                  NULL
+                                : cJSON_AddNullToObject(o, "IVH_POLICY") != NULL &&
+                                          cJSON_AddNullToObject(o, "IVH_POLICY_KIND") != NULL) &&
+                     cJSON_AddStringToObject(o, "IVH_DECISION",
+                                             d->outcome == DECIDE_CLOSE
+                                                     ? d->policy->name
+                                                     : decide_outcome_to_string(d->outcome)) &&
+                     cJSON_AddStringToObject(o, "IVH_REASON", row.note);
+                text = ok ? cJSON_PrintUnformatted(o) : NULL;
+                cJSON_Delete(o);
+                if (!text)
+                        return -ENOMEM;
+                fprintf(out, "%s\n", text);
+                cJSON_free(text);
+        }
+        return 0;
+}
+
+int plan_print(FILE *out, enum plan_format format, const struct config *c, const struct session_list *l,
+               const struct state *st, const struct retry_table *retries, int64_t now_mono_ms) {
+        uint64_t *ages = malloc((l->n ? l->n : 1) * sizeof *ages);
+        struct decide_result r;
+        int ret = 0;
+
+        for (size_t i = 0; ages && i < l->n; i++)
+                ages[i] = state_age_ms(st, l->items[i].session_id, now_mono_ms);
+        if (!ages || decide(&(struct decide_input){ .config = c,
+                                                    .list = l,
+                                                    .ages = ages,
+                                                    .retries = retries,
+                                                    .now_ms = now_mono_ms },
+                            &r) < 0) {
+                free(ages);
+                fprintf(stderr, "out of memory while planning\n");
+                return -ENOMEM;
+        }
+        if (format == PLAN_JSON)
+                ret = print_json(out, c, l, st, &r);
+        else
+                print_table(out, c, l, st, &r);
+        if (ret >= 0)
+                ret = r.n_closes > INT_MAX ? INT_MAX : (int) r.n_closes;
         decide_result_done(&r);
         free(ages);
+        return ret;
 }

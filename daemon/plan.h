@@ -10,8 +10,16 @@
 #include "retry.h"
 #include "state.h"
 
+enum plan_format {
+        PLAN_TABLE, /* a table for people, and a summary line */
+        PLAN_JSON,  /* JSON Lines: one object per session, the journal's field names */
+};
+
 /* Prints one row per session, as decide() decides it (the share fuse,
- * backoffs and max_closes_per_cycle included), and a closing summary line.
- * Sessions unknown to the state count as first seen now. */
-void plan_print(FILE *out, const struct config *c, const struct session_list *l, const struct state *st,
-                const struct retry_table *retries, int64_t now_mono_ms);
+ * backoffs and max_closes_per_cycle included): a table with a closing
+ * summary line, or one JSON object per session. Sessions unknown to the
+ * state count as first seen now. Returns how many sessions a cycle would
+ * reclaim now (rows whose decision is a policy, dry_run or not), or
+ * -ENOMEM. */
+int plan_print(FILE *out, enum plan_format format, const struct config *c, const struct session_list *l,
+               const struct state *st, const struct retry_table *retries, int64_t now_mono_ms);

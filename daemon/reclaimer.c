@@ -106,10 +106,13 @@ struct reclaimer {
         struct reclaimer_options opt;
         ev_timer grace_timer;
         ev_timer watchdog_timer;
-        ev_signal sig_term, sig_int, sig_hup, sig_usr1;
+        ev_signal sig_term, sig_int, sig_hup, sig_usr1, sig_usr2;
         bool stopping; /* SIGTERM/SIGINT received: every runner heads for DONE */
         bool any_list_failed;
-        bool list_auth_failed; /* a list call was refused for auth: --once/--plan exit 77 */
+        size_t planned;         /* --plan: sessions that would be reclaimed, all accounts */
+        bool reload_failed;     /* the last SIGHUP's file was refused; the previous one runs */
+        int64_t loaded_wall_ms; /* when the running configuration was loaded (start or reload) */
+        bool list_auth_failed;  /* a list call was refused for auth: --once/--plan exit 77 */
         bool unhealthy_logged;
         unsigned long cycles;
         size_t total_reclaimed;
@@ -187,11 +190,36 @@ static void schedule_next(struct runner *u, int64_t started_mono_ms, uint64_t re
         ev_timer_start(u->r->loop, &u->poll_timer);
 }
 
-/* STATUS= for `systemctl status`: one line about the last cycles. */
+/* ", NAME" for each account whose last cycle matches, into buf. */
+static const char *accounts_where(const struct reclaimer *r, bool (*pred)(const struct cycle_result *),
+                                  char *buf, size_t n) {
+        size_t len = 0;
+
+        buf[0] = '\0';
+        for (size_t i = 0; i < r->n_runners && len < n; i++)
+                if (pred(&r->runners[i].last)) {
+                        int k = snprintf(buf + len, n - len, "%s%s", len ? ", " : "",
+                                         account(&r->runners[i]));
+
+                        len += k > 0 ? (size_t) k : 0;
+                }
+        return buf;
+}
+
+static bool list_failed(const struct cycle_result *res) {
+        return res->list_failed;
+}
+
+static bool fuse_tripped(const struct cycle_result *res) {
+        return !res->list_failed && res->fused > 0;
+}
+
+/* STATUS= for `systemctl status`: one line about the last cycles, naming a
+ * tripped share fuse, the accounts that fail to list and a failed reload. */
 static void notify_status(struct reclaimer *r, struct runner *u) {
-        char every[32], when[32];
+        char every[32], when[32], failing[256], fused[256], extra[640];
         time_t t = (time_t) u->next_poll_wall_s;
-        size_t listed = 0, reclaimed = 0, failed = 0, list_failed = 0;
+        size_t listed = 0, reclaimed = 0, failed = 0, n_fused = 0, n_list_failed = 0;
         struct tm tm;
 
         localtime_r(&t, &tm);
@@ -203,34 +231,48 @@ static void notify_status(struct reclaimer *r, struct runner *u) {
                 listed += res->listed;
                 reclaimed += res->closed + res->already_closed;
                 failed += res->failed;
-                list_failed += res->list_failed;
+                n_list_failed += res->list_failed;
+                n_fused += fuse_tripped(res) ? res->fused : 0;
         }
+        accounts_where(r, list_failed, failing, sizeof failing);
+        accounts_where(r, fuse_tripped, fused, sizeof fused);
+        snprintf(extra, sizeof extra, "%s%s%s", n_fused ? "; share fuse tripped: " : "",
+                 n_fused ? fused : "",
+                 r->reload_failed ? "; the last reload failed, the previous policy runs" : "");
         if (r->n_runners > 1)
-                sd_notifyf(
-                        0,
-                        "STATUS=%zu accounts (%zu failing to list): %zu sessions listed, %zu reclaimed, %zu "
-                        "failed in the last cycles",
-                        r->n_runners, list_failed, listed, reclaimed, failed);
+                sd_notifyf(0,
+                           "STATUS=%zu accounts: %zu sessions listed, %zu reclaimed, %zu failed in the last "
+                           "cycles%s%s%s",
+                           r->n_runners, listed, reclaimed, failed,
+                           n_list_failed ? "; failing to list: " : "", n_list_failed ? failing : "", extra);
         else if (u->last.auth_failed)
                 sd_notifyf(0,
                            "STATUS=The gateway refuses our credentials: check appkey, token and clock; %zu "
-                           "reclaimed in total, next poll at %s",
-                           r->total_reclaimed, when);
-        else if (list_failed)
+                           "reclaimed in total, next poll at %s%s",
+                           r->total_reclaimed, when, extra);
+        else if (n_list_failed)
                 sd_notifyf(0,
-                           "STATUS=Last poll failed (see journal); %zu reclaimed in total, next poll at %s",
-                           r->total_reclaimed, when);
+                           "STATUS=Last poll failed: listing the sessions of account %s (see journal); %zu "
+                           "reclaimed in total, next poll at %s%s",
+                           failing, r->total_reclaimed, when, extra);
         else if (u->last.throttled > 0)
                 sd_notifyf(
                         0,
                         "STATUS=%zu sessions listed, %zu reclaimed, %zu failed, %zu deferred; the gateway "
-                        "throttled %zu calls; next poll at %s (every %s)",
-                        listed, reclaimed, failed, u->last.deferred, u->last.throttled, when, every);
+                        "throttled %zu calls; next poll at %s (every %s)%s",
+                        listed, reclaimed, failed, u->last.deferred, u->last.throttled, when, every, extra);
+        else if (n_fused)
+                sd_notifyf(
+                        0,
+                        "STATUS=Share fuse tripped: %zu due sessions held back (more than %g%% of the live "
+                        "ones); %zu sessions listed, %zu reclaimed; next poll at %s (every %s)%s",
+                        n_fused, u->config->fuse.max_share * 100, listed, reclaimed, when, every,
+                        r->reload_failed ? "; the last reload failed, the previous policy runs" : "");
         else
                 sd_notifyf(0,
                            "STATUS=%zu sessions listed, %zu reclaimed, %zu failed%s; next poll at %s (every "
-                           "%s)",
-                           listed, reclaimed, failed, dry_run(u) ? " (dry run)" : "", when, every);
+                           "%s)%s",
+                           listed, reclaimed, failed, dry_run(u) ? " (dry run)" : "", when, every, extra);
 }
 
 static void save_state(struct runner *u) {
@@ -265,7 +307,11 @@ static void write_metrics(struct reclaimer *r) {
                         ms[i] = r->runners[i].metrics;
                         names[i] = account(&r->runners[i]);
                 }
-                ret = metrics_write(ms, names, r->n_runners, r->metrics_file);
+                struct metrics_process proc = { .version = IVH_VERSION,
+                                                .reload_ok = !r->reload_failed,
+                                                .reload_success_s = (double) r->loaded_wall_ms / 1000.0 };
+
+                ret = metrics_write(&proc, ms, names, r->n_runners, r->metrics_file);
         }
         free(ms);
         free(names);
@@ -369,13 +415,14 @@ static void start_cycle(struct runner *u) {
                 .malformed_logged = u->malformed_logged,
                 .throttle = &u->throttle,
                 .plan_out = r->opt.mode == RECLAIMER_PLAN ? r->opt.plan_out : NULL,
+                .plan_format = r->opt.plan_format,
         };
         int ret;
 
         assert(u->run_state == RUNNER_IDLE && !u->cycle);
         if (r->opt.mode != RECLAIMER_PLAN)
                 check_clock(u);
-        if (env.plan_out && r->n_runners > 1)
+        if (env.plan_out && env.plan_format == PLAN_TABLE && r->n_runners > 1)
                 fprintf(env.plan_out, "%s== account %s\n", u == r->runners ? "" : "\n", account(u));
         u->last_cycle_started_ms = now_mono_ms();
         throttle_new_cycle(&u->throttle);
@@ -419,6 +466,7 @@ static void finish_cycle(struct runner *u) {
         u->cycle = NULL;
         r->cycles++;
         r->total_reclaimed += u->last.closed + u->last.already_closed;
+        r->planned += u->last.planned;
         if (u->last.list_failed)
                 r->any_list_failed = true;
         if (u->last.list_failed && u->last.auth_failed)
@@ -429,6 +477,8 @@ static void finish_cycle(struct runner *u) {
                      u->last.deferred);
         if (r->opt.mode != RECLAIMER_PLAN)
                 metrics_cycle(u->metrics, !u->last.list_failed, now_wall_ms());
+        if (r->opt.mode != RECLAIMER_PLAN && !u->last.list_failed)
+                metrics_held(u->metrics, u->last.fused, u->last.deferred);
         if (r->opt.mode != RECLAIMER_PLAN)
                 check_clock(u);
         if (!u->last.list_failed)
@@ -530,6 +580,7 @@ static void reload(struct reclaimer *r) {
         struct credentials **creds = NULL;
         struct error err = { 0 };
         char *metrics_file = NULL;
+        bool loaded = false;
         size_t n;
         int ret;
 
@@ -612,7 +663,16 @@ static void reload(struct reclaimer *r) {
         free(r->metrics_file);
         r->metrics_file = metrics_file;
         metrics_file = NULL;
+        loaded = true;
 done:
+        r->reload_failed = !loaded;
+        if (loaded)
+                r->loaded_wall_ms = now_wall_ms();
+        /* The reload gauges and STATUS= are current at once, not only after
+         * the next cycle. */
+        write_metrics(r);
+        if (r->cycles > 0 && r->opt.mode == RECLAIMER_DAEMON)
+                notify_status(r, &r->runners[0]);
         for (size_t i = 0; creds && i < r->n_runners; i++)
                 credentials_free(creds[i]);
         free(creds);
@@ -685,6 +745,18 @@ static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents) {
         if (w->signum == SIGHUP) {
                 if (!r->stopping)
                         reload(r);
+                return;
+        }
+        if (w->signum == SIGUSR2) {
+                /* The unit's ExecReload= ran --check-config, which refused the
+                 * file, so no SIGHUP follows: a reload failed all the same. */
+                log_error("Reload failed: --check-config refused %s (its errors are in the journal); the "
+                          "previous configuration stays in effect",
+                          r->runners[0].config->path);
+                r->reload_failed = true;
+                write_metrics(r);
+                if (r->cycles > 0)
+                        notify_status(r, &r->runners[0]);
                 return;
         }
         if (w->signum == SIGUSR1) {
@@ -828,6 +900,7 @@ int reclaimer_new(struct ev_loop *loop, struct config *config, const struct recl
         }
         r->loop = loop;
         r->opt = *opt;
+        r->loaded_wall_ms = now_wall_ms();
         if (!r->opt.plan_out)
                 r->opt.plan_out = stdout;
         if (config->metrics_file && !(r->metrics_file = strdup(config->metrics_file)))
@@ -871,6 +944,8 @@ int reclaimer_new(struct ev_loop *loop, struct config *config, const struct recl
         r->sig_hup.data = r;
         ev_signal_init(&r->sig_usr1, signal_cb, SIGUSR1);
         r->sig_usr1.data = r;
+        ev_signal_init(&r->sig_usr2, signal_cb, SIGUSR2);
+        r->sig_usr2.data = r;
         ev_init(&r->watchdog_timer, watchdog_cb);
         r->watchdog_timer.data = r;
         *ret = r;
@@ -922,6 +997,7 @@ int reclaimer_start(struct reclaimer *r) {
 
                 ev_signal_start(r->loop, &r->sig_hup);
                 ev_signal_start(r->loop, &r->sig_usr1);
+                ev_signal_start(r->loop, &r->sig_usr2);
                 if (sd_watchdog_enabled(0, &usec) > 0 && usec > 0) {
                         /* Ping at twice the rate systemd expects. */
                         ev_timer_set(&r->watchdog_timer, 0., (double) usec / 2e6);
@@ -950,6 +1026,10 @@ int reclaimer_start(struct reclaimer *r) {
         return 0;
 }
 
+size_t reclaimer_planned(const struct reclaimer *r) {
+        return r->planned;
+}
+
 int reclaimer_exit_status(const struct reclaimer *r) {
         if (r->list_auth_failed)
                 return 77; /* EX_NOPERM: the gateway refused our credentials */
@@ -965,6 +1045,7 @@ void reclaimer_free(struct reclaimer *r) {
         ev_signal_stop(r->loop, &r->sig_int);
         ev_signal_stop(r->loop, &r->sig_hup);
         ev_signal_stop(r->loop, &r->sig_usr1);
+        ev_signal_stop(r->loop, &r->sig_usr2);
         for (size_t i = 0; i < r->n_runners; i++)
                 runner_done(&r->runners[i]);
         free(r->runners);

@@ -8,6 +8,7 @@
 
 #include "config.h"
 #include "error.h"
+#include "plan.h"
 
 enum reclaimer_mode {
         RECLAIMER_DAEMON, /* cycle every poll_interval until SIGTERM/SIGINT */
@@ -19,6 +20,7 @@ struct reclaimer_options {
         enum reclaimer_mode mode;
         bool force_dry_run; /* --dry-run: overrides dry_run: false in the file */
         FILE *plan_out;
+        enum plan_format plan_format; /* --plan --output */
 };
 
 struct reclaimer;
@@ -37,6 +39,9 @@ int reclaimer_start(struct reclaimer *r);
  * when one was refused as unauthorized, 1 otherwise (only meaningful for
  * --once and --plan). */
 int reclaimer_exit_status(const struct reclaimer *r);
+
+/* --plan: how many sessions a cycle would reclaim now, over all accounts. */
+size_t reclaimer_planned(const struct reclaimer *r);
 
 /* Saves the state if it changed, cancels what is in flight. */
 void reclaimer_free(struct reclaimer *r);

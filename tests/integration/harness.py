@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 import gateway_sim  # noqa: E402
 
 BINARY = os.environ.get("IVH_RECLAIMD") or os.path.join(HERE, "..", "..", "build", "ivh-reclaimd")
-APPKEY = "e38267c0e86411ebb02aed82acb0ed99"
+APPKEY = "7d0c6a1e2b9f4c3aa5e8d1f0b2c4e6a8"  # not the documentation's sample, which --check-config refuses
 TOKEN = "f68f2d10ae9e4604b76fb05cf46bccec"
 
 LOGFMT_RE = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')

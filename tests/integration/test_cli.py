@@ -1,26 +1,16 @@
 """The command line: --check-config, credentials, --help/--version, usage."""
 
 import os
+import re
 import subprocess
+import unittest
 
 from harness import APPKEY, BINARY, TOKEN, DaemonTest
 from gateway_sim import STREAM_FAILED
 
-EXAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "config", "policy.yaml")
 
 
 class CheckConfig(DaemonTest):
-    def test_example_file_is_valid(self):
-        p = subprocess.run([BINARY, "--check-config", "--config", EXAMPLE], capture_output=True, text=True)
-        self.assertEqual(p.returncode, 0, p.stderr)
-        self.assertIn("OK (3 policies)", p.stdout)
-
-    def test_accounts_example_is_valid(self):
-        p = subprocess.run([BINARY, "--check-config", "--config", os.path.join(os.path.dirname(EXAMPLE), "accounts.yaml")],
-                           capture_output=True, text=True)
-        self.assertEqual(p.returncode, 0, p.stderr)
-        self.assertIn("OK (2 accounts, 4 policies)", p.stdout)
-
     def check(self, text):
         with open(self.config_file, "w") as f:
             f.write(text)
@@ -138,3 +128,25 @@ class Usage(DaemonTest):
             p = subprocess.run([BINARY, *args], capture_output=True, text=True)
             self.assertEqual(p.returncode, 64, args)
             self.assertTrue(p.stderr)
+
+
+class BashCompletion(unittest.TestCase):
+    """completion/ivh-reclaimd offers exactly the options --help lists."""
+
+    def complete(self, *words):
+        script = ('source /usr/share/bash-completion/bash_completion; source "$1"; shift; '
+                  'COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); COMP_LINE="$*"; COMP_POINT=${#COMP_LINE}; '
+                  '_ivh_reclaimd; printf "%s\\n" "${COMPREPLY[@]}"')
+        src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "completion", "ivh-reclaimd")
+        p = subprocess.run(["bash", "-c", script, "bash", src, "ivh-reclaimd", *words],
+                           capture_output=True, text=True)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        return sorted(p.stdout.split())
+
+    @unittest.skipUnless(os.path.exists("/usr/share/bash-completion/bash_completion"), "needs bash-completion")
+    def test_options_match_help(self):
+        help_text = subprocess.run([BINARY, "--help"], capture_output=True, text=True).stdout
+        long_options = sorted(set(re.findall(r"(--[a-z][a-z-]+)", help_text.split("\n\n")[1])))
+        self.assertEqual([o for o in self.complete("--") if o.startswith("--")], long_options)
+        self.assertEqual(self.complete("--log-target", ""), ["auto", "console", "journal"])
+        self.assertEqual(self.complete("--output", "j"), ["json"])

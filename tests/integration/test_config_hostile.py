@@ -72,6 +72,9 @@ def same_project_ids(n=40000):
     """One project id listed 40k times: each pair used to be one error."""
     return "gateway: {appkey: k, project_ids: [" + ",".join(["p"] * n) + "]}\npolicies: []\n"
 
+# --check-config also looks for a token; these tests are about the file.
+CHECK_ENV = dict(os.environ, IVH_ACCESS_TOKEN="t0ken")
+
 
 class Hostile(unittest.TestCase):
     def setUp(self):
@@ -84,7 +87,7 @@ class Hostile(unittest.TestCase):
             f.write(text)
         self.assertLess(os.path.getsize(self.config_file), 1024 * 1024)
         # The timeout only keeps a regression from hanging the suite.
-        return subprocess.run([BINARY, "--check-config", "--config", self.config_file],
+        return subprocess.run([BINARY, "--check-config", "--config", self.config_file], env=CHECK_ENV,
                               capture_output=True, text=True, timeout=timeout)
 
     def assertRefused(self, p, message):
@@ -146,7 +149,7 @@ class EmptySelector(unittest.TestCase):
     def check(self, text):
         with open(self.config_file, "w") as f:
             f.write(text)
-        return subprocess.run([BINARY, "--check-config", "--config", self.config_file],
+        return subprocess.run([BINARY, "--check-config", "--config", self.config_file], env=CHECK_ENV,
                               capture_output=True, text=True, timeout=60)
 
     def test_empty_or_null_selector_is_refused(self):
@@ -173,7 +176,7 @@ class MetricsFile(unittest.TestCase):
     def check(self, text):
         with open(self.config_file, "w") as f:
             f.write(text)
-        return subprocess.run([BINARY, "--check-config", "--config", self.config_file],
+        return subprocess.run([BINARY, "--check-config", "--config", self.config_file], env=CHECK_ENV,
                               capture_output=True, text=True, timeout=60)
 
     def test_metrics_file_is_the_state_file(self):

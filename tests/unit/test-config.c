@@ -97,7 +97,7 @@ static void test_example_file_loads(void **state) {
         assert_int_equal(c->gateway.timeout_ms, 10000);
         assert_int_equal(c->gateway.max_parallel, 16);
         assert_int_equal(c->poll_interval_ms, 30000);
-        assert_false(c->dry_run);
+        assert_true(c->dry_run); /* the shipped file starts in dry-run mode */
         assert_int_equal(c->max_closes_per_cycle, 100);
         assert_int_equal(c->protect_user_ids.n, 1);
         assert_string_equal(c->protect_user_ids.items[0], "vip-*");

@@ -1,0 +1,274 @@
+#include "preflight.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <libgen.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "credentials.h"
+
+/* The directories made when the service starts: the shipped unit's
+ * StateDirectory=, and the metrics directory of the node_exporter recipe
+ * (examples/node-exporter/metrics.conf). */
+#define UNIT_STATE_DIRECTORY   "/var/lib/ivh-reclaimd"
+#define UNIT_METRICS_DIRECTORY "/run/ivh-reclaimd-metrics"
+
+struct report {
+        FILE *problems, *notes;
+        char *problems_buf, *notes_buf;
+        size_t problems_len, notes_len;
+        int n;
+};
+
+static void problem(struct report *rep, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void problem(struct report *rep, const char *fmt, ...) {
+        va_list ap;
+
+        va_start(ap, fmt);
+        vfprintf(rep->problems, fmt, ap);
+        va_end(ap);
+        fputc('\n', rep->problems);
+        rep->n++;
+}
+
+static void note(struct report *rep, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void note(struct report *rep, const char *fmt, ...) {
+        va_list ap;
+
+        va_start(ap, fmt);
+        vfprintf(rep->notes, fmt, ap);
+        va_end(ap);
+        fputc('\n', rep->notes);
+}
+
+/* "account NAME: " for a named account, "" for the single form. */
+static const char *prefix(const struct config *a, char *buf, size_t n) {
+        if (!a->account)
+                return "";
+        snprintf(buf, n, "account %s: ", a->account);
+        return buf;
+}
+
+static void check_appkey(struct report *rep, const struct config *top, const struct config *a) {
+        char pre[160];
+
+        if (!a->gateway.appkey || strcmp(a->gateway.appkey, CONFIG_SAMPLE_APPKEY) != 0)
+                return;
+        if (a->gateway.appkey_line > 0)
+                problem(rep,
+                        "%s:%u:%u: %sgateway.appkey is the sample appkey from Tencent's documentation; set "
+                        "your account's own appkey",
+                        top->path, a->gateway.appkey_line, a->gateway.appkey_column,
+                        prefix(a, pre, sizeof pre));
+        else
+                problem(rep, "%s: %sgateway.appkey is the sample appkey from Tencent's documentation",
+                        top->path, prefix(a, pre, sizeof pre));
+}
+
+/* The file the shipped unit's LoadCredential= names: beside the policy file. */
+static char *unit_credential_path(const struct config *top, const struct config *a) {
+        char *copy = strdup(top->path), *r = NULL;
+
+        if (!copy)
+                return NULL;
+        if (asprintf(&r, "%s/accesstoken%s%s", dirname(copy), a->account ? "-" : "",
+                     a->account ? a->account : "") < 0)
+                r = NULL;
+        free(copy);
+        return r;
+}
+
+static bool in_credentials_directory(const char *path) {
+        const char *dir = getenv("CREDENTIALS_DIRECTORY");
+        size_t n = dir ? strlen(dir) : 0;
+
+        return n > 0 && strncmp(path, dir, n) == 0 && path[n] == '/';
+}
+
+static void check_token_file(struct report *rep, const struct config *a, const char *path) {
+        char pre[160];
+        struct stat st;
+
+        if (stat(path, &st) < 0) {
+                problem(rep, "%saccess token file %s: %s", prefix(a, pre, sizeof pre), path,
+                        strerror(errno));
+                return;
+        }
+        if (st.st_mode & 077)
+                problem(rep,
+                        "%saccess token file %s gives its group or others access (mode %04o); run 'chmod "
+                        "0600 "
+                        "%s'",
+                        prefix(a, pre, sizeof pre), path, (unsigned) (st.st_mode & 07777), path);
+        /* A systemd credential belongs to the service's user by design. */
+        if (st.st_uid != 0 && st.st_uid != geteuid() && !in_credentials_directory(path))
+                problem(rep, "%saccess token file %s belongs to uid %u, neither root nor this user (uid %u)",
+                        prefix(a, pre, sizeof pre), path, (unsigned) st.st_uid, (unsigned) geteuid());
+}
+
+/* systemd 252 runs the unit's ExecReload= (a control process: $MAINPID is
+ * set) in a namespace where the service's credentials are not visible,
+ * though $CREDENTIALS_DIRECTORY is set. */
+static bool credentials_hidden(void) {
+        const char *dir = getenv("CREDENTIALS_DIRECTORY");
+        struct stat st;
+
+        return dir && *dir && getenv("MAINPID") && stat(dir, &st) < 0;
+}
+
+static int check_token(struct report *rep, const struct config *top, const struct config *a) {
+        struct credentials *creds = NULL;
+        struct error err = { 0 };
+        char pre[160];
+        int r;
+
+        if (!a->gateway.accesstoken_file && credentials_hidden()) {
+                note(rep,
+                     "%stoken: not checked: %s cannot be read by this reload command; the daemon keeps the "
+                     "credential it was started with (a reload cannot change it)",
+                     prefix(a, pre, sizeof pre), getenv("CREDENTIALS_DIRECTORY"));
+                return 0;
+        }
+        r = credentials_load(&a->gateway, NULL, a->account, &creds, &err);
+        if (r == -ENOKEY && !getenv("CREDENTIALS_DIRECTORY")) {
+                /* Run by hand: the unit will hand over the file LoadCredential= names. */
+                struct gateway_config g = a->gateway;
+                char *path = unit_credential_path(top, a);
+
+                if (!path) {
+                        error_done(&err);
+                        return -ENOMEM;
+                }
+                if (access(path, F_OK) == 0) {
+                        error_done(&err);
+                        g.accesstoken_file = path;
+                        r = credentials_load(&g, NULL, a->account, &creds, &err);
+                        if (r >= 0)
+                                note(rep,
+                                     "%stoken: %s, which the shipped unit hands over as a credential "
+                                     "(LoadCredential=)",
+                                     prefix(a, pre, sizeof pre), path);
+                } else {
+                        char *m = NULL;
+
+                        if (asprintf(&m, "%s; nor is there %s, which the shipped unit would load",
+                                     error_message(&err), path) >= 0)
+                                (void) error_take(&err, 0, m);
+                }
+                free(path);
+        }
+        if (r == -ENOMEM) {
+                error_done(&err);
+                return r;
+        }
+        if (r < 0)
+                problem(rep, "%s%s", prefix(a, pre, sizeof pre), error_message(&err));
+        else if (creds->path)
+                check_token_file(rep, a, creds->path);
+        error_done(&err);
+        credentials_free(creds);
+        return 0;
+}
+
+/* The directory of file, which the daemon writes files into. */
+static int check_dir_of(struct report *rep, const char *key, const char *file) {
+        char *copy = strdup(file), *dir, *buf, *up;
+        struct stat st;
+
+        if (!copy)
+                return -ENOMEM;
+        dir = dirname(copy);
+        if (stat(dir, &st) == 0) {
+                if (!S_ISDIR(st.st_mode))
+                        problem(rep, "%s: %s is not a directory", key, dir);
+                else if (access(dir, W_OK | X_OK) < 0)
+                        problem(rep, "%s: cannot write in %s: %s (running as uid %u)", key, dir,
+                                strerror(errno), (unsigned) geteuid());
+                free(copy);
+                return 0;
+        }
+        if (errno != ENOENT) {
+                problem(rep, "%s: %s: %s", key, dir, strerror(errno));
+                free(copy);
+                return 0;
+        }
+        /* Not there yet. The service's start makes these two; nothing makes
+         * any other. */
+        if (strcmp(dir, UNIT_STATE_DIRECTORY) != 0 && strcmp(dir, UNIT_METRICS_DIRECTORY) != 0) {
+                problem(rep, "%s: directory %s does not exist", key, dir);
+                free(copy);
+                return 0;
+        }
+        up = buf = strdup(dir);
+        if (!buf) {
+                free(copy);
+                return -ENOMEM;
+        }
+        while (strcmp(up, "/") != 0 && strcmp(up, ".") != 0 && stat(up, &st) < 0 && errno == ENOENT)
+                up = dirname(up);
+        if (access(up, W_OK | X_OK) < 0)
+                problem(rep, "%s: %s does not exist, and cannot be made in %s: %s", key, dir, up,
+                        strerror(errno));
+        else
+                note(rep, "%s: %s does not exist yet; the service makes it when it starts", key, dir);
+        free(buf);
+        free(copy);
+        return 0;
+}
+
+int preflight_check(const struct config *c, struct error *err, char **notes) {
+        struct report rep = { 0 };
+        const struct config *const *accounts = (const struct config *const *) c->accounts;
+        const struct config *single[] = { c };
+        size_t n = c->n_accounts;
+        int r = 0;
+
+        assert(c);
+        if (n == 0)
+                accounts = single, n = 1;
+        *notes = NULL;
+        rep.problems = open_memstream(&rep.problems_buf, &rep.problems_len);
+        rep.notes = open_memstream(&rep.notes_buf, &rep.notes_len);
+        if (!rep.problems || !rep.notes) {
+                r = -ENOMEM;
+                goto out;
+        }
+        for (size_t i = 0; i < n && r >= 0; i++) {
+                bool dup = false;
+
+                check_appkey(&rep, c, accounts[i]);
+                r = check_token(&rep, c, accounts[i]);
+                /* Accounts' state files usually share one directory: check it once. */
+                for (size_t j = 0; j < i && accounts[i]->state_file; j++) {
+                        char *a = strdup(accounts[i]->state_file), *b = strdup(accounts[j]->state_file);
+
+                        dup = dup || (a && b && strcmp(dirname(a), dirname(b)) == 0);
+                        free(a);
+                        free(b);
+                }
+                if (r >= 0 && accounts[i]->state_file && !dup)
+                        r = check_dir_of(&rep, "state_file", accounts[i]->state_file);
+        }
+        if (r >= 0 && c->metrics_file)
+                r = check_dir_of(&rep, "metrics_file", c->metrics_file);
+out:
+        if (rep.problems)
+                fclose(rep.problems);
+        if (rep.notes)
+                fclose(rep.notes);
+        if (r >= 0 && rep.n > 0)
+                (void) error_take(err, 0, rep.problems_buf);
+        else
+                free(rep.problems_buf);
+        if (r >= 0 && rep.notes_buf && rep.notes_len > 0)
+                *notes = rep.notes_buf;
+        else
+                free(rep.notes_buf);
+        return r < 0 ? r : rep.n;
+}
