@@ -4,18 +4,19 @@
 #include <assert.h>
 #include <curl/curl.h>
 #include <errno.h>
+#include <limits.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "decide.h"
 #include "fileio.h"
 #include "util.h"
 #include "yamlread.h"
 
-#define CONFIG_MAX_SIZE      (1024 * 1024)
 #define MAX_PARALLEL_LIMIT   256
 #define MIN_POLL_INTERVAL_MS 10
 #define MIN_TIMEOUT_MS       100
@@ -169,6 +170,7 @@ static void parse_selector(struct yaml_reader *p, const char *where, yaml_node_t
 }
 
 static void parse_policies(struct yaml_reader *p, const char *where, yaml_node_t *n, void *base);
+static void parse_ha(struct yaml_reader *p, const char *where, yaml_node_t *v, void *base);
 static void parse_account_protect(struct yaml_reader *p, const char *where, yaml_node_t *v, void *base);
 static void parse_later(struct yaml_reader *p, const char *where, yaml_node_t *v, void *base) {
         /* accounts: read after the top level, whose settings accounts inherit. */
@@ -295,8 +297,96 @@ static const struct yaml_key top_keys[] = {
           .type = YAML_T_STRING_OR_NULL,
           .offset = offsetof(struct config, metrics_file) },
         { .name = "accounts", .type = YAML_T_CUSTOM, .parse = parse_later },
+        { .name = "ha", .type = YAML_T_CUSTOM, .parse = parse_ha },
         {},
 };
+
+static void check_endpoints(struct yaml_reader *p, const char *where, yaml_node_t *v, void *field) {
+        const struct glob_list *l = field;
+
+        if (l->n == 0)
+                yaml_error(p, v, "%s: needs at least one etcd endpoint", where);
+        for (size_t i = 0; i < l->n; i++)
+                if (strncmp(l->items[i], "http://", 7) != 0 && strncmp(l->items[i], "https://", 8) != 0)
+                        yaml_error(p, v, "%s: '%s' is not an http:// or https:// URL", where, l->items[i]);
+}
+
+static void check_ha_name(struct yaml_reader *p, const char *where, yaml_node_t *v, void *field) {
+        const char *s = *(char **) field;
+
+        if (s && (!yaml_only_name_chars(s, "-_.") || strlen(s) > 64))
+                yaml_error(p, v, "%s: may contain only letters, digits, '-', '_' and '.', at most 64",
+                           where);
+}
+
+/* Every key needs a restart: the election runs for the process's lifetime. */
+static const struct yaml_key ha_keys[] = {
+        { .name = "endpoints",
+          .type = YAML_T_IDS,
+          .offset = offsetof(struct ha_config, endpoints),
+          .flags = YAML_K_RESTART,
+          .check = check_endpoints },
+        { .name = "ca_file",
+          .type = YAML_T_STRING_OR_NULL,
+          .offset = offsetof(struct ha_config, ca_file),
+          .flags = YAML_K_RESTART },
+        { .name = "cert_file",
+          .type = YAML_T_STRING_OR_NULL,
+          .offset = offsetof(struct ha_config, cert_file),
+          .flags = YAML_K_RESTART },
+        { .name = "key_file",
+          .type = YAML_T_STRING_OR_NULL,
+          .offset = offsetof(struct ha_config, key_file),
+          .flags = YAML_K_RESTART },
+        { .name = "name",
+          .type = YAML_T_STRING_OR_NULL,
+          .offset = offsetof(struct ha_config, name),
+          .flags = YAML_K_RESTART,
+          .check = check_ha_name },
+        { .name = "lease",
+          .type = YAML_T_DURATION,
+          .offset = offsetof(struct ha_config, lease_ms),
+          .flags = YAML_K_RESTART,
+          .def = "10s",
+          .min = 2000 },
+        { .name = "key_prefix",
+          .type = YAML_T_STRING,
+          .offset = offsetof(struct ha_config, key_prefix),
+          .flags = YAML_K_RESTART,
+          .def = "/ivh-reclaimd/" },
+        {},
+};
+
+static void parse_ha(struct yaml_reader *p, const char *where, yaml_node_t *v, void *base) {
+        struct config *c = base;
+        static const char *const required[] = { "endpoints", NULL };
+
+        (void) where;
+        if (v->type != YAML_MAPPING_NODE) {
+                yaml_error(p, v, "ha: must be a mapping with at least 'endpoints'");
+                return;
+        }
+        if (yaml_defaults(ha_keys, &c->ha) < 0) {
+                p->oom = true;
+                return;
+        }
+        c->ha.enabled = true;
+        yaml_walk(p, "ha", v, ha_keys, &c->ha, "ha");
+        yaml_require(p, "ha", v, required);
+        if (!!c->ha.cert_file != !!c->ha.key_file)
+                yaml_error(p, v, "ha: cert_file and key_file go together");
+        if (c->ha.lease_ms % 1000 != 0)
+                yaml_error(p, v, "ha.lease: must be whole seconds (etcd leases count seconds)");
+        if (!c->ha.name) {
+                char host[256] = "";
+
+                if (gethostname(host, sizeof host - 1) < 0 || !yaml_only_name_chars(host, "-_.") ||
+                    strlen(host) > 64 || !*host)
+                        yaml_error(p, v, "ha.name: not set, and the host name cannot serve; set ha.name");
+                else if (!(c->ha.name = strdup(host)))
+                        p->oom = true;
+        }
+}
 
 static const struct yaml_key policy_keys[] = {
         { .name = "name",
@@ -355,6 +445,10 @@ const char *config_restart_needed(const struct config *a, const struct config *b
          * form's is "default", as is an account named "default". */
         if (strcmp(config_account_name(a), config_account_name(b)) != 0)
                 return "name";
+        if (a->ha.enabled != b->ha.enabled)
+                return "ha";
+        if (a->ha.enabled && yaml_restart_needed(ha_keys, &a->ha, &b->ha))
+                return "ha";
         return yaml_restart_needed(top_keys, a, b);
 }
 
@@ -533,14 +627,36 @@ static void parse_accounts(struct yaml_reader *p, yaml_node_t *n, struct config 
 }
 
 /* The file a path names, for comparing two paths: realpath() when the file
- * exists, else the real path of its directory with the last component
- * appended, else the path as written. NULL when memory runs out. */
+ * exists; a symbolic link that points nowhere yet is followed to where it
+ * points (a later write goes there); else the real path of its directory
+ * with the last component appended, else the path as written. NULL when
+ * memory runs out. */
 static char *normalize_path(const char *path) {
         const char *slash = strrchr(path, '/'), *base = slash ? slash + 1 : path;
         char *r = realpath(path, NULL), *dir, *rdir;
+        char target[PATH_MAX];
+        static unsigned depth;
+        ssize_t n;
 
         if (r || errno == ENOMEM)
                 return r;
+        n = readlink(path, target, sizeof target - 1);
+        if (n > 0 && depth < 40) {
+                char *next = NULL;
+
+                target[n] = '\0';
+                if (target[0] == '/' || !slash)
+                        next = strdup(target);
+                else if (asprintf(&next, "%.*s/%s", (int) (slash - path), path, target) < 0)
+                        next = NULL;
+                if (!next)
+                        return NULL;
+                depth++;
+                r = normalize_path(next);
+                depth--;
+                free(next);
+                return r;
+        }
         if (*base == '\0' || strcmp(base, ".") == 0 || strcmp(base, "..") == 0)
                 return strdup(path);
         dir = slash ? strndup(path, slash == path ? 1 : (size_t) (slash - path)) : strdup(".");
@@ -581,14 +697,62 @@ static yaml_node_t *top_key_node(struct yaml_reader *p, yaml_node_t *root, const
         return root;
 }
 
+/* Whether path names state_file's lock file (beside the file, or beside
+ * its target when it is a link). */
+static bool is_lock_of(struct yaml_reader *p, const char *path, const char *state_file) {
+        char *target = normalize_path(state_file), *lock = NULL;
+        bool same = false;
+
+        if (target && asprintf(&lock, "%s.lock", target) >= 0)
+                same = same_file(p, path, lock);
+        else
+                p->oom = true;
+        free(target);
+        free(lock);
+        return same;
+}
+
+/* A token file named in the file (the top level's or an account's) that
+ * path would overwrite. */
+static const char *token_file_at(struct yaml_reader *p, const struct config *c, const char *path) {
+        if (c->gateway.accesstoken_file && same_file(p, path, c->gateway.accesstoken_file))
+                return c->gateway.accesstoken_file;
+        for (size_t i = 0; i < c->n_accounts; i++)
+                if (c->accounts[i]->gateway.accesstoken_file &&
+                    same_file(p, path, c->accounts[i]->gateway.accesstoken_file))
+                        return c->accounts[i]->gateway.accesstoken_file;
+        return NULL;
+}
+
 /* The state and metrics files are replaced while the daemon runs: neither
- * may be the policy file itself, nor may the metrics file be a state file
- * (of any account). */
+ * may be the policy file itself or a token file, nor may the metrics file be
+ * a state file (of any account) or its lock. */
 static void check_distinct_files(struct yaml_reader *p, yaml_node_t *root, const struct config *c) {
+        const char *token;
         yaml_node_t *at;
 
         if (p->stop)
                 return;
+        at = top_key_node(p, root, "state_file");
+        for (size_t i = 0; i <= c->n_accounts; i++) {
+                const char *state = i < c->n_accounts ? c->accounts[i]->state_file : c->state_file;
+
+                if (state && (token = token_file_at(p, c, state)))
+                        yaml_error(p, at, "state_file: '%s' is the access token file %s", state, token);
+        }
+        if (c->metrics_file) {
+                at = top_key_node(p, root, "metrics_file");
+                if ((token = token_file_at(p, c, c->metrics_file)))
+                        yaml_error(p, at, "metrics_file: '%s' is the access token file %s", c->metrics_file,
+                                   token);
+                for (size_t i = 0; i <= c->n_accounts; i++) {
+                        const char *state = i < c->n_accounts ? c->accounts[i]->state_file : c->state_file;
+
+                        if (state && is_lock_of(p, c->metrics_file, state))
+                                yaml_error(p, at, "metrics_file: '%s' is the lock file of the state file %s",
+                                           c->metrics_file, state);
+                }
+        }
         at = top_key_node(p, root, "state_file");
         if (c->state_file && same_file(p, c->state_file, c->path))
                 yaml_error(p, at, "state_file: '%s' is the same file as the policy file", c->state_file);
@@ -683,6 +847,11 @@ int config_load(const char *path, struct config **ret_config, struct error *err)
         if (r < 0)
                 goto out;
 
+        /* The text as loaded: the daemon keeps a copy of the running policy
+         * for the unit's reload check (see preflight.h). */
+        c->text = data;
+        c->text_len = size;
+        data = NULL;
         *ret_config = c;
         c = NULL;
 out:
@@ -706,7 +875,9 @@ void config_free(struct config *c) {
         free(c->accounts);
         free(c->account);
         free(c->path);
+        free(c->text);
         yaml_free_fields(top_keys, c);
+        yaml_free_fields(ha_keys, &c->ha);
         for (size_t i = 0; i < c->n_policies; i++) {
                 yaml_free_fields(policy_keys, &c->policies[i]);
                 glob_list_free(&c->policies[i].user_ids); /* read by parse_selector() */

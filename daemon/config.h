@@ -11,6 +11,8 @@
 #define CONFIG_DEFAULT_PATH       "/etc/ivh-reclaimd/policy.yaml"
 #define CONFIG_DEFAULT_URL        "https://gw-sg.tvs.qq.com"
 #define CONFIG_DEFAULT_STATE_FILE "/var/lib/ivh-reclaimd/state.json"
+/* A policy file larger than this is refused. */
+#define CONFIG_MAX_SIZE (1024 * 1024)
 /* The appkey of the signature example in Tencent's documentation. */
 #define CONFIG_SAMPLE_APPKEY "e38267c0e86411ebb02aed82acb0ed99"
 
@@ -48,6 +50,16 @@ struct gateway_config {
         double max_rate;              /* calls per second to this gateway; 0: unlimited */
 };
 
+/* ha: active/standby instances elected through etcd (ha.h). */
+struct ha_config {
+        bool enabled;               /* the file has an `ha:` section */
+        struct glob_list endpoints; /* etcd client URLs, tried in turn */
+        char *ca_file, *cert_file, *key_file;
+        char *name;        /* this instance; default: the host name */
+        uint64_t lease_ms; /* the leader's etcd lease */
+        char *key_prefix;  /* the election key is key_prefix + "leader" */
+};
+
 struct fuse_config {
         double max_share;      /* of the live sessions, 0 < x <= 1 */
         unsigned min_sessions; /* the fuse trips only above this many */
@@ -55,6 +67,8 @@ struct fuse_config {
 
 struct config {
         char *path;
+        char *text; /* the top level: the file's bytes as loaded */
+        size_t text_len;
         char *account; /* the account's name; NULL for the single-gateway form */
         struct gateway_config gateway;
         uint64_t poll_interval_ms;
@@ -68,6 +82,7 @@ struct config {
         struct glob_list protect_session_ids;
         struct policy *policies;
         size_t n_policies;
+        struct ha_config ha; /* top level only; accounts share the process's role */
         /* With `accounts:`, one complete configuration per account (its own
          * gateway, token source, policies, protect lists and state file; the
          * rest inherited from the top level). The top level then has no

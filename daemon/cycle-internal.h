@@ -55,6 +55,7 @@ struct cycle {
         ev_timer resume_timer; /* dispatch paused by a Retry-After */
         bool stopping;
         bool gave_up; /* a pause outlasts poll_interval: the closes left wait for the next cycle */
+        bool fenced;  /* ha: the lease was not confirmed in time; the rest is left to the leader */
         bool dispatching;
         struct cycle_result res;
         /* Listing per project and per asset (gateway.project_ids,

@@ -290,7 +290,15 @@ static void after_list(struct cycle *c) {
                 return;
         }
 
-        if (c->env.dry_run) {
+        if (c->env.ha && ha_role(c->env.ha) != HA_LEADER) {
+                /* A standby (or an instance cut off from etcd) lists and keeps
+                 * its ages for a failover, but closes and re-checks nothing,
+                 * and logs no per-session entry. */
+                for (size_t i = 0; i < c->n_jobs; i++)
+                        c->jobs[i].finished = true;
+                c->res.standby = c->n_jobs;
+                c->next_job = c->n_jobs;
+        } else if (c->env.dry_run) {
                 for (size_t i = 0; i < c->n_jobs; i++) {
                         cycle_log_reclaim(&c->jobs[i], OUTCOME_DRY_RUN, NULL);
                         c->jobs[i].finished = true;

@@ -43,6 +43,41 @@ void cycle_progress(struct cycle *c) {
         c->last_progress_ms = now_mono_ms();
 }
 
+/* ha: whether this instance may not send a request now (a standby, or a
+ * leader whose lease etcd has not confirmed within lease/3). The first time
+ * in a cycle, everything not yet sent is left to the leader, with a
+ * warning: nothing more is sent in this cycle. */
+static bool fenced(struct cycle *c) {
+        size_t left = 0;
+
+        if (!c->env.ha || ha_may_dispatch(c->env.ha, now_mono_ms()))
+                return false;
+        if (c->fenced)
+                return true;
+        c->fenced = true;
+        for (size_t i = 0; i < c->n_requeued; i++)
+                left += !c->requeued[i]->finished;
+        for (size_t i = c->next_job; i < c->n_jobs; i++)
+                left += !c->jobs[i].finished;
+        cycle_log(
+                c, LOG_WARNING, NULL, NULL, 0,
+                "HA: this instance (role %s) no longer holds a confirmed etcd lease; %zu close(s) not sent "
+                "are left to the leader",
+                ha_role_to_string(ha_role(c->env.ha)), left);
+        for (size_t i = 0; i < c->n_requeued; i++)
+                if (!c->requeued[i]->finished) {
+                        c->requeued[i]->finished = true;
+                        c->res.standby++;
+                }
+        c->n_requeued = 0;
+        for (; c->next_job < c->n_jobs; c->next_job++)
+                if (!c->jobs[c->next_job].finished) {
+                        c->jobs[c->next_job].finished = true;
+                        c->res.standby++;
+                }
+        return true;
+}
+
 /* A job that will not be sent after all, because the cycle is stopping. */
 static void job_deferred(struct close_job *job) {
         struct cycle *c = job->cycle;
@@ -88,6 +123,14 @@ static bool job_may_send(struct close_job *job) {
 
         if (job->cycle->stopping) {
                 job_deferred(job);
+                return false;
+        }
+        if (fenced(job->cycle)) {
+                job->finished = true;
+                job->cycle->res.standby++;
+                if (job->dispatched)
+                        job->cycle->in_flight--;
+                cycle_dispatch(job->cycle);
                 return false;
         }
         why = reloaded_refuses(job->cycle, job);
@@ -261,7 +304,7 @@ void cycle_end(struct cycle *c) {
         const struct cycle_result *res = &c->res;
         char f_listed[24], f_due[24], f_closed[24], f_already[24], f_failed[24], f_deferred[24],
                 f_protected[24], f_dry[24], f_dur[24], f_skipped[24], f_backoff[24], f_fused[24],
-                f_malformed[24], f_throttled[24];
+                f_malformed[24], f_throttled[24], f_standby[24];
         struct log_field f[] = {
                 { "IVH_LISTED", f_listed },       { "IVH_DUE", f_due },
                 { "IVH_CLOSED", f_closed },       { "IVH_ALREADY_CLOSED", f_already },
@@ -270,6 +313,7 @@ void cycle_end(struct cycle *c) {
                 { "IVH_DURATION_MS", f_dur },     { "IVH_SKIPPED", f_skipped },
                 { "IVH_BACKING_OFF", f_backoff }, { "IVH_FUSED", f_fused },
                 { "IVH_MALFORMED", f_malformed }, { "IVH_THROTTLED", f_throttled },
+                { "IVH_STANDBY", f_standby }, /* only with ha: (the last field) */
         };
 
         if (c->phase == CYCLE_ENDED)
@@ -290,14 +334,17 @@ void cycle_end(struct cycle *c) {
         snprintf(f_fused, sizeof f_fused, "%zu", res->fused);
         snprintf(f_malformed, sizeof f_malformed, "%zu", res->malformed);
         snprintf(f_throttled, sizeof f_throttled, "%zu", res->throttled);
+        snprintf(f_standby, sizeof f_standby, "%zu", res->standby);
         if (!c->env.plan_out)
-                cycle_log(c, res->list_failed ? LOG_WARNING : LOG_INFO, MESSAGE_ID_CYCLE, f, ELEMENTSOF(f),
+                cycle_log(c, res->list_failed ? LOG_WARNING : LOG_INFO, MESSAGE_ID_CYCLE, f,
+                          ELEMENTSOF(f) - (c->env.ha ? 0 : 1),
                           "Cycle %s: listed=%s due=%s closed=%s already_closed=%s failed=%s skipped=%s "
                           "deferred=%s backing_off=%s fused=%s protected=%s malformed=%s throttled=%s "
-                          "dry_run=%s duration=%sms",
+                          "dry_run=%s duration=%sms%s%s",
                           res->list_failed ? "failed" : "done", f_listed, f_due, f_closed, f_already,
                           f_failed, f_skipped, f_deferred, f_backoff, f_fused, f_protected, f_malformed,
-                          f_throttled, f_dry, f_dur);
+                          f_throttled, f_dry, f_dur, c->env.ha ? " standby=" : "",
+                          c->env.ha ? f_standby : "");
         /* The runner frees the cycle from its advance step, not from here. */
         c->phase = CYCLE_ENDED;
         c->phase_fn(c, CYCLE_ENDED, c->userdata);

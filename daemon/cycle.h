@@ -10,6 +10,7 @@
 #include "config.h"
 #include "credentials.h"
 #include "gateway.h"
+#include "ha.h"
 #include "http.h"
 #include "idset.h"
 #include "metrics.h"
@@ -36,6 +37,7 @@ struct cycle_env {
         struct idset *malformed_logged; /* ids already warned about (owned by the runner) */
         FILE *plan_out; /* non-NULL for --plan: print the plan, close nothing, record nothing */
         enum plan_format plan_format;
+        const struct ha *ha; /* ha: a standby closes nothing; a leader only while its lease is fresh */
 };
 
 struct cycle_result {
@@ -52,6 +54,7 @@ struct cycle_result {
         size_t list_bytes;       /* size of the list reply (or replies) */
         int64_t started_ms, duration_ms;
         size_t planned; /* --plan: sessions a cycle would reclaim now */
+        size_t standby; /* due sessions left to the leader (ha: standby, or fenced) */
 };
 
 /* Where a cycle is. It only ever moves forward. */

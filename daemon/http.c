@@ -28,7 +28,7 @@ struct http {
         CURLM *multi;
         ev_timer timer; /* the one timer curl asks for */
         struct http_options opt;
-        char *ca_file;
+        char *ca_file, *cert_file, *key_file;
         struct request *requests;
         struct sock *socks; /* curl may drop sockets without CURL_POLL_REMOVE on cleanup */
         CURL **idle;        /* easy handles kept for reuse */
@@ -242,6 +242,11 @@ int http_new(struct ev_loop *loop, const struct http_options *opt, struct http *
                         goto oom;
         }
         h->opt.ca_file = h->ca_file;
+        if ((opt->cert_file && !(h->cert_file = strdup(opt->cert_file))) ||
+            (opt->key_file && !(h->key_file = strdup(opt->key_file))))
+                goto oom;
+        h->opt.cert_file = h->cert_file;
+        h->opt.key_file = h->key_file;
         h->multi = curl_multi_init();
         h->cap_idle = opt->max_connections > 0 ? (size_t) opt->max_connections : 1;
         h->idle = calloc(h->cap_idle, sizeof *h->idle);
@@ -293,6 +298,8 @@ static void http_free_now(struct http *h) {
                 sock_free(h, h->socks);
         ev_timer_stop(h->loop, &h->timer);
         free(h->ca_file);
+        free(h->cert_file);
+        free(h->key_file);
         free(h);
 }
 
@@ -344,6 +351,10 @@ int http_post_json(struct http *h, const char *url, const char *body, http_done_
         SETOPT(CURLOPT_SSL_VERIFYHOST, 2L);
         if (h->opt.ca_file)
                 SETOPT(CURLOPT_CAINFO, h->opt.ca_file);
+        if (h->opt.cert_file)
+                SETOPT(CURLOPT_SSLCERT, h->opt.cert_file);
+        if (h->opt.key_file)
+                SETOPT(CURLOPT_SSLKEY, h->opt.key_file);
 #undef SETOPT
         if (rc != CURLE_OK) {
                 request_free(h, req, false);

@@ -11,8 +11,10 @@
 struct http;
 
 struct http_options {
-        const char *ca_file; /* NULL: the system trust store */
-        long timeout_ms;     /* whole transfer */
+        const char *ca_file;   /* NULL: the system trust store */
+        const char *cert_file; /* a TLS client certificate (PEM), with key_file; NULL: none */
+        const char *key_file;
+        long timeout_ms; /* whole transfer */
         long connect_timeout_ms;
         size_t max_response_size;
         long max_connections; /* connections kept and opened at most */

@@ -25,6 +25,8 @@
 /* The gateway refused our credentials (Code 100005, HTTP 401 or 403): an
  * account problem (appkey, token, clock), not a per-session failure. */
 #define MESSAGE_ID_AUTH "d1f0b64d5da24960a3fff63a226ec244"
+/* The instance's role in its etcd election changed (ha:). */
+#define MESSAGE_ID_HA_ROLE "744e34992be84570b0e60a79de095343"
 
 enum log_target {
         LOG_TARGET_AUTO,

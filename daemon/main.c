@@ -138,6 +138,21 @@ static int check_config(const char *path, struct config *config) {
         return EXIT_OK;
 }
 
+enum {
+        OPT_ONCE = 256,
+        OPT_DRY_RUN,
+        OPT_PLAN,
+        OPT_CHECK,
+        OPT_LOG_TARGET,
+        OPT_VERSION,
+        OPT_OUTPUT,
+        OPT_DETAILED_EXITCODE,
+};
+
+static const char *mode_name(int opt) {
+        return opt == OPT_ONCE ? "--once" : opt == OPT_PLAN ? "--plan" : "--check-config";
+}
+
 /* Before anything else: SIGHUP, SIGUSR1 and SIGUSR2 would kill a process
  * that has not installed its handlers yet (--once, --plan, a daemon still
  * loading its state), and the README suggests `kill -USR1 $(pidof
@@ -156,16 +171,6 @@ static void ignore_signals(void) {
 }
 
 int main(int argc, char **argv) {
-        enum {
-                OPT_ONCE = 256,
-                OPT_DRY_RUN,
-                OPT_PLAN,
-                OPT_CHECK,
-                OPT_LOG_TARGET,
-                OPT_VERSION,
-                OPT_OUTPUT,
-                OPT_DETAILED_EXITCODE,
-        };
         static const struct option options[] = {
                 { "config", required_argument, NULL, 'c' },
                 { "once", no_argument, NULL, OPT_ONCE },
@@ -188,10 +193,19 @@ int main(int argc, char **argv) {
         struct ev_loop *loop;
         bool check_only = false, verbose = false, output_set = false, detailed = false;
         struct error err = { 0 };
-        int c, ret, status;
+        int c, ret, status, mode_opt = 0;
 
         ignore_signals();
+        /* getopt_long() names the program by argv[0] in its messages. */
+        if (argc > 0)
+                argv[0] = (char *) "ivh-reclaimd";
         while ((c = getopt_long(argc, argv, "c:vh", options, NULL)) >= 0) {
+                /* One mode at most: --once, --plan and --check-config exclude each other. */
+                if ((c == OPT_ONCE || c == OPT_PLAN || c == OPT_CHECK) && mode_opt && mode_opt != c)
+                        return usage_error("%s and %s cannot be used together", mode_name(mode_opt),
+                                           mode_name(c));
+                if (c == OPT_ONCE || c == OPT_PLAN || c == OPT_CHECK)
+                        mode_opt = c;
                 switch (c) {
                 case 'c':
                         config_path = optarg;

@@ -208,6 +208,14 @@ int metrics_render(const struct metrics_process *proc, const struct metrics *con
                 return -ENOMEM;
         if (proc)
                 render_process(f, proc);
+        if (proc && proc->leader >= 0) {
+                fprintf(f,
+                        "# HELP ivh_leader Whether this instance is its etcd group's leader (ha:), the only "
+                        "one that closes sessions.\n"
+                        "# TYPE ivh_leader gauge\n");
+                for (size_t a = 0; a < n; a++)
+                        fprintf(f, "ivh_leader{account=\"%s\"} %d\n", accounts[a], proc->leader);
+        }
 
         /* Each family once, with the samples of every account under it.
          * Account and policy names are restricted to [A-Za-z0-9._-]: nothing

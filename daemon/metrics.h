@@ -39,6 +39,7 @@ struct metrics_process {
         const char *version;
         bool reload_ok;          /* the last load of the policy file (start or reload) succeeded */
         double reload_success_s; /* Unix time of the last successful load */
+        int leader;              /* ha: 1 leader, 0 not; -1 without ha (no ivh_leader) */
 };
 void metrics_state_write(struct metrics *m, bool ok);
 

@@ -8,10 +8,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
+#include <linux/magic.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include "credentials.h"
+#include "fileio.h"
 
 /* The directories made when the service starts: the shipped unit's
  * StateDirectory=, and the metrics directory of the node_exporter recipe
@@ -24,6 +28,11 @@ struct report {
         char *problems_buf, *notes_buf;
         size_t problems_len, notes_len;
         int n;
+        /* Run by the unit's ExecReload= ($MAINPID, $INVOCATION_ID): the
+         * daemon runs with its files; only the file itself can fail the
+         * reload, so that a reload (an emergency protect rule, say) is never
+         * refused for a metrics directory. */
+        bool reload;
 };
 
 static void problem(struct report *rep, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -47,6 +56,21 @@ static void note(struct report *rep, const char *fmt, ...) {
         fputc('\n', rep->notes);
 }
 
+/* A problem by hand; a warning, which fails nothing, in a reload. */
+static void dir_issue(struct report *rep, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void dir_issue(struct report *rep, const char *fmt, ...) {
+        FILE *f = rep->reload ? rep->notes : rep->problems;
+        va_list ap;
+
+        if (rep->reload)
+                fputs("warning: ", f);
+        va_start(ap, fmt);
+        vfprintf(f, fmt, ap);
+        va_end(ap);
+        fputc('\n', f);
+        rep->n += !rep->reload;
+}
+
 /* "account NAME: " for a named account, "" for the single form. */
 static const char *prefix(const struct config *a, char *buf, size_t n) {
         if (!a->account)
@@ -58,7 +82,7 @@ static const char *prefix(const struct config *a, char *buf, size_t n) {
 static void check_appkey(struct report *rep, const struct config *top, const struct config *a) {
         char pre[160];
 
-        if (!a->gateway.appkey || strcmp(a->gateway.appkey, CONFIG_SAMPLE_APPKEY) != 0)
+        if (!a->gateway.appkey || strcasecmp(a->gateway.appkey, CONFIG_SAMPLE_APPKEY) != 0)
                 return;
         if (a->gateway.appkey_line > 0)
                 problem(rep,
@@ -92,8 +116,14 @@ static bool in_credentials_directory(const char *path) {
 }
 
 static void check_token_file(struct report *rep, const struct config *a, const char *path) {
-        char pre[160];
+        char pre[160], *copy = strdup(path);
         struct stat st;
+
+        /* Whoever may replace the file may hand the daemon another token. */
+        if (copy && stat(dirname(copy), &st) == 0 && (st.st_mode & S_IWOTH) && !(st.st_mode & S_ISVTX))
+                problem(rep, "%saccess token file %s is in a directory that anyone may write",
+                        prefix(a, pre, sizeof pre), path);
+        free(copy);
 
         if (stat(path, &st) < 0) {
                 problem(rep, "%saccess token file %s: %s", prefix(a, pre, sizeof pre), path,
@@ -171,14 +201,26 @@ static int check_token(struct report *rep, const struct config *top, const struc
                 problem(rep, "%s%s", prefix(a, pre, sizeof pre), error_message(&err));
         else if (creds->path)
                 check_token_file(rep, a, creds->path);
+        if (r >= 0 && a->gateway.accesstoken_file && !getenv("CREDENTIALS_DIRECTORY") && geteuid() == 0)
+                note(rep,
+                     "%snote: under the shipped unit the service runs as a dynamic user, which cannot read "
+                     "%s; "
+                     "leave accesstoken_file unset there and use LoadCredential=",
+                     prefix(a, pre, sizeof pre), a->gateway.accesstoken_file);
         error_done(&err);
         credentials_free(creds);
         return 0;
 }
 
 /* The directory of file, which the daemon writes files into. */
+static bool unit_writable(const char *dir) {
+        return strcmp(dir, UNIT_STATE_DIRECTORY) == 0 || strcmp(dir, UNIT_METRICS_DIRECTORY) == 0;
+}
+
+/* The directory of file, which the daemon writes files into. */
 static int check_dir_of(struct report *rep, const char *key, const char *file) {
         char *copy = strdup(file), *dir, *buf, *up;
+        struct statfs fs;
         struct stat st;
 
         if (!copy)
@@ -186,22 +228,31 @@ static int check_dir_of(struct report *rep, const char *key, const char *file) {
         dir = dirname(copy);
         if (stat(dir, &st) == 0) {
                 if (!S_ISDIR(st.st_mode))
-                        problem(rep, "%s: %s is not a directory", key, dir);
+                        dir_issue(rep, "%s: %s is not a directory", key, dir);
+                else if (statfs(dir, &fs) == 0 &&
+                         (fs.f_type == PROC_SUPER_MAGIC || fs.f_type == SYSFS_MAGIC))
+                        dir_issue(rep, "%s: %s is in /proc or /sys", key, dir);
                 else if (access(dir, W_OK | X_OK) < 0)
-                        problem(rep, "%s: cannot write in %s: %s (running as uid %u)", key, dir,
-                                strerror(errno), (unsigned) geteuid());
+                        dir_issue(rep, "%s: cannot write in %s: %s (running as uid %u)", key, dir,
+                                  strerror(errno), (unsigned) geteuid());
+                else if (!rep->reload && !getenv("INVOCATION_ID") && !unit_writable(dir))
+                        note(rep,
+                             "%s: note: the shipped unit (ProtectSystem=strict) can write only %s and what "
+                             "a drop-in "
+                             "adds with ReadWritePaths=, not %s",
+                             key, UNIT_STATE_DIRECTORY, dir);
                 free(copy);
                 return 0;
         }
         if (errno != ENOENT) {
-                problem(rep, "%s: %s: %s", key, dir, strerror(errno));
+                dir_issue(rep, "%s: %s: %s", key, dir, strerror(errno));
                 free(copy);
                 return 0;
         }
-        /* Not there yet. The service's start makes these two; nothing makes
-         * any other. */
-        if (strcmp(dir, UNIT_STATE_DIRECTORY) != 0 && strcmp(dir, UNIT_METRICS_DIRECTORY) != 0) {
-                problem(rep, "%s: directory %s does not exist", key, dir);
+        /* Not there yet. The service's start makes the state directory, and
+         * the node_exporter recipe the metrics one; nothing makes any other. */
+        if (!unit_writable(dir)) {
+                dir_issue(rep, "%s: directory %s does not exist", key, dir);
                 free(copy);
                 return 0;
         }
@@ -213,13 +264,69 @@ static int check_dir_of(struct report *rep, const char *key, const char *file) {
         while (strcmp(up, "/") != 0 && strcmp(up, ".") != 0 && stat(up, &st) < 0 && errno == ENOENT)
                 up = dirname(up);
         if (access(up, W_OK | X_OK) < 0)
-                problem(rep, "%s: %s does not exist, and cannot be made in %s: %s", key, dir, up,
-                        strerror(errno));
+                dir_issue(rep, "%s: %s does not exist, and cannot be made in %s: %s", key, dir, up,
+                          strerror(errno));
         else
                 note(rep, "%s: %s does not exist yet; the service makes it when it starts", key, dir);
         free(buf);
         free(copy);
         return 0;
+}
+
+/* A state_file that exists must be a regular file (the daemon refuses
+ * anything else at start). */
+static void check_state_file(struct report *rep, const char *path) {
+        struct stat st;
+
+        if (stat(path, &st) == 0 && !S_ISREG(st.st_mode))
+                dir_issue(rep, "state_file: %s is not a regular file", path);
+}
+
+/* The unit's reload: would the running daemon take this file, or does a
+ * key that needs a restart differ? The daemon keeps a copy of the file it
+ * runs with in $STATE_DIRECTORY (RUNNING_POLICY_NAME), headed by its PID. */
+static int check_restart(struct report *rep, const struct config *c) {
+        const char *dirs = getenv("STATE_DIRECTORY"), *pid = getenv("MAINPID"), *what = NULL;
+        struct config *running = NULL;
+        struct error err = { 0 };
+        char *path = NULL, *text = NULL, head[64];
+        size_t len = 0;
+        int r;
+
+        if (!rep->reload || !dirs || !*dirs || !pid)
+                return 0;
+        if (asprintf(&path, "%.*s/%s", (int) strcspn(dirs, ":"), dirs, RUNNING_POLICY_NAME) < 0)
+                return -ENOMEM;
+        r = read_file_full(path, CONFIG_MAX_SIZE, &text, &len);
+        snprintf(head, sizeof head, "# ivh-reclaimd %s\n", pid);
+        if (r < 0 || len < strlen(head) || strncmp(text, head, strlen(head)) != 0) {
+                note(rep,
+                     "note: no copy of the running policy from PID %s in %s; keys that need a restart are "
+                     "checked by the daemon itself",
+                     pid, path);
+                goto out;
+        }
+        r = config_load(path, &running, &err);
+        if (r < 0) {
+                note(rep, "note: the running policy's copy %s does not load; not compared", path);
+                goto out;
+        }
+        if (running->n_accounts != c->n_accounts)
+                what = "the list of accounts";
+        else if ((what = config_restart_needed(c, running)) == NULL)
+                for (size_t i = 0; i < c->n_accounts && !what; i++)
+                        what = config_restart_needed(c->accounts[i], running->accounts[i]);
+        if (what)
+                problem(rep,
+                        "%s: %s differs from the running daemon's, which needs a restart (systemctl restart "
+                        "ivh-reclaimd); the running policy stays",
+                        c->path, what);
+out:
+        config_free(running);
+        error_done(&err);
+        free(text);
+        free(path);
+        return r == -ENOMEM ? r : 0;
 }
 
 int preflight_check(const struct config *c, struct error *err, char **notes) {
@@ -230,6 +337,7 @@ int preflight_check(const struct config *c, struct error *err, char **notes) {
         int r = 0;
 
         assert(c);
+        rep.reload = getenv("MAINPID") && getenv("INVOCATION_ID");
         if (n == 0)
                 accounts = single, n = 1;
         *notes = NULL;
@@ -254,9 +362,13 @@ int preflight_check(const struct config *c, struct error *err, char **notes) {
                 }
                 if (r >= 0 && accounts[i]->state_file && !dup)
                         r = check_dir_of(&rep, "state_file", accounts[i]->state_file);
+                if (r >= 0 && accounts[i]->state_file)
+                        check_state_file(&rep, accounts[i]->state_file);
         }
         if (r >= 0 && c->metrics_file)
                 r = check_dir_of(&rep, "metrics_file", c->metrics_file);
+        if (r >= 0)
+                r = check_restart(&rep, c);
 out:
         if (rep.problems)
                 fclose(rep.problems);
@@ -271,4 +383,29 @@ out:
         else
                 free(rep.notes_buf);
         return r < 0 ? r : rep.n;
+}
+
+int preflight_save_running(const struct config *top) {
+        const char *dirs = getenv("STATE_DIRECTORY");
+        char *path = NULL, *text = NULL;
+        size_t len = 0;
+        FILE *f;
+        int r;
+
+        if (!dirs || !*dirs || !top->text)
+                return 0;
+        f = open_memstream(&text, &len);
+        if (!f)
+                return -ENOMEM;
+        fprintf(f, "# ivh-reclaimd %ld\n", (long) getpid());
+        fwrite(top->text, 1, top->text_len, f);
+        if (fclose(f) != 0 ||
+            asprintf(&path, "%.*s/%s", (int) strcspn(dirs, ":"), dirs, RUNNING_POLICY_NAME) < 0) {
+                free(text);
+                return -ENOMEM;
+        }
+        r = write_file_atomic(path, text, len, 0600);
+        free(path);
+        free(text);
+        return r;
 }

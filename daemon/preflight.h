@@ -20,3 +20,17 @@
  * in err, or -ENOMEM. Lines that are only notes go to *notes (may be NULL
  * when there are none; free() it). Never prints or keeps the token. */
 int preflight_check(const struct config *c, struct error *err, char **notes);
+
+/* Under the unit's ExecReload= ($MAINPID and $INVOCATION_ID set), also:
+ * that no key needing a restart (state_file, accounts, ha) differs from the
+ * running daemon's. The daemon keeps the file it runs with as
+ * $STATE_DIRECTORY/RUNNING_POLICY_NAME, first line "# ivh-reclaimd PID";
+ * without that copy the daemon's own reload check remains. Directory
+ * problems are then only warnings (a reload must never be refused for a
+ * metrics directory), and the token is not checked when systemd hides the
+ * credentials from the reload command. */
+#define RUNNING_POLICY_NAME "running-policy.yaml"
+
+/* Writes top's text as that copy, when $STATE_DIRECTORY is set (under
+ * systemd). Returns 0 (also when there is nothing to do) or -errno. */
+int preflight_save_running(const struct config *top);

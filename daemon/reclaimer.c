@@ -39,6 +39,7 @@
 #include "idset.h"
 #include "log.h"
 #include "metrics.h"
+#include "preflight.h"
 #include "reply.h"
 #include "retry.h"
 #include "state.h"
@@ -116,6 +117,7 @@ struct reclaimer {
         bool unhealthy_logged;
         unsigned long cycles;
         size_t total_reclaimed;
+        struct ha *ha; /* ha: the etcd election; NULL without */
 };
 
 static struct http_options http_options_for(const struct config *c) {
@@ -214,6 +216,33 @@ static bool fuse_tripped(const struct cycle_result *res) {
         return !res->list_failed && res->fused > 0;
 }
 
+/* STATUS= with ha: the role first, since only the leader closes. */
+static void notify_status_ha(struct reclaimer *r, size_t listed, const char *when) {
+        const char *leader = ha_leader(r->ha);
+
+        switch (ha_role(r->ha)) {
+        case HA_LEADER:
+                sd_notifyf(
+                        0,
+                        "STATUS=Leader (%s): %zu sessions listed, %zu reclaimed in total; next poll at %s%s",
+                        ha_name(r->ha), listed, r->total_reclaimed, when,
+                        r->reload_failed ? "; the last reload failed, the previous policy runs" : "");
+                break;
+        case HA_STANDBY:
+                sd_notifyf(
+                        0,
+                        "STATUS=Standby (%s; leader: %s): %zu sessions listed, ages kept; next poll at %s",
+                        ha_name(r->ha), *leader ? leader : "unknown", listed, when);
+                break;
+        case HA_UNREACHABLE:
+                sd_notifyf(0,
+                           "STATUS=etcd unreachable (%s): closing nothing until the election answers; %zu "
+                           "sessions listed; next poll at %s",
+                           ha_name(r->ha), listed, when);
+                break;
+        }
+}
+
 /* STATUS= for `systemctl status`: one line about the last cycles, naming a
  * tripped share fuse, the accounts that fail to list and a failed reload. */
 static void notify_status(struct reclaimer *r, struct runner *u) {
@@ -235,6 +264,10 @@ static void notify_status(struct reclaimer *r, struct runner *u) {
                 n_fused += fuse_tripped(res) ? res->fused : 0;
         }
         accounts_where(r, list_failed, failing, sizeof failing);
+        if (r->ha) {
+                notify_status_ha(r, listed, when);
+                return;
+        }
         accounts_where(r, fuse_tripped, fused, sizeof fused);
         snprintf(extra, sizeof extra, "%s%s%s", n_fused ? "; share fuse tripped: " : "",
                  n_fused ? fused : "",
@@ -309,7 +342,8 @@ static void write_metrics(struct reclaimer *r) {
                 }
                 struct metrics_process proc = { .version = IVH_VERSION,
                                                 .reload_ok = !r->reload_failed,
-                                                .reload_success_s = (double) r->loaded_wall_ms / 1000.0 };
+                                                .reload_success_s = (double) r->loaded_wall_ms / 1000.0,
+                                                .leader = !r->ha ? -1 : ha_role(r->ha) == HA_LEADER };
 
                 ret = metrics_write(&proc, ms, names, r->n_runners, r->metrics_file);
         }
@@ -318,6 +352,17 @@ static void write_metrics(struct reclaimer *r) {
         if (ret < 0)
                 log_warning("Failed to write metrics file %s: %s; retrying after the next cycle",
                             r->metrics_file, strerror(-ret));
+}
+
+/* Keeps the running policy for the unit's reload check (preflight.h). */
+static void save_running(const struct config *top) {
+        int ret = preflight_save_running(top);
+
+        if (ret < 0)
+                log_warning(
+                        "Failed to keep a copy of the running policy in $STATE_DIRECTORY: %s; a reload that "
+                        "needs a restart is then reported by the daemon only",
+                        strerror(-ret));
 }
 
 /* Swaps in a reloaded configuration; only between cycles (IDLE or from
@@ -416,6 +461,7 @@ static void start_cycle(struct runner *u) {
                 .throttle = &u->throttle,
                 .plan_out = r->opt.mode == RECLAIMER_PLAN ? r->opt.plan_out : NULL,
                 .plan_format = r->opt.plan_format,
+                .ha = r->ha,
         };
         int ret;
 
@@ -593,6 +639,11 @@ static void reload(struct reclaimer *r) {
                           r->runners[0].config->path);
                 goto done;
         }
+        if (r->ha ? !ha_config_matches(r->ha, &top->ha) : top->ha.enabled) {
+                log_error("Reload failed: the ha: section changed, which needs a restart; the previous "
+                          "configuration stays in effect");
+                goto done;
+        }
         n = accounts_of(top, &accounts);
         if (n != r->n_runners) {
                 log_error(
@@ -628,7 +679,9 @@ static void reload(struct reclaimer *r) {
                 }
         }
 
-        /* Valid: hand each account its new configuration. */
+        /* Valid. The unit's reload check compares with this copy. */
+        save_running(top);
+        /* Hand each account its new configuration. */
         for (size_t i = 0; i < n; i++) {
                 struct runner *u = &r->runners[i];
                 struct config *old_pending = u->pending_config;
@@ -680,6 +733,38 @@ done:
         config_free(top);
         error_done(&err);
         sd_notify(0, "READY=1");
+}
+
+/* The election's role changed: a journal entry, the metric and STATUS=. Runs
+ * inside the ha's own request callback: it records and logs only. */
+static void ha_role_changed(struct ha *h, enum ha_role old, void *userdata) {
+        struct reclaimer *r = userdata;
+        enum ha_role now = ha_role(h);
+        const char *leader = ha_leader(h);
+        struct log_field f[] = {
+                { "IVH_HA_ROLE", ha_role_to_string(now) },
+                { "IVH_HA_PREVIOUS_ROLE", ha_role_to_string(old) },
+                { "IVH_HA_NAME", ha_name(h) },
+                { "IVH_HA_LEADER", *leader ? leader : "" },
+        };
+
+        if (now == HA_LEADER)
+                log_struct(LOG_NOTICE, MESSAGE_ID_HA_ROLE, f, ELEMENTSOF(f),
+                           "HA: %s is now the leader (was %s); it closes what is due from the next cycle",
+                           ha_name(h), ha_role_to_string(old));
+        else if (now == HA_STANDBY)
+                log_struct(old == HA_LEADER ? LOG_WARNING : LOG_NOTICE, MESSAGE_ID_HA_ROLE, f, ELEMENTSOF(f),
+                           "HA: %s is now a standby (was %s; leader: %s); it lists and keeps ages, and "
+                           "closes nothing",
+                           ha_name(h), ha_role_to_string(old), *leader ? leader : "unknown");
+        else
+                log_struct(LOG_WARNING, MESSAGE_ID_HA_ROLE, f, ELEMENTSOF(f),
+                           "HA: etcd cannot be reached by %s (was %s); nobody here closes anything until it "
+                           "answers",
+                           ha_name(h), ha_role_to_string(old));
+        write_metrics(r);
+        if (r->cycles > 0)
+                notify_status(r, &r->runners[0]);
 }
 
 /* Pings the systemd watchdog, but only while every account makes progress. */
@@ -804,6 +889,7 @@ static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents) {
                 return;
         r->stopping = true;
         sd_notify(0, "STOPPING=1");
+        ha_stop(r->ha);
         log_info("Received %s, stopping", strsignal(w->signum));
         for (size_t i = 0; i < r->n_runners; i++) {
                 struct runner *u = &r->runners[i];
@@ -928,6 +1014,14 @@ int reclaimer_new(struct ev_loop *loop, struct config *config, const struct recl
         }
         if (accounts)
                 r->top = config; /* keeps the emptied account list until the end */
+        if (ret_code >= 0 && config->ha.enabled && r->opt.mode == RECLAIMER_ONCE) {
+                /* --once would close beside the group's leader. */
+                ret_code =
+                        error_set(err, -EINVAL,
+                                  "--once cannot run with ha: it would close sessions beside the leader of "
+                                  "the etcd group; use --plan, or SIGUSR1 on the leader");
+        } else if (ret_code >= 0 && config->ha.enabled && r->opt.mode == RECLAIMER_DAEMON)
+                ret_code = ha_new(loop, &config->ha, ha_role_changed, r, &r->ha, err);
         if (ret_code < 0) {
                 /* Accounts not yet handed over are freed with the top level. */
                 reclaimer_free(r);
@@ -998,6 +1092,9 @@ int reclaimer_start(struct reclaimer *r) {
                 ev_signal_start(r->loop, &r->sig_hup);
                 ev_signal_start(r->loop, &r->sig_usr1);
                 ev_signal_start(r->loop, &r->sig_usr2);
+                if (r->ha)
+                        ha_start(r->ha);
+                save_running(r->top ? r->top : r->runners[0].config);
                 if (sd_watchdog_enabled(0, &usec) > 0 && usec > 0) {
                         /* Ping at twice the rate systemd expects. */
                         ev_timer_set(&r->watchdog_timer, 0., (double) usec / 2e6);
@@ -1048,6 +1145,7 @@ void reclaimer_free(struct reclaimer *r) {
         ev_signal_stop(r->loop, &r->sig_usr2);
         for (size_t i = 0; i < r->n_runners; i++)
                 runner_done(&r->runners[i]);
+        ha_free(r->ha);
         free(r->runners);
         config_free(r->top);
         free(r->metrics_file);

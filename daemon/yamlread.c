@@ -755,8 +755,23 @@ const char *yaml_restart_needed(const struct yaml_key *keys, const void *a, cons
                                 return k->name;
                         break;
                 }
+                case YAML_T_DURATION:
+                        if (*(const uint64_t *) CFIELD(a, k) != *(const uint64_t *) CFIELD(b, k))
+                                return k->name;
+                        break;
+                case YAML_T_GLOBS:
+                case YAML_T_IDS: {
+                        const struct glob_list *x = CFIELD(a, k), *y = CFIELD(b, k);
+
+                        if (x->n != y->n)
+                                return k->name;
+                        for (size_t i = 0; i < x->n; i++)
+                                if (strcmp(x->items[i], y->items[i]) != 0)
+                                        return k->name;
+                        break;
+                }
                 default:
-                        /* Only strings need a restart so far. */
+                        /* No other type needs a restart so far. */
                         break;
                 }
         }

@@ -6,7 +6,7 @@ set -eu
 PACKAGES="gcc make cmake pkg-config clang-format
 libev-dev libcurl4-openssl-dev libssl-dev libcjson-dev libyaml-dev libsystemd-dev libcmocka-dev
 openssl ca-certificates python3 systemd dpkg-dev clang libclang-rt-14-dev valgrind curl jq time faketime
-scdoc man-db bash-completion debhelper devscripts lintian debootstrap systemd-container prometheus"
+scdoc man-db bash-completion debhelper devscripts lintian debootstrap systemd-container prometheus etcd-server"
 
 missing=""
 for p in $PACKAGES; do

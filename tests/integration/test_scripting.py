@@ -8,7 +8,7 @@ import re
 import shutil
 import subprocess
 
-from harness import BINARY, TOKEN, DaemonTest
+from harness import BINARY, TOKEN, DaemonTest, wait_for
 from gateway_sim import IN_PROGRESS, STREAM_FAILED
 
 SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
@@ -122,7 +122,7 @@ class UsageErrors(DaemonTest):
                 self.assertEqual(p.stdout, "")
 
 
-class CheckConfigPreflight(DaemonTest):
+class CheckBase(DaemonTest):
     def check(self, env_extra=None, config=None, token=TOKEN):
         env = dict(os.environ)
         env.pop("CREDENTIALS_DIRECTORY", None)
@@ -144,6 +144,8 @@ class CheckConfigPreflight(DaemonTest):
             f.write(text)
         return path
 
+
+class CheckConfigPreflight(CheckBase):
     def test_shipped_file_is_refused_until_its_appkey_is_set(self):
         path = self.shipped_copy("policy.yaml")
         p = self.check(config=path)
@@ -250,3 +252,127 @@ class CheckConfigPreflight(DaemonTest):
         self.assertEqual(self.run_daemon("--once").returncode, 78)
         with open(self.config_file) as f:
             self.assertEqual(f.read(), before)
+
+
+class RedTeam13(CheckBase):
+    """What the issue-13 red team broke in --check-config, and the modes."""
+
+    def config_with(self, **keys):
+        self.write_config([("f", "failed", "1m")])
+        with open(self.config_file) as f:
+            text = f.read()
+        for key, value in keys.items():
+            if key == "state_file":
+                text = text.replace("state_file: %s" % self.state_file, "state_file: %s" % value)
+            else:
+                text += "%s: %s\n" % (key, value)
+        with open(self.config_file, "w") as f:
+            f.write(text)
+
+    def test_files_that_must_not_be_overwritten(self):
+        token = os.path.join(self.dir, "token")
+        with open(token, "w") as f:
+            f.write("tok\n")
+        os.chmod(token, 0o600)
+        dangling = os.path.join(self.dir, "m.prom")
+        os.symlink(self.state_file, dangling)  # the state file does not exist yet
+        cases = [
+            ({"metrics_file": dangling}, "is the same file as state_file"),
+            ({"metrics_file": self.state_file + ".lock"}, "is the lock file of the state file"),
+            ({"metrics_file": token, "gateway_token": token}, "is the access token file"),
+            ({"state_file": token, "gateway_token": token}, "is the access token file"),
+        ]
+        for keys, message in cases:
+            with self.subTest(keys=keys):
+                tok = keys.pop("gateway_token", None)
+                self.config_with(**keys)
+                if tok:
+                    with open(self.config_file) as f:
+                        text = f.read().replace("gateway:\n", "gateway:\n  accesstoken_file: %s\n" % tok)
+                    with open(self.config_file, "w") as f:
+                        f.write(text)
+                p = self.check()
+                self.assertEqual(p.returncode, 78, p)
+                self.assertRegex(p.stderr, r"(?m)^%s:\d+:\d+: .*%s" % (re.escape(self.config_file), message))
+                # The daemon refuses it too, and writes nothing.
+                self.assertEqual(self.run_daemon("--once").returncode, 78)
+                self.assertFalse(os.path.exists(self.state_file))
+                with open(token) as f:
+                    self.assertEqual(f.read(), "tok\n")
+
+    def test_state_file_that_is_not_a_file(self):
+        for path, message in (("/dev/null", "is not a regular file"), ("/proc/version", "is in /proc or /sys")):
+            with self.subTest(path=path):
+                self.config_with(state_file=path)
+                p = self.check()
+                self.assertEqual(p.returncode, 78, p)
+                self.assertIn(message, p.stderr)
+
+    def test_token_in_a_directory_anyone_may_write(self):
+        d = os.path.join(self.dir, "open")
+        os.mkdir(d)
+        os.chmod(d, 0o777)
+        token = os.path.join(d, "token")
+        with open(token, "w") as f:
+            f.write("tok\n")
+        os.chmod(token, 0o600)
+        self.config_with()
+        with open(self.config_file) as f:
+            text = f.read().replace("gateway:\n", "gateway:\n  accesstoken_file: %s\n" % token)
+        with open(self.config_file, "w") as f:
+            f.write(text)
+        p = self.check(token=None)
+        self.assertEqual(p.returncode, 78, p)
+        self.assertIn("is in a directory that anyone may write", p.stderr)
+        os.chmod(d, 0o1777)  # sticky, as /tmp: others cannot replace it
+        self.assertEqual(self.check(token=None).returncode, 0)
+
+    def test_sample_appkey_in_any_case(self):
+        self.config_with()
+        with open(self.config_file) as f:
+            text = f.read()
+        with open(self.config_file, "w") as f:
+            f.write(re.sub(r"appkey: \S+", "appkey: " + SAMPLE_APPKEY.upper(), text))
+        p = self.check()
+        self.assertEqual(p.returncode, 78, p)
+        self.assertIn("is the sample appkey", p.stderr)
+
+    def test_modes_exclude_each_other(self):
+        for args in (["--plan", "--once"], ["--once", "--check-config"], ["--check-config", "--plan"]):
+            with self.subTest(args=args):
+                p = subprocess.run([BINARY, *args], capture_output=True, text=True)
+                self.assertEqual(p.returncode, 64)
+                self.assertIn("cannot be used together", p.stderr.splitlines()[0])
+                self.assertTrue(p.stderr.startswith("ivh-reclaimd: "))
+        p = subprocess.run([BINARY, "--plan", "--plan", "--help"], capture_output=True, text=True)
+        self.assertEqual(p.returncode, 0)
+
+    def test_reload_check_compares_with_the_running_policy(self):
+        # As the unit's ExecReload= runs it: $MAINPID, $INVOCATION_ID and
+        # $STATE_DIRECTORY, where the daemon keeps its running policy.
+        statedir = os.path.join(self.dir, "statedir")
+        os.mkdir(statedir)
+        self.config_with(state_file=os.path.join(statedir, "state.json"))
+        env = dict(self.env(), STATE_DIRECTORY=statedir)
+        p = self.start_daemon(env=env)
+        running = os.path.join(statedir, "running-policy.yaml")
+        wait_for(lambda: os.path.exists(running), what="the copy of the running policy")
+        with open(running) as f:
+            self.assertEqual(f.readline(), "# ivh-reclaimd %d\n" % p.pid)
+        reload_env = {"MAINPID": str(p.pid), "INVOCATION_ID": "0" * 32, "STATE_DIRECTORY": statedir}
+        self.assertEqual(self.check(env_extra=reload_env).returncode, 0)
+        with open(self.config_file) as f:
+            good = f.read()
+        with open(self.config_file, "w") as f:
+            f.write(good.replace(os.path.join(statedir, "state.json"), os.path.join(statedir, "other.json")))
+        c = self.check(env_extra=reload_env)
+        self.assertEqual(c.returncode, 78, c)
+        self.assertIn("state_file differs from the running daemon's, which needs a restart", c.stderr)
+        # A metrics directory that cannot be written warns, and fails nothing.
+        with open(self.config_file, "w") as f:
+            f.write(good + "metrics_file: %s/nowhere/m.prom\n" % self.dir)
+        c = self.check(env_extra=reload_env)
+        self.assertEqual(c.returncode, 0, c)
+        self.assertIn("warning: metrics_file: directory %s/nowhere does not exist" % self.dir, c.stdout)
+        run = self.stop_daemon(p)
+        self.assertEqual(run.returncode, 0, run)

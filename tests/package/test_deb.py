@@ -64,7 +64,9 @@ class Package(unittest.TestCase):
                      "./usr/share/doc/ivh-reclaimd/copyright", "./usr/share/doc/ivh-reclaimd/changelog.gz",
                      "./usr/share/doc/ivh-reclaimd/README.Debian",
                      "./usr/share/doc/ivh-reclaimd/examples/ivh-reclaimd.rules.yml",
-                     "./usr/share/doc/ivh-reclaimd/examples/node-exporter/metrics.conf"):
+                     "./usr/share/doc/ivh-reclaimd/examples/node-exporter/metrics.conf",
+                     "./usr/share/doc/ivh-reclaimd/examples/node-exporter/sysusers.conf",
+                     "./usr/share/doc/ivh-reclaimd/examples/node-exporter/tmpfiles.conf"):
             self.assertIn(path, files)
         with open(os.path.join(self.control, "conffiles")) as f:
             self.assertEqual(f.read().split(), ["/etc/ivh-reclaimd/policy.yaml"])
@@ -107,7 +109,7 @@ class Rules(unittest.TestCase):
     def test_alert_rules_are_valid(self):
         p = run("promtool", "check", "rules", os.path.join(SRC, "examples", "ivh-reclaimd.rules.yml"), check=False)
         self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
-        self.assertIn("SUCCESS: 5 rules found", p.stdout)
+        self.assertIn("SUCCESS: 6 rules found", p.stdout)
 
     @unittest.skipUnless(shutil.which("promtool"), "needs promtool (Debian package prometheus)")
     def test_rules_fire_on_the_metrics_the_daemon_writes(self):

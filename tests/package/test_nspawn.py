@@ -25,6 +25,14 @@ from gateway_sim import STREAM_FAILED  # noqa: E402
 APPKEY = "5b0e7c1d9a2f4e6b8c3d1a0f9e8d7c6b"
 TOKEN = "nspawn-test-token-0123456789"
 RECLAIM_ID = "99f9654f605e424185666fe382c90fb6"
+# The node_exporter recipe, as README and examples/node-exporter/metrics.conf write it.
+RECIPE = ("install -D -m 0644 %(examples)s/metrics.conf /etc/systemd/system/ivh-reclaimd.service.d/metrics.conf && "
+          "install -D -m 0644 %(examples)s/sysusers.conf /etc/sysusers.d/ivh-reclaimd-metrics.conf && "
+          "systemd-sysusers && "
+          "install -D -m 0644 %(examples)s/tmpfiles.conf /etc/tmpfiles.d/ivh-reclaimd-metrics.conf && "
+          "systemd-tmpfiles --create /etc/tmpfiles.d/ivh-reclaimd-metrics.conf && "
+          "ln -sfn /run/ivh-reclaimd-metrics/ivh-reclaimd.prom /var/lib/prometheus/node-exporter/ivh-reclaimd.prom && "
+          "systemctl daemon-reload")
 needs = [t for t in ("systemd-nspawn", "debootstrap", "nsenter", "dpkg-buildpackage") if not shutil.which(t)]
 
 
@@ -118,7 +126,10 @@ class UnderSystemd(unittest.TestCase):
                                                     % ("8" if page == "ivh-reclaimd" else "5", page,
                                                        "8" if page == "ivh-reclaimd" else "5"))))
 
-        # 2. No token: the unit fails with 243 (CREDENTIALS) once, and does not loop.
+        # 2. No token: the unit fails with 243 (CREDENTIALS) once, and does not
+        #    loop, also with the node_exporter recipe's drop-in in place.
+        examples = "/usr/share/doc/ivh-reclaimd/examples/node-exporter"
+        self.sh(RECIPE % {"examples": examples})
         box.put("/etc/ivh-reclaimd/policy.yaml", self.policy())
         p = self.sh("systemctl start ivh-reclaimd", check=False)
         self.assertNotEqual(p.returncode, 0)
@@ -129,11 +140,8 @@ class UnderSystemd(unittest.TestCase):
         self.assertEqual(self.show("ActiveState"), "failed")
         self.sh("systemctl reset-failed ivh-reclaimd")
 
-        # 3. The token, the textfile recipe, --check-config as an operator runs it.
+        # 3. The token; --check-config as an operator runs it.
         self.sh("install -m 0600 /dev/stdin /etc/ivh-reclaimd/accesstoken", input=TOKEN + "\n")
-        examples = "/usr/share/doc/ivh-reclaimd/examples/node-exporter"
-        self.sh("install -D -m 0644 %s/metrics.conf /etc/systemd/system/ivh-reclaimd.service.d/metrics.conf && "
-                "systemctl daemon-reload" % examples)
         p = self.sh("ivh-reclaimd --check-config")
         self.assertIn("/etc/ivh-reclaimd/policy.yaml: OK (1 policies)", p.stdout)
 
@@ -195,6 +203,15 @@ class UnderSystemd(unittest.TestCase):
         wait_for("the sweep to close %s" % second, lambda: self.closed(second), timeout=15)
         self.assertTrue(wait_for("its journal entry", lambda: self.reclaimed_in_journal(second)))
 
+        # 7b. A valid file that needs a restart (another state_file): the reload fails too.
+        box.put("/etc/ivh-reclaimd/policy.yaml", self.policy(extra="state_file: /var/lib/ivh-reclaimd/other.json\n"))
+        p = self.sh("systemctl reload ivh-reclaimd", check=False)
+        self.assertNotEqual(p.returncode, 0, p)
+        self.assertIn("state_file differs from the running daemon's, which needs a restart",
+                      self.sh("journalctl -u ivh-reclaimd --no-pager").stdout)
+        box.put("/etc/ivh-reclaimd/policy.yaml", self.policy())
+        self.sh("systemctl reload ivh-reclaimd")
+
         # 8. Several accounts: the README's drop-in, with no
         #    /etc/ivh-reclaimd/accesstoken left (no 243 from the unit's own line).
         self.sh("rm /etc/ivh-reclaimd/accesstoken")
@@ -237,7 +254,8 @@ class UnderSystemd(unittest.TestCase):
         self.assertFalse(self.closed(late))
 
         # 11. Purge (after the operator takes back their own drop-ins): nothing left.
-        self.sh("rm -rf /etc/systemd/system/ivh-reclaimd.service.d /var/lib/prometheus/node-exporter/ivh-reclaimd.prom")
+        self.sh("rm -rf /etc/systemd/system/ivh-reclaimd.service.d /etc/sysusers.d/ivh-reclaimd-metrics.conf "
+                "/etc/tmpfiles.d/ivh-reclaimd-metrics.conf")
         self.sh("dpkg -P ivh-reclaimd")
         left = self.sh("find / -xdev \\( -path /proc -o -path /sys -o -path /var/tmp \\) -prune -o "
                        "-name '*ivh-reclaimd*' -print; ls -d /run/ivh-reclaimd* 2>/dev/null; true").stdout.split()
