@@ -43,6 +43,24 @@ void cycle_progress(struct cycle *c) {
         c->last_progress_ms = now_mono_ms();
 }
 
+/* Finishes every close not yet sent; returns how many. */
+static size_t finish_queued(struct cycle *c) {
+        size_t n = 0;
+
+        for (size_t i = 0; i < c->n_requeued; i++)
+                if (!c->requeued[i]->finished) {
+                        c->requeued[i]->finished = true;
+                        n++;
+                }
+        c->n_requeued = 0;
+        for (; c->next_job < c->n_jobs; c->next_job++)
+                if (!c->jobs[c->next_job].finished) {
+                        c->jobs[c->next_job].finished = true;
+                        n++;
+                }
+        return n;
+}
+
 /* ha: whether this instance may not send a request now (a standby, or a
  * leader whose lease etcd has not confirmed within lease/3). The first time
  * in a cycle, everything not yet sent is left to the leader, with a
@@ -55,26 +73,13 @@ static bool fenced(struct cycle *c) {
         if (c->fenced)
                 return true;
         c->fenced = true;
-        for (size_t i = 0; i < c->n_requeued; i++)
-                left += !c->requeued[i]->finished;
-        for (size_t i = c->next_job; i < c->n_jobs; i++)
-                left += !c->jobs[i].finished;
+        left = finish_queued(c);
+        c->res.standby += left;
         cycle_log(
                 c, LOG_WARNING, NULL, NULL, 0,
                 "HA: this instance (role %s) no longer holds a confirmed etcd lease; %zu close(s) not sent "
                 "are left to the leader",
                 ha_role_to_string(ha_role(c->env.ha)), left);
-        for (size_t i = 0; i < c->n_requeued; i++)
-                if (!c->requeued[i]->finished) {
-                        c->requeued[i]->finished = true;
-                        c->res.standby++;
-                }
-        c->n_requeued = 0;
-        for (; c->next_job < c->n_jobs; c->next_job++)
-                if (!c->jobs[c->next_job].finished) {
-                        c->jobs[c->next_job].finished = true;
-                        c->res.standby++;
-                }
         return true;
 }
 
@@ -352,17 +357,7 @@ void cycle_end(struct cycle *c) {
 
 /* Leaves every close not yet sent to a later cycle. */
 static void defer_queued(struct cycle *c) {
-        for (size_t i = 0; i < c->n_requeued; i++)
-                if (!c->requeued[i]->finished) {
-                        c->requeued[i]->finished = true;
-                        c->res.deferred++;
-                }
-        c->n_requeued = 0;
-        for (; c->next_job < c->n_jobs; c->next_job++)
-                if (!c->jobs[c->next_job].finished) {
-                        c->jobs[c->next_job].finished = true;
-                        c->res.deferred++;
-                }
+        c->res.deferred += finish_queued(c);
 }
 
 static void job_done(struct close_job *job, enum outcome outcome, const char *detail, long retry_after_s) {

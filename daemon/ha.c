@@ -176,14 +176,19 @@ static void send_grant(struct ha *h) {
         post(h, STEP_GRANT, "/v3/lease/grant", o);
 }
 
-static void send_keepalive(struct ha *h) {
+/* {"ID": lease}, for keepalive and revoke; NULL when memory runs out. */
+static cJSON *object_with_lease(const char *lease) {
         cJSON *o = cJSON_CreateObject();
 
-        if (o && !cJSON_AddStringToObject(o, "ID", h->lease)) {
+        if (o && !cJSON_AddStringToObject(o, "ID", lease)) {
                 cJSON_Delete(o);
-                o = NULL;
+                return NULL;
         }
-        post(h, STEP_KEEPALIVE, "/v3/lease/keepalive", o);
+        return o;
+}
+
+static void send_keepalive(struct ha *h) {
+        post(h, STEP_KEEPALIVE, "/v3/lease/keepalive", object_with_lease(h->lease));
 }
 
 /* Creates the key with the attempt's lease, only if no key exists (its
@@ -436,12 +441,7 @@ void ha_stop(struct ha *h) {
         h->stopped = true;
         ev_timer_stop(h->loop, &h->tick);
         if (h->role == HA_LEADER && h->lease[0]) {
-                cJSON *o = cJSON_CreateObject();
-
-                if (o && cJSON_AddStringToObject(o, "ID", h->lease))
-                        post(h, STEP_NONE, "/v3/lease/revoke", o);
-                else
-                        cJSON_Delete(o);
+                post(h, STEP_NONE, "/v3/lease/revoke", object_with_lease(h->lease));
                 log_info("HA: %s gives up leadership (lease revoked)", h->cfg.name);
         }
         h->role = HA_STANDBY;

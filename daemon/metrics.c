@@ -1,6 +1,7 @@
 #include "metrics.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -175,6 +176,16 @@ static void render_ok_failed(FILE *f, const char *name, const char *account, con
                 (unsigned long long) failed);
 }
 
+/* A per-account gauge of the last cycle (a uint64_t field at offset). */
+static void render_held(FILE *f, const char *name, const char *help, const struct metrics *const *ms,
+                        const char *const *accounts, size_t n, size_t offset) {
+        fprintf(f, "# HELP %s %s\n# TYPE %s gauge\n", name, help, name);
+        for (size_t a = 0; a < n; a++)
+                if (ms[a]->held_known)
+                        fprintf(f, "%s{account=\"%s\"} %llu\n", name, accounts[a],
+                                (unsigned long long) *(const uint64_t *) ((const char *) ms[a] + offset));
+}
+
 /* The process's own families: build, and loads of the policy file. */
 static void render_process(FILE *f, const struct metrics_process *proc) {
         /* The version comes from the build ([0-9.] and letters): nothing to escape. */
@@ -237,20 +248,12 @@ int metrics_render(const struct metrics_process *proc, const struct metrics *con
                         fprintf(f, "ivh_sessions_malformed{account=\"%s\"} %llu\n", accounts[a],
                                 (unsigned long long) ms[a]->malformed);
 
-        fprintf(f,
-                "# HELP ivh_sessions_fused Due live sessions the share fuse held back in the last cycle.\n"
-                "# TYPE ivh_sessions_fused gauge\n");
-        for (size_t a = 0; a < n; a++)
-                if (ms[a]->held_known)
-                        fprintf(f, "ivh_sessions_fused{account=\"%s\"} %llu\n", accounts[a],
-                                (unsigned long long) ms[a]->fused);
-        fprintf(f, "# HELP ivh_sessions_deferred Due sessions the last cycle left for later cycles "
-                   "(max_closes_per_cycle, a Retry-After, a stop).\n"
-                   "# TYPE ivh_sessions_deferred gauge\n");
-        for (size_t a = 0; a < n; a++)
-                if (ms[a]->held_known)
-                        fprintf(f, "ivh_sessions_deferred{account=\"%s\"} %llu\n", accounts[a],
-                                (unsigned long long) ms[a]->deferred);
+        render_held(f, "ivh_sessions_fused", "Due live sessions the share fuse held back in the last cycle.",
+                    ms, accounts, n, offsetof(struct metrics, fused));
+        render_held(f, "ivh_sessions_deferred",
+                    "Due sessions the last cycle left for later cycles (max_closes_per_cycle, a "
+                    "Retry-After, a stop).",
+                    ms, accounts, n, offsetof(struct metrics, deferred));
 
         fprintf(f, "# HELP ivh_reclaims_total Reclaim decisions, by policy and outcome.\n"
                    "# TYPE ivh_reclaims_total counter\n");
