@@ -231,7 +231,9 @@ static const char *nearest_key(const char *key, const struct yaml_key *keys) {
                 if ((lk > lc ? lk - lc : lc - lk) > limit)
                         continue;
                 d = edit_distance(key, keys->name);
-                if (d < best_d) {
+                /* Replacing as many characters as the name has is no hint
+                 * ("k0" is not a misspelt "ha"). */
+                if (d < best_d && d < lc) {
                         best_d = d;
                         best = keys->name;
                 }

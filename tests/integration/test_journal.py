@@ -151,7 +151,8 @@ class Catalog(unittest.TestCase):
         ids = {l.split()[0] for l in p.stdout.splitlines()}
         self.assertEqual(ids, {"99f9654f605e424185666fe382c90fb6", "e28e9acd311d441a9e1e0a1a36189eb0",
                                "f8e2aad76f6749b7a1433345838414f1", "7790a43c50c9428f9d94329cc7e5e131",
-                               "fdd69b80db994344b2f08dde98cb05ea", "d1f0b64d5da24960a3fff63a226ec244"})
+                               "fdd69b80db994344b2f08dde98cb05ea", "d1f0b64d5da24960a3fff63a226ec244",
+                               "744e34992be84570b0e60a79de095343"})
         # Every MESSAGE_ID the daemon defines has an entry.
         with open(os.path.join(os.path.dirname(CATALOG), "..", "daemon", "log.h")) as f:
             defined = {l.split('"')[1] for l in f if l.startswith("#define MESSAGE_ID_")}
