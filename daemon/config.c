@@ -58,7 +58,7 @@ bool config_host_is_loopback(const char *host) {
 }
 
 /* https://host[:port][/path], or http:// for loopback hosts only. */
-static void check_url(struct yaml_reader *p, yaml_node_t *n, const char *url) {
+static void check_url(struct yaml_reader *p, yaml_node_t *n, const char *what, const char *url) {
         CURLU *u = curl_url();
         char *scheme = NULL, *host = NULL, *query = NULL, *fragment = NULL, *user = NULL;
 
@@ -67,7 +67,7 @@ static void check_url(struct yaml_reader *p, yaml_node_t *n, const char *url) {
                 return;
         }
         if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK) {
-                yaml_error(p, n, "gateway.url: '%s' is not a valid URL", url);
+                yaml_error(p, n, "%s: '%s' is not a valid URL", what, url);
                 goto out;
         }
         curl_url_get(u, CURLUPART_SCHEME, &scheme, 0);
@@ -76,12 +76,14 @@ static void check_url(struct yaml_reader *p, yaml_node_t *n, const char *url) {
         curl_url_get(u, CURLUPART_FRAGMENT, &fragment, 0);
         curl_url_get(u, CURLUPART_USER, &user, 0);
         if (!scheme || (strcasecmp(scheme, "https") != 0 && strcasecmp(scheme, "http") != 0))
-                yaml_error(p, n, "gateway.url: scheme must be https (http only for loopback)");
+                yaml_error(p, n, "%s: scheme must be https (http only for loopback)", what);
+        else if (!host || !*host)
+                yaml_error(p, n, "%s: '%s' names no host", what, url);
         else if (strcasecmp(scheme, "http") == 0 && !config_host_is_loopback(host))
-                yaml_error(p, n, "gateway.url: plain http is refused for non-loopback host '%s'; use https",
-                           host ? host : "");
+                yaml_error(p, n, "%s: plain http is refused for non-loopback host '%s'; use https", what,
+                           host);
         if (query || fragment || user)
-                yaml_error(p, n, "gateway.url: must not carry credentials, a query or a fragment");
+                yaml_error(p, n, "%s: must not carry credentials, a query or a fragment", what);
 out:
         curl_free(scheme);
         curl_free(host);
@@ -100,7 +102,7 @@ static void check_gateway_url(struct yaml_reader *p, const char *where, yaml_nod
         (void) where;
         while (len > 0 && url[len - 1] == '/')
                 url[--len] = '\0';
-        check_url(p, v, url);
+        check_url(p, v, "gateway.url", url);
 }
 
 static void check_appkey(struct yaml_reader *p, const char *where, yaml_node_t *v, void *field) {
@@ -301,14 +303,20 @@ static const struct yaml_key top_keys[] = {
         {},
 };
 
+/* etcd client URLs, by the gateway's rules: https, http only for loopback.
+ * A trailing slash is dropped, so that "a/" and "a" are one endpoint. */
 static void check_endpoints(struct yaml_reader *p, const char *where, yaml_node_t *v, void *field) {
         const struct glob_list *l = field;
 
         if (l->n == 0)
                 yaml_error(p, v, "%s: needs at least one etcd endpoint", where);
-        for (size_t i = 0; i < l->n; i++)
-                if (strncmp(l->items[i], "http://", 7) != 0 && strncmp(l->items[i], "https://", 8) != 0)
-                        yaml_error(p, v, "%s: '%s' is not an http:// or https:// URL", where, l->items[i]);
+        for (size_t i = 0; i < l->n; i++) {
+                size_t len = strlen(l->items[i]);
+
+                while (len > 0 && l->items[i][len - 1] == '/')
+                        l->items[i][--len] = '\0';
+                check_url(p, v, where, l->items[i]);
+        }
 }
 
 static void check_ha_name(struct yaml_reader *p, const char *where, yaml_node_t *v, void *field) {
@@ -374,9 +382,11 @@ static void parse_ha(struct yaml_reader *p, const char *where, yaml_node_t *v, v
         yaml_walk(p, "ha", v, ha_keys, &c->ha, "ha");
         yaml_require(p, "ha", v, required);
         if (!!c->ha.cert_file != !!c->ha.key_file)
-                yaml_error(p, v, "ha: cert_file and key_file go together");
+                yaml_error(p, yaml_find(p, v, c->ha.cert_file ? "cert_file" : "key_file"),
+                           "ha: cert_file and key_file go together");
         if (c->ha.lease_ms % 1000 != 0)
-                yaml_error(p, v, "ha.lease: must be whole seconds (etcd leases count seconds)");
+                yaml_error(p, yaml_find(p, v, "lease"),
+                           "ha.lease: must be whole seconds (etcd leases count seconds)");
         if (!c->ha.name) {
                 char host[256] = "";
 

@@ -633,6 +633,13 @@ static void close_done(const struct http_response *resp, void *userdata) {
                 close_failed(job, "closesession", buf, resp->retry_after_s);
                 return;
         }
+        if (job->close_err.kind == GATEWAY_API_ERROR && !job->cycle->stopping && job->cycle->env.ha &&
+            !ha_may_dispatch(job->cycle->env.ha, now_mono_ms())) {
+                /* ha: no statsession without a fresh lease, not even this one. */
+                close_failed(job, "closesession",
+                             "not confirmed: this instance no longer holds a confirmed etcd lease", 0);
+                return;
+        }
         if (job->close_err.kind == GATEWAY_API_ERROR && !job->cycle->stopping) {
                 /* An error the daemon does not know: maybe the session went
                  * away between the list and now. statsession says. */

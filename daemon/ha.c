@@ -24,6 +24,14 @@ enum step {
         STEP_TXN,       /* create the key with that lease, if it does not exist */
         STEP_KEEPALIVE, /* leader: renew the lease */
         STEP_CHECK,     /* leader: is the key still ours? */
+        STEP_REVOKE,    /* stopping: give the lease back */
+};
+
+/* A request in flight: one of the election, and the revoke at the end. */
+struct req {
+        struct ha *h;
+        enum step step;
+        int64_t sent_ms;
 };
 
 struct ha {
@@ -39,9 +47,10 @@ struct ha {
         char attempt[24];
         int64_t last_ok_ms;      /* leader: when the last keepalive etcd confirmed was sent */
         int64_t last_contact_ms; /* when etcd last answered anything */
-        int64_t sent_ms;         /* when the request in flight was sent */
         char leader[65];
-        enum step step;
+        struct req req[2];        /* [0] the election's, [1] the revoke */
+        void (*released)(void *); /* ha_release(): told when the revoke is done */
+        void *released_userdata;
         bool stopped;
         bool announced; /* the role has been told at least once */
         ev_timer tick;
@@ -132,24 +141,27 @@ static void set_role(struct ha *h, enum ha_role role) {
 
 static void done(const struct http_response *resp, void *userdata);
 
-/* Sends one request to the current endpoint. */
-static void post(struct ha *h, enum step step, const char *path, cJSON *body) {
+/* Sends one request to the current endpoint. Returns whether it went. */
+static bool post(struct ha *h, enum step step, const char *path, cJSON *body) {
+        struct req *req = &h->req[step == STEP_REVOKE];
         char *text = body ? cJSON_PrintUnformatted(body) : NULL;
         char *url = NULL;
         int r = -ENOMEM;
 
         cJSON_Delete(body);
         if (text && asprintf(&url, "%s%s", h->cfg.endpoints.items[h->endpoint], path) >= 0) {
-                h->step = step;
-                h->sent_ms = now_mono_ms();
-                r = http_post_json(h->http, url, text, done, h);
+                req->h = h;
+                req->step = step;
+                req->sent_ms = now_mono_ms();
+                r = http_post_json(h->http, url, text, done, req);
         }
         if (r < 0) {
-                h->step = STEP_NONE;
+                req->step = STEP_NONE;
                 log_warning("HA: cannot send a request to etcd: %s", strerror(-r));
         }
         free(url);
         cJSON_free(text);
+        return r >= 0;
 }
 
 static cJSON *object_with_key(const struct ha *h) {
@@ -250,7 +262,7 @@ static void failed(struct ha *h, const char *what, const char *why) {
         h->endpoint = (h->endpoint + 1) % h->cfg.endpoints.n;
 }
 
-static void on_reply(struct ha *h, enum step step, const cJSON *root) {
+static void on_reply(struct ha *h, enum step step, int64_t sent_ms, const cJSON *root) {
         const cJSON *kv, *result, *v;
         char id[sizeof h->lease];
 
@@ -269,7 +281,7 @@ static void on_reply(struct ha *h, enum step step, const cJSON *root) {
                         break;
                 }
                 strcpy(h->attempt, id);
-                h->last_ok_ms = h->sent_ms; /* the lease lives at least TTL from here */
+                h->last_ok_ms = sent_ms; /* the lease lives at least TTL from here */
                 if (!h->stopped)
                         send_txn(h);
                 break;
@@ -288,13 +300,18 @@ static void on_reply(struct ha *h, enum step step, const cJSON *root) {
                 break;
         case STEP_KEEPALIVE:
                 result = cJSON_GetObjectItemCaseSensitive(root, "result");
+                if (!json_id(cJSON_GetObjectItemCaseSensitive(result, "ID"), id, sizeof id) ||
+                    strcmp(id, h->lease) != 0) {
+                        failed(h, "keepalive", "the reply names another lease");
+                        break;
+                }
                 if (json_int(cJSON_GetObjectItemCaseSensitive(result, "TTL")) <= 0) {
                         log_warning("HA: etcd says the lease of this leader (%s) has expired; stepping down",
                                     h->cfg.name);
                         set_role(h, HA_STANDBY);
                         break;
                 }
-                h->last_ok_ms = h->sent_ms;
+                h->last_ok_ms = sent_ms;
                 if (!h->stopped && h->role == HA_LEADER)
                         send_range(h, STEP_CHECK);
                 break;
@@ -309,18 +326,26 @@ static void on_reply(struct ha *h, enum step step, const cJSON *root) {
                         set_role(h, HA_STANDBY);
                 }
                 break;
+        case STEP_REVOKE:
         case STEP_NONE:
                 break;
         }
 }
 
 static void done(const struct http_response *resp, void *userdata) {
-        struct ha *h = userdata;
-        enum step step = h->step;
+        struct req *req = userdata;
+        struct ha *h = req->h;
+        enum step step = req->step;
         cJSON *root = NULL;
         char why[160];
 
-        h->step = STEP_NONE;
+        req->step = STEP_NONE;
+        if (step == STEP_REVOKE) {
+                /* Whatever came back: the lease is given back, or expires. */
+                if (h->released)
+                        h->released(h->released_userdata);
+                return;
+        }
         if (resp->result != CURLE_OK || resp->status != 200 || resp->too_large) {
                 snprintf(why, sizeof why, "%s",
                          resp->result != CURLE_OK ? resp->error
@@ -344,7 +369,7 @@ static void done(const struct http_response *resp, void *userdata) {
         }
         if (h->role == HA_UNREACHABLE && step != STEP_KEEPALIVE && step != STEP_CHECK)
                 set_role(h, HA_STANDBY);
-        on_reply(h, step, root);
+        on_reply(h, step, req->sent_ms, root);
         cJSON_Delete(root);
 }
 
@@ -364,7 +389,7 @@ static void tick_cb(struct ev_loop *loop, ev_timer *w, int revents) {
                                                                                      : HA_STANDBY);
         } else if (h->role == HA_STANDBY && now - h->last_contact_ms > (int64_t) h->cfg.lease_ms / 2)
                 set_role(h, HA_UNREACHABLE);
-        if (h->step != STEP_NONE)
+        if (h->req[0].step != STEP_NONE)
                 return; /* one request at a time; curl's timeout bounds it */
         if (h->role == HA_LEADER)
                 send_keepalive(h);
@@ -435,17 +460,23 @@ void ha_start(struct ha *h) {
         ev_timer_start(h->loop, &h->tick);
 }
 
-void ha_stop(struct ha *h) {
+bool ha_release(struct ha *h, void (*released)(void *), void *userdata) {
+        bool pending = false;
+
         if (!h || h->stopped)
-                return;
+                return false;
         h->stopped = true;
         ev_timer_stop(h->loop, &h->tick);
         if (h->role == HA_LEADER && h->lease[0]) {
-                post(h, STEP_NONE, "/v3/lease/revoke", object_with_lease(h->lease));
-                log_info("HA: %s gives up leadership (lease revoked)", h->cfg.name);
+                h->released = released;
+                h->released_userdata = userdata;
+                pending = post(h, STEP_REVOKE, "/v3/lease/revoke", object_with_lease(h->lease));
+                log_info("HA: %s gives up leadership%s", h->cfg.name,
+                         pending ? " (revoking its lease)" : "; its lease expires by itself");
         }
         h->role = HA_STANDBY;
         h->lease[0] = '\0';
+        return pending;
 }
 
 void ha_free(struct ha *h) {

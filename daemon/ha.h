@@ -41,9 +41,13 @@ int ha_new(struct ev_loop *loop, const struct ha_config *cfg, ha_role_fn fn, voi
 
 void ha_start(struct ha *h);
 
-/* Stops the election. A leader revokes its lease, so that a standby takes
- * over at once (best effort: the request goes out if the loop still runs). */
-void ha_stop(struct ha *h);
+/* Ends the election once the daemon has stopped sending (no request of
+ * its own in flight). A leader keeps renewing its lease until then, and now
+ * revokes it, so that a standby takes over at once. Returns true when the
+ * revoke went out: released(userdata) is then called from the loop when it
+ * is answered or has failed (within lease/3); the loop should run until
+ * then. */
+bool ha_release(struct ha *h, void (*released)(void *), void *userdata);
 
 void ha_free(struct ha *h);
 

@@ -16,6 +16,7 @@
 
 #include "credentials.h"
 #include "fileio.h"
+#include "util.h"
 
 /* The directories made when the service starts: the shipped unit's
  * StateDirectory=, and the metrics directory of the node_exporter recipe
@@ -273,6 +274,21 @@ static int check_dir_of(struct report *rep, const char *key, const char *file) {
         return 0;
 }
 
+/* ha: the TLS files must be readable (by hand; a reload command may not see
+ * the service's credentials, where they usually are). */
+static void check_ha_files(struct report *rep, const struct config *c) {
+        const char *const files[][2] = { { "ca_file", c->ha.ca_file },
+                                         { "cert_file", c->ha.cert_file },
+                                         { "key_file", c->ha.key_file } };
+
+        if (!c->ha.enabled || rep->reload)
+                return;
+        for (size_t i = 0; i < ELEMENTSOF(files); i++)
+                if (files[i][1] && access(files[i][1], R_OK) < 0)
+                        problem(rep, "%s: ha.%s: %s: %s", c->path, files[i][0], files[i][1],
+                                strerror(errno));
+}
+
 /* A state_file that exists must be a regular file (the daemon refuses
  * anything else at start). */
 static void check_state_file(struct report *rep, const char *path) {
@@ -367,8 +383,10 @@ int preflight_check(const struct config *c, struct error *err, char **notes) {
         }
         if (r >= 0 && c->metrics_file)
                 r = check_dir_of(&rep, "metrics_file", c->metrics_file);
-        if (r >= 0)
+        if (r >= 0) {
+                check_ha_files(&rep, c);
                 r = check_restart(&rep, c);
+        }
 out:
         if (rep.problems)
                 fclose(rep.problems);

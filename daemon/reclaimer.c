@@ -117,14 +117,24 @@ struct reclaimer {
         bool unhealthy_logged;
         unsigned long cycles;
         size_t total_reclaimed;
-        struct ha *ha; /* ha: the etcd election; NULL without */
+        struct ha *ha;        /* ha: the etcd election; NULL without */
+        bool releasing;       /* ha: stopped; waiting for the lease's revoke */
+        uint64_t ha_lease_ms; /* ha: the lease, which bounds every gateway request (2/3 of it) */
 };
 
-static struct http_options http_options_for(const struct config *c) {
+/* ha_lease_ms (0 without ha:) caps every request at 2/3 of the lease: a
+ * close sent while the lease is fresh (less than lease/3 after the last
+ * confirmed keepalive) is over, answered or abandoned, before the lease can
+ * expire and a standby take over. */
+static struct http_options http_options_for(const struct config *c, uint64_t ha_lease_ms) {
+        uint64_t timeout = c->gateway.timeout_ms;
+
+        if (ha_lease_ms > 0 && timeout > ha_lease_ms * 2 / 3)
+                timeout = ha_lease_ms * 2 / 3;
         return (struct http_options){
                 .ca_file = c->gateway.ca_file,
-                .timeout_ms = (long) c->gateway.timeout_ms,
-                .connect_timeout_ms = (long) c->gateway.timeout_ms,
+                .timeout_ms = (long) timeout,
+                .connect_timeout_ms = (long) timeout,
                 .max_response_size = MAX_RESPONSE_SIZE,
                 /* closes in flight, the list calls and a spare */
                 .max_connections = (long) c->gateway.max_parallel + 2 + (long) c->gateway.project_ids.n,
@@ -216,37 +226,10 @@ static bool fuse_tripped(const struct cycle_result *res) {
         return !res->list_failed && res->fused > 0;
 }
 
-/* STATUS= with ha: the role first, since only the leader closes. */
-static void notify_status_ha(struct reclaimer *r, size_t listed, const char *when) {
-        const char *leader = ha_leader(r->ha);
-
-        switch (ha_role(r->ha)) {
-        case HA_LEADER:
-                sd_notifyf(
-                        0,
-                        "STATUS=Leader (%s): %zu sessions listed, %zu reclaimed in total; next poll at %s%s",
-                        ha_name(r->ha), listed, r->total_reclaimed, when,
-                        r->reload_failed ? "; the last reload failed, the previous policy runs" : "");
-                break;
-        case HA_STANDBY:
-                sd_notifyf(
-                        0,
-                        "STATUS=Standby (%s; leader: %s): %zu sessions listed, ages kept; next poll at %s",
-                        ha_name(r->ha), *leader ? leader : "unknown", listed, when);
-                break;
-        case HA_UNREACHABLE:
-                sd_notifyf(0,
-                           "STATUS=etcd unreachable (%s): closing nothing until the election answers; %zu "
-                           "sessions listed; next poll at %s",
-                           ha_name(r->ha), listed, when);
-                break;
-        }
-}
-
 /* STATUS= for `systemctl status`: one line about the last cycles, naming a
  * tripped share fuse, the accounts that fail to list and a failed reload. */
 static void notify_status(struct reclaimer *r, struct runner *u) {
-        char every[32], when[32], failing[256], fused[256], extra[640];
+        char every[32], when[32], failing[256], fused[256], extra[640], body[1024], role[192] = "";
         time_t t = (time_t) u->next_poll_wall_s;
         size_t listed = 0, reclaimed = 0, failed = 0, n_fused = 0, n_list_failed = 0;
         struct tm tm;
@@ -264,48 +247,58 @@ static void notify_status(struct reclaimer *r, struct runner *u) {
                 n_fused += fuse_tripped(res) ? res->fused : 0;
         }
         accounts_where(r, list_failed, failing, sizeof failing);
-        if (r->ha) {
-                notify_status_ha(r, listed, when);
-                return;
-        }
         accounts_where(r, fuse_tripped, fused, sizeof fused);
         snprintf(extra, sizeof extra, "%s%s%s", n_fused ? "; share fuse tripped: " : "",
                  n_fused ? fused : "",
                  r->reload_failed ? "; the last reload failed, the previous policy runs" : "");
         if (r->n_runners > 1)
-                sd_notifyf(0,
-                           "STATUS=%zu accounts: %zu sessions listed, %zu reclaimed, %zu failed in the last "
-                           "cycles%s%s%s",
-                           r->n_runners, listed, reclaimed, failed,
-                           n_list_failed ? "; failing to list: " : "", n_list_failed ? failing : "", extra);
+                snprintf(body, sizeof body,
+                         "%zu accounts: %zu sessions listed, %zu reclaimed, %zu failed in the last "
+                         "cycles%s%s%s",
+                         r->n_runners, listed, reclaimed, failed, n_list_failed ? "; failing to list: " : "",
+                         n_list_failed ? failing : "", extra);
         else if (u->last.auth_failed)
-                sd_notifyf(0,
-                           "STATUS=The gateway refuses our credentials: check appkey, token and clock; %zu "
-                           "reclaimed in total, next poll at %s%s",
-                           r->total_reclaimed, when, extra);
+                snprintf(body, sizeof body,
+                         "The gateway refuses our credentials: check appkey, token and clock; %zu "
+                         "reclaimed in total, next poll at %s%s",
+                         r->total_reclaimed, when, extra);
         else if (n_list_failed)
-                sd_notifyf(0,
-                           "STATUS=Last poll failed: listing the sessions of account %s (see journal); %zu "
-                           "reclaimed in total, next poll at %s%s",
-                           failing, r->total_reclaimed, when, extra);
+                snprintf(body, sizeof body,
+                         "Last poll failed: listing the sessions of account %s (see journal); %zu "
+                         "reclaimed in total, next poll at %s%s",
+                         failing, r->total_reclaimed, when, extra);
         else if (u->last.throttled > 0)
-                sd_notifyf(
-                        0,
-                        "STATUS=%zu sessions listed, %zu reclaimed, %zu failed, %zu deferred; the gateway "
-                        "throttled %zu calls; next poll at %s (every %s)%s",
-                        listed, reclaimed, failed, u->last.deferred, u->last.throttled, when, every, extra);
+                snprintf(body, sizeof body,
+                         "%zu sessions listed, %zu reclaimed, %zu failed, %zu deferred; the gateway "
+                         "throttled %zu calls; next poll at %s (every %s)%s",
+                         listed, reclaimed, failed, u->last.deferred, u->last.throttled, when, every, extra);
         else if (n_fused)
-                sd_notifyf(
-                        0,
-                        "STATUS=Share fuse tripped: %zu due sessions held back (more than %g%% of the live "
-                        "ones); %zu sessions listed, %zu reclaimed; next poll at %s (every %s)%s",
-                        n_fused, u->config->fuse.max_share * 100, listed, reclaimed, when, every,
-                        r->reload_failed ? "; the last reload failed, the previous policy runs" : "");
+                snprintf(body, sizeof body,
+                         "Share fuse tripped: %zu due sessions held back (more than %g%% of the live "
+                         "ones); %zu sessions listed, %zu reclaimed; next poll at %s (every %s)%s",
+                         n_fused, u->config->fuse.max_share * 100, listed, reclaimed, when, every,
+                         r->reload_failed ? "; the last reload failed, the previous policy runs" : "");
         else
-                sd_notifyf(0,
-                           "STATUS=%zu sessions listed, %zu reclaimed, %zu failed%s; next poll at %s (every "
-                           "%s)%s",
-                           listed, reclaimed, failed, dry_run(u) ? " (dry run)" : "", when, every, extra);
+                snprintf(body, sizeof body,
+                         "%zu sessions listed, %zu reclaimed, %zu failed%s; next poll at %s (every "
+                         "%s)%s",
+                         listed, reclaimed, failed, dry_run(u) ? " (dry run)" : "", when, every, extra);
+        if (r->ha) {
+                const char *leader = ha_leader(r->ha);
+
+                /* Only the leader closes: say first which this is. */
+                if (ha_role(r->ha) == HA_LEADER)
+                        snprintf(role, sizeof role, "Leader (%s): ", ha_name(r->ha));
+                else if (ha_role(r->ha) == HA_STANDBY)
+                        snprintf(role, sizeof role,
+                                 "Standby (%s; leader: %s), closing nothing: ", ha_name(r->ha),
+                                 *leader ? leader : "unknown");
+                else
+                        snprintf(role, sizeof role,
+                                 "etcd unreachable (%s), closing nothing until the election answers: ",
+                                 ha_name(r->ha));
+        }
+        sd_notifyf(0, "STATUS=%s%s", role, body);
 }
 
 static void save_state(struct runner *u) {
@@ -354,6 +347,13 @@ static void write_metrics(struct reclaimer *r) {
                             r->metrics_file, strerror(-ret));
 }
 
+/* ha_release()'s revoke was answered: nothing is left to do. */
+static void ha_released(void *userdata) {
+        struct reclaimer *r = userdata;
+
+        ev_break(r->loop, EVBREAK_ALL);
+}
+
 /* Keeps the running policy for the unit's reload check (preflight.h). */
 static void save_running(const struct config *top) {
         int ret = preflight_save_running(top);
@@ -375,8 +375,8 @@ static void apply_pending(struct runner *u) {
         assert(!u->cycle);
         if (!u->pending_config)
                 return;
-        old_opt = http_options_for(u->config);
-        new_opt = http_options_for(u->pending_config);
+        old_opt = http_options_for(u->config, u->r->ha_lease_ms);
+        new_opt = http_options_for(u->pending_config, u->r->ha_lease_ms);
         if (old_opt.timeout_ms != new_opt.timeout_ms || old_opt.max_connections != new_opt.max_connections ||
             !!old_opt.ca_file != !!new_opt.ca_file ||
             (old_opt.ca_file && strcmp(old_opt.ca_file, new_opt.ca_file) != 0)) {
@@ -575,6 +575,15 @@ static void advance(struct runner *u) {
                 for (size_t i = 0; i < r->n_runners; i++)
                         if (r->runners[i].run_state != RUNNER_DONE)
                                 return;
+                /* ha: the lease was kept while closes were in flight; now
+                 * that none is, it is given back, and the loop ends once
+                 * etcd has answered (within lease/3). */
+                if (r->releasing)
+                        return;
+                if (ha_release(r->ha, ha_released, r)) {
+                        r->releasing = true;
+                        return;
+                }
                 ev_break(r->loop, EVBREAK_ALL);
         }
 }
@@ -653,13 +662,15 @@ static void reload(struct reclaimer *r) {
         }
         for (size_t i = 0; i < n; i++) {
                 const struct config *a = accounts ? accounts[i] : top;
-
                 /* The keys flagged as needing a restart (state_file, an
-                 * account's name). */
-                if (config_restart_needed(a, r->runners[i].config)) {
-                        log_error("Reload failed: account names or state_file changed, which needs a "
-                                  "restart; the "
-                                  "previous configuration stays in effect");
+                 * account's name, ha). */
+                const char *what = config_restart_needed(a, r->runners[i].config);
+
+                if (what) {
+                        log_error("Reload failed: %s changed (account %s), which needs a restart; the "
+                                  "previous "
+                                  "configuration stays in effect",
+                                  what, config_account_name(r->runners[i].config));
                         goto done;
                 }
         }
@@ -889,7 +900,6 @@ static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents) {
                 return;
         r->stopping = true;
         sd_notify(0, "STOPPING=1");
-        ha_stop(r->ha);
         log_info("Received %s, stopping", strsignal(w->signum));
         for (size_t i = 0; i < r->n_runners; i++) {
                 struct runner *u = &r->runners[i];
@@ -923,7 +933,7 @@ static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents) {
 }
 
 static int runner_init(struct reclaimer *r, struct runner *u, struct config *config, struct error *err) {
-        struct http_options hopt = http_options_for(config);
+        struct http_options hopt = http_options_for(config, r->ha_lease_ms);
         int ret;
 
         u->r = r;
@@ -992,6 +1002,8 @@ int reclaimer_new(struct ev_loop *loop, struct config *config, const struct recl
         if (config->metrics_file && !(r->metrics_file = strdup(config->metrics_file)))
                 ret_code = -ENOMEM;
 
+        if (config->ha.enabled && opt->mode == RECLAIMER_DAEMON)
+                r->ha_lease_ms = config->ha.lease_ms;
         r->n_runners = accounts_of(config, &accounts);
         r->runners = calloc(r->n_runners, sizeof *r->runners);
         if (!r->runners || ret_code < 0) {

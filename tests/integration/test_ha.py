@@ -19,6 +19,13 @@ from harness import BINARY, DaemonTest, parse_logfmt, wait_for
 from gateway_sim import IN_PROGRESS, STREAM_FAILED
 
 LEASE_S = 3
+
+
+def ts(text):
+    """The logfmt ts= value (UTC, milliseconds) as Unix time."""
+    import datetime
+    return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+        tzinfo=datetime.timezone.utc).timestamp()
 POLL_S = 1
 ROLE_ID = "744e34992be84570b0e60a79de095343"
 
@@ -31,11 +38,11 @@ class Failover(DaemonTest):
         self.addCleanup(self.cluster.close)
         self.daemons = {}
 
-    def config_for(self, name, policies):
-        self.write_config(policies, poll_interval="%ds" % POLL_S, extra=(
+    def config_for(self, name, policies, lease=LEASE_S, timeout="2s"):
+        self.write_config(policies, poll_interval="%ds" % POLL_S, timeout=timeout, extra=(
             "metrics_file: %s/%s.prom\n"
-            "ha:\n  endpoints: [%s]\n  name: %s\n  lease: %ds\n  key_prefix: /test-%d/\n"
-            % (self.dir, name, ", ".join(self.cluster.endpoints), name, LEASE_S, os.getpid())))
+            "ha:\n  endpoints: [%s]\n  name: %s\n  lease: %ds\n  key_prefix: /test-%d-%s/\n"
+            % (self.dir, name, ", ".join(self.cluster.endpoints), name, lease, os.getpid(), self._testMethodName)))
         with open(self.config_file) as f:
             text = f.read().replace("state_file: %s" % self.state_file,
                                     "state_file: %s/state-%s.json" % (self.dir, name))
@@ -44,8 +51,8 @@ class Failover(DaemonTest):
             f.write(text)
         return path
 
-    def start(self, name, policies):
-        path = self.config_for(name, policies)
+    def start(self, name, policies, **kw):
+        path = self.config_for(name, policies, **kw)
         out = open(os.path.join(self.dir, "%s.log" % name), "a")
         p = subprocess.Popen([BINARY, "--config", path, "--log-target", "console"], env=self.env(),
                              stdout=subprocess.DEVNULL, stderr=out)
@@ -160,6 +167,58 @@ class Failover(DaemonTest):
                            "duplicate_closes": len(closes) - len(set(closes)),
                            "roles": {n: self.roles(n) for n in self.daemons}}, f, indent=1)
 
+    def test_sigterm_keeps_the_lease_for_closes_in_flight_then_revokes(self):
+        # Red team 14: the leader dropped its lease at SIGTERM while its
+        # closes were in flight, and the standby closed them again.
+        policies = [("failed-streams", "failed", "0s")]
+        self.start("alpha", policies, lease=6, timeout="4s")
+        self.start("beta", policies, lease=6, timeout="4s")
+        wait_for(lambda: self.leader() is not None, timeout=20, what="a leader")
+        first = self.leader()
+        other = "beta" if first == "alpha" else "alpha"
+        wait_for(lambda: self.roles(other)[-1:] == ["standby"], timeout=10, what="a standby")
+        sids = [self.gw.add_session("crash-%d" % i, STREAM_FAILED) for i in range(3)]
+        for sid in sids:
+            self.gw.add_fault("closesession", "hang", seconds=2.5, session_id=sid)
+        wait_for(lambda: len(self.gw.calls_to("closesession")) >= 3, timeout=10, what="the closes in flight")
+        self.daemons[first].send_signal(signal.SIGTERM)
+        term = time.time()
+        self.assertEqual(self.daemons[first].wait(timeout=15), 0)
+        exited = time.time()
+        self.assertGreater(exited - term, 1.5, "the leader must wait for its closes in flight")
+        wait_for(lambda: self.roles(other)[-1:] == ["leader"], timeout=10, what="the takeover")
+        lead = [e for e in self.log(other) if e.get("message_id") == ROLE_ID and e.get("ha_role") == "leader"][-1]
+        took = ts(lead["ts"]) - exited
+        self.assertGreater(took, -0.3, "the standby led before the old leader's closes were done")
+        self.assertLess(took, 2.5, "the revoke should hand over at once, not after the 6 s lease")
+        wait_for(lambda: set(sids) <= set(self.gw.closed_ids()), timeout=10, what="the closes by the new leader")
+        self.assertEqual(len(self.gw.closed_ids()), len(set(self.gw.closed_ids())))
+
+    def test_status_names_a_failing_list_with_ha(self):
+        self.gw.add_fault("listsessionofuin", "http_status", status=500, count=1000)
+        path = self.config_for("solo", [("failed-streams", "failed", "0s")])
+        notify = os.path.join(self.dir, "notify.sock")
+        import socket
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(notify)
+        sock.settimeout(0.2)
+        self.addCleanup(sock.close)
+        p = subprocess.Popen([BINARY, "--config", path, "--log-target", "console"],
+                             env=dict(self.env(), NOTIFY_SOCKET=notify), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+        self.procs.append(p)
+        seen = []
+
+        def status():
+            try:
+                seen.extend(sock.recv(4096).decode().split("\n"))
+            except OSError:
+                pass
+            return [m for m in seen if m.startswith("STATUS=Leader (solo): Last poll failed")]
+        wait_for(status, timeout=20, what="STATUS= naming the role and the failing list")
+        p.send_signal(signal.SIGTERM)
+        self.assertEqual(p.wait(timeout=15), 0)
+
     def test_without_ha_section_once_refused_with_ha(self):
         path = self.config_for("solo", [("failed-streams", "failed", "0s")])
         p = subprocess.run([BINARY, "--config", path, "--once", "--log-target", "console"], env=self.env(),
@@ -215,12 +274,14 @@ class HaConfig(DaemonTest):
         cases = {
             "  lease: 10s\n": "missing required key 'endpoints'",
             "  endpoints: []\n": "needs at least one etcd endpoint",
-            "  endpoints: [etcd:2379]\n": "'etcd:2379' is not an http:// or https:// URL",
-            "  endpoints: [http://e:2379]\n  cert_file: /c.pem\n": "cert_file and key_file go together",
-            "  endpoints: [http://e:2379]\n  lease: 2500ms\n": "must be whole seconds",
-            "  endpoints: [http://e:2379]\n  lease: 1s\n": "ha.lease",
-            "  endpoints: [http://e:2379]\n  name: 'a b'\n": "ha.name: may contain only",
-            "  endpoints: [http://e:2379]\n  nmae: x\n": "unknown key 'nmae', did you mean 'name'?",
+            "  endpoints: [etcd:2379]\n": "'etcd:2379' is not a valid URL",
+            "  endpoints: [http://etcd-1:2379]\n": "plain http is refused for non-loopback host 'etcd-1'",
+            "  endpoints: ['http://a b:2379']\n": "is not a valid URL",
+            "  endpoints: ['http://[::1]:2379']\n  cert_file: /c.pem\n": "cert_file and key_file go together",
+            "  endpoints: [http://localhost:2379]\n  lease: 2500ms\n": "must be whole seconds",
+            "  endpoints: [http://localhost:2379]\n  lease: 1s\n": "ha.lease",
+            "  endpoints: [http://localhost:2379]\n  name: 'a b'\n": "ha.name: may contain only",
+            "  endpoints: [http://localhost:2379]\n  nmae: x\n": "unknown key 'nmae', did you mean 'name'?",
         }
         for ha, message in cases.items():
             with self.subTest(ha=ha):
@@ -230,6 +291,9 @@ class HaConfig(DaemonTest):
                                                                        re.escape(message)))
         p = self.check("  endpoints: [http://127.0.0.1:2379, https://etcd-2:2379/]\n  name: host-a\n")
         self.assertEqual(p.returncode, 0, p)
+        p = self.check("  endpoints: [https://127.0.0.1:2379]\n  ca_file: /nonexistent/ca.pem\n")
+        self.assertEqual(p.returncode, 78, p)
+        self.assertIn("%s: ha.ca_file: /nonexistent/ca.pem: No such file or directory" % self.config_file, p.stderr)
 
     @unittest.skipUnless(os.path.exists(etcd.ETCD), "needs etcd (Debian package etcd-server)")
     def test_reload_cannot_change_ha(self):
