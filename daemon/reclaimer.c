@@ -229,7 +229,7 @@ static bool fuse_tripped(const struct cycle_result *res) {
 /* STATUS= for `systemctl status`: one line about the last cycles, naming a
  * tripped share fuse, the accounts that fail to list and a failed reload. */
 static void notify_status(struct reclaimer *r, struct runner *u) {
-        char every[32], when[32], failing[256], fused[256], extra[640], body[1024], role[192] = "";
+        char every[32], when[32], failing[256], fused[256], extra[640], body[2048], role[192] = "";
         time_t t = (time_t) u->next_poll_wall_s;
         size_t listed = 0, reclaimed = 0, failed = 0, n_fused = 0, n_list_failed = 0;
         struct tm tm;

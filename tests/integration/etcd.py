@@ -39,9 +39,13 @@ class Cluster:
             self.members.append({"name": "m%d" % i, "client": ports[2 * i], "peer": ports[2 * i + 1],
                                  "proc": None})
         self.initial = ",".join("%s=http://127.0.0.1:%d" % (m["name"], m["peer"]) for m in self.members)
-        for m in self.members:
-            self.start(m)
-        self.wait_healthy()
+        try:
+            for m in self.members:
+                self.start(m)
+            self.wait_healthy()
+        except BaseException:
+            self.close()  # no member outlives a cluster that failed to start
+            raise
 
     @property
     def endpoints(self):
