@@ -107,12 +107,8 @@ static void check_gateway_url(struct yaml_reader *p, const char *where, yaml_nod
 
 static void check_appkey(struct yaml_reader *p, const char *where, yaml_node_t *v, void *field) {
         const char *s = *(char **) field;
-        /* Both the gateway's and an account's row point into a gateway_config. */
-        struct gateway_config *g = (void *) ((char *) field - offsetof(struct gateway_config, appkey));
 
         (void) where;
-        g->appkey_line = (unsigned) v->start_mark.line + 1;
-        g->appkey_column = (unsigned) v->start_mark.column + 1;
         if (!yaml_only_name_chars(s, "-_."))
                 yaml_error(p, v, "gateway.appkey: may contain only letters, digits, '-', '_' and '.'");
         else if (strlen(s) > 128)
@@ -177,6 +173,17 @@ static void parse_account_protect(struct yaml_reader *p, const char *where, yaml
 static void parse_later(struct yaml_reader *p, const char *where, yaml_node_t *v, void *base) {
         /* accounts: read after the top level, whose settings accounts inherit. */
         (void) p, (void) where, (void) v, (void) base;
+}
+
+/* Where the file sets map's appkey, for --check-config's messages (the
+ * check of the value itself may run on a copy of it). */
+static void note_appkey_position(struct yaml_reader *p, yaml_node_t *map, struct gateway_config *g) {
+        yaml_node_t *v = yaml_find(p, map, "appkey");
+
+        if (v) {
+                g->appkey_line = (unsigned) v->start_mark.line + 1;
+                g->appkey_column = (unsigned) v->start_mark.column + 1;
+        }
 }
 
 /* The schema of the policy file: one row per key. Adding a key is a row here
@@ -622,6 +629,7 @@ static void parse_accounts(struct yaml_reader *p, yaml_node_t *n, struct config 
                 snprintf(at, sizeof at, "accounts[%zu]", i);
                 yaml_walk(p, at, item, account_keys, a, at);
                 yaml_require(p, at, item, required);
+                note_appkey_position(p, item, &a->gateway);
                 if (!a->account)
                         continue;
                 self = top->n_accounts - 1;
@@ -808,8 +816,10 @@ static void parse_document(struct yaml_reader *p, yaml_node_t *root, void *userd
                 static const char *const required_gateway[] = { "appkey", NULL };
 
                 yaml_require(p, "top level", root, required);
-                if (gateway)
+                if (gateway) {
                         yaml_require(p, "gateway", gateway, required_gateway);
+                        note_appkey_position(p, gateway, &c->gateway);
+                }
                 check_distinct_files(p, root, c);
                 return;
         }
