@@ -37,11 +37,13 @@ struct req {
 struct ha {
         struct ev_loop *loop;
         struct http *http;
-        struct ha_config cfg; /* own copy: strings and endpoints */
-        char *key;            /* key_prefix "leader" */
+        struct glob_list endpoints; /* own copy; the file's (normalized) URLs */
+        char *name;
+        uint64_t lease_ms;
+        char *key; /* key_prefix "leader" */
         char *key_b64, *name_b64;
         unsigned ttl_s;
-        size_t endpoint; /* index into cfg.endpoints.items */
+        size_t endpoint; /* index into endpoints.items */
         enum ha_role role;
         char lease[24]; /* the leader's lease ID ("" when none) */
         char attempt[24];
@@ -149,7 +151,7 @@ static bool post(struct ha *h, enum step step, const char *path, cJSON *body) {
         int r = -ENOMEM;
 
         cJSON_Delete(body);
-        if (text && asprintf(&url, "%s%s", h->cfg.endpoints.items[h->endpoint], path) >= 0) {
+        if (text && asprintf(&url, "%s%s", h->endpoints.items[h->endpoint], path) >= 0) {
                 req->h = h;
                 req->step = step;
                 req->sent_ms = now_mono_ms();
@@ -257,9 +259,9 @@ static void note_leader(struct ha *h, const cJSON *kv) {
 }
 
 static void failed(struct ha *h, const char *what, const char *why) {
-        log_debug("HA: %s on %s failed: %s", what, h->cfg.endpoints.items[h->endpoint], why);
+        log_debug("HA: %s on %s failed: %s", what, h->endpoints.items[h->endpoint], why);
         /* The next request goes to the next endpoint. */
-        h->endpoint = (h->endpoint + 1) % h->cfg.endpoints.n;
+        h->endpoint = (h->endpoint + 1) % h->endpoints.n;
 }
 
 static void on_reply(struct ha *h, enum step step, int64_t sent_ms, const cJSON *root) {
@@ -288,7 +290,7 @@ static void on_reply(struct ha *h, enum step step, int64_t sent_ms, const cJSON 
         case STEP_TXN:
                 if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "succeeded"))) {
                         strcpy(h->lease, h->attempt);
-                        snprintf(h->leader, sizeof h->leader, "%s", h->cfg.name);
+                        snprintf(h->leader, sizeof h->leader, "%s", h->name);
                         set_role(h, HA_LEADER);
                         break;
                 }
@@ -307,7 +309,7 @@ static void on_reply(struct ha *h, enum step step, int64_t sent_ms, const cJSON 
                 }
                 if (json_int(cJSON_GetObjectItemCaseSensitive(result, "TTL")) <= 0) {
                         log_warning("HA: etcd says the lease of this leader (%s) has expired; stepping down",
-                                    h->cfg.name);
+                                    h->name);
                         set_role(h, HA_STANDBY);
                         break;
                 }
@@ -382,12 +384,12 @@ static void tick_cb(struct ev_loop *loop, ev_timer *w, int revents) {
         if (h->stopped)
                 return;
         /* Fencing: no lease confirmed for lease/2 means no leader here. */
-        if (h->role == HA_LEADER && now - h->last_ok_ms > (int64_t) h->cfg.lease_ms / 2) {
+        if (h->role == HA_LEADER && now - h->last_ok_ms > (int64_t) h->lease_ms / 2) {
                 log_warning("HA: no keepalive confirmed by etcd for %" PRIu64 " ms; stepping down",
-                            h->cfg.lease_ms / 2);
-                set_role(h, now - h->last_contact_ms > (int64_t) h->cfg.lease_ms / 2 ? HA_UNREACHABLE
-                                                                                     : HA_STANDBY);
-        } else if (h->role == HA_STANDBY && now - h->last_contact_ms > (int64_t) h->cfg.lease_ms / 2)
+                            h->lease_ms / 2);
+                set_role(h,
+                         now - h->last_contact_ms > (int64_t) h->lease_ms / 2 ? HA_UNREACHABLE : HA_STANDBY);
+        } else if (h->role == HA_STANDBY && now - h->last_contact_ms > (int64_t) h->lease_ms / 2)
                 set_role(h, HA_UNREACHABLE);
         if (h->req[0].step != STEP_NONE)
                 return; /* one request at a time; curl's timeout bounds it */
@@ -411,24 +413,13 @@ int ha_new(struct ev_loop *loop, const struct ha_config *cfg, ha_role_fn fn, voi
         h->fn = fn;
         h->userdata = userdata;
         h->role = HA_STANDBY;
-        h->cfg.enabled = true;
-        h->cfg.lease_ms = cfg->lease_ms;
+        h->lease_ms = cfg->lease_ms;
         h->ttl_s = (unsigned) ((cfg->lease_ms + 999) / 1000);
-        if (glob_list_copy(&h->cfg.endpoints, &cfg->endpoints) < 0 || !(h->cfg.name = strdup(cfg->name)) ||
-            !(h->cfg.key_prefix = strdup(cfg->key_prefix)) ||
-            (cfg->ca_file && !(h->cfg.ca_file = strdup(cfg->ca_file))) ||
-            (cfg->cert_file && !(h->cfg.cert_file = strdup(cfg->cert_file))) ||
-            (cfg->key_file && !(h->cfg.key_file = strdup(cfg->key_file))) ||
+        if (glob_list_copy(&h->endpoints, &cfg->endpoints) < 0 || !(h->name = strdup(cfg->name)) ||
             asprintf(&h->key, "%sleader", cfg->key_prefix) < 0 || !(h->key_b64 = base64(h->key)) ||
             !(h->name_b64 = base64(cfg->name))) {
                 ha_free(h);
                 return -ENOMEM;
-        }
-        for (size_t i = 0; i < h->cfg.endpoints.n; i++) {
-                size_t n = strlen(h->cfg.endpoints.items[i]);
-
-                while (n > 0 && h->cfg.endpoints.items[i][n - 1] == '/')
-                        h->cfg.endpoints.items[i][--n] = '\0';
         }
         /* Every request is bounded by lease/3: a hung etcd cannot hold the
          * election past the point where the leader must step down. */
@@ -454,7 +445,7 @@ int ha_new(struct ev_loop *loop, const struct ha_config *cfg, ha_role_fn fn, voi
 void ha_start(struct ha *h) {
         /* Renew six times per lease: a keepalive confirmed less than lease/3
          * ago is then the rule, not the exception. */
-        double every = (double) h->cfg.lease_ms / 6000.0;
+        double every = (double) h->lease_ms / 6000.0;
 
         ev_timer_set(&h->tick, 0., every < 0.1 ? 0.1 : every);
         ev_timer_start(h->loop, &h->tick);
@@ -471,7 +462,7 @@ bool ha_release(struct ha *h, void (*released)(void *), void *userdata) {
                 h->released = released;
                 h->released_userdata = userdata;
                 pending = post(h, STEP_REVOKE, "/v3/lease/revoke", object_with_lease(h->lease));
-                log_info("HA: %s gives up leadership%s", h->cfg.name,
+                log_info("HA: %s gives up leadership%s", h->name,
                          pending ? " (revoking its lease)" : "; its lease expires by itself");
         }
         h->role = HA_STANDBY;
@@ -485,12 +476,8 @@ void ha_free(struct ha *h) {
         if (h->loop)
                 ev_timer_stop(h->loop, &h->tick);
         http_free(h->http);
-        glob_list_free(&h->cfg.endpoints);
-        free(h->cfg.name);
-        free(h->cfg.key_prefix);
-        free(h->cfg.ca_file);
-        free(h->cfg.cert_file);
-        free(h->cfg.key_file);
+        glob_list_free(&h->endpoints);
+        free(h->name);
         free(h->key);
         free(h->key_b64);
         free(h->name_b64);
@@ -503,40 +490,13 @@ enum ha_role ha_role(const struct ha *h) {
 
 bool ha_may_dispatch(const struct ha *h, int64_t now_mono_ms) {
         return h->role == HA_LEADER && !h->stopped &&
-               now_mono_ms - h->last_ok_ms < (int64_t) h->cfg.lease_ms / 3;
+               now_mono_ms - h->last_ok_ms < (int64_t) h->lease_ms / 3;
 }
 
 const char *ha_name(const struct ha *h) {
-        return h->cfg.name;
+        return h->name;
 }
 
 const char *ha_leader(const struct ha *h) {
         return h->leader;
-}
-
-static bool same_str(const char *a, const char *b) {
-        return (!a && !b) || (a && b && strcmp(a, b) == 0);
-}
-
-/* Equal but for trailing slashes. */
-static bool same_url(const char *a, const char *b) {
-        size_t n = strlen(a), m = strlen(b);
-
-        while (n > 0 && a[n - 1] == '/')
-                n--;
-        while (m > 0 && b[m - 1] == '/')
-                m--;
-        return n == m && strncmp(a, b, n) == 0;
-}
-
-bool ha_config_matches(const struct ha *h, const struct ha_config *cfg) {
-        if (!cfg->enabled || cfg->lease_ms != h->cfg.lease_ms || cfg->endpoints.n != h->cfg.endpoints.n ||
-            !same_str(cfg->name, h->cfg.name) || !same_str(cfg->key_prefix, h->cfg.key_prefix) ||
-            !same_str(cfg->ca_file, h->cfg.ca_file) || !same_str(cfg->cert_file, h->cfg.cert_file) ||
-            !same_str(cfg->key_file, h->cfg.key_file))
-                return false;
-        for (size_t i = 0; i < cfg->endpoints.n; i++)
-                if (!same_url(cfg->endpoints.items[i], h->cfg.endpoints.items[i]))
-                        return false;
-        return true;
 }

@@ -62,7 +62,3 @@ bool ha_may_dispatch(const struct ha *h, int64_t now_mono_ms);
  * unknown). */
 const char *ha_name(const struct ha *h);
 const char *ha_leader(const struct ha *h);
-
-/* Whether cfg is the configuration the election runs with (a reload cannot
- * change it). */
-bool ha_config_matches(const struct ha *h, const struct ha_config *cfg);

@@ -635,6 +635,7 @@ static void reload(struct reclaimer *r) {
         struct credentials **creds = NULL;
         struct error err = { 0 };
         char *metrics_file = NULL;
+        const char *what;
         bool loaded = false;
         size_t n;
         int ret;
@@ -648,7 +649,10 @@ static void reload(struct reclaimer *r) {
                           r->runners[0].config->path);
                 goto done;
         }
-        if (r->ha ? !ha_config_matches(r->ha, &top->ha) : top->ha.enabled) {
+        /* The top level's own keys that need a restart (ha:), against the
+         * file it runs with: with accounts, the top level kept from the start. */
+        what = config_restart_needed(top, r->top ? r->top : r->runners[0].config);
+        if (what && strcmp(what, "ha") == 0) {
                 log_error("Reload failed: the ha: section changed, which needs a restart; the previous "
                           "configuration stays in effect");
                 goto done;
@@ -664,8 +668,7 @@ static void reload(struct reclaimer *r) {
                 const struct config *a = accounts ? accounts[i] : top;
                 /* The keys flagged as needing a restart (state_file, an
                  * account's name, ha). */
-                const char *what = config_restart_needed(a, r->runners[i].config);
-
+                what = config_restart_needed(a, r->runners[i].config);
                 if (what) {
                         log_error("Reload failed: %s changed (account %s), which needs a restart; the "
                                   "previous "
