@@ -83,12 +83,13 @@ static bool fenced(struct cycle *c) {
         return true;
 }
 
-/* A job that will not be sent after all, because the cycle is stopping. */
-static void job_deferred(struct close_job *job) {
+/* A job that will not be sent after all, counted in *count: deferred (the
+ * cycle is stopping) or left to the leader (ha: fenced). */
+static void job_left(struct close_job *job, size_t *count) {
         struct cycle *c = job->cycle;
 
         job->finished = true;
-        c->res.deferred++;
+        (*count)++;
         if (job->dispatched)
                 c->in_flight--;
         cycle_dispatch(c);
@@ -127,15 +128,11 @@ static bool job_may_send(struct close_job *job) {
         const char *why;
 
         if (job->cycle->stopping) {
-                job_deferred(job);
+                job_left(job, &job->cycle->res.deferred);
                 return false;
         }
         if (fenced(job->cycle)) {
-                job->finished = true;
-                job->cycle->res.standby++;
-                if (job->dispatched)
-                        job->cycle->in_flight--;
-                cycle_dispatch(job->cycle);
+                job_left(job, &job->cycle->res.standby);
                 return false;
         }
         why = reloaded_refuses(job->cycle, job);
@@ -633,14 +630,14 @@ static void close_done(const struct http_response *resp, void *userdata) {
                 close_failed(job, "closesession", buf, resp->retry_after_s);
                 return;
         }
-        if (job->close_err.kind == GATEWAY_API_ERROR && !job->cycle->stopping && job->cycle->env.ha &&
-            !ha_may_dispatch(job->cycle->env.ha, now_mono_ms())) {
-                /* ha: no statsession without a fresh lease, not even this one. */
-                close_failed(job, "closesession",
-                             "not confirmed: this instance no longer holds a confirmed etcd lease", 0);
-                return;
-        }
         if (job->close_err.kind == GATEWAY_API_ERROR && !job->cycle->stopping) {
+                /* ha: no statsession without a fresh lease, not even this one. */
+                if (fenced(job->cycle)) {
+                        close_failed(job, "closesession",
+                                     "not confirmed: this instance no longer holds a confirmed etcd lease",
+                                     0);
+                        return;
+                }
                 /* An error the daemon does not know: maybe the session went
                  * away between the list and now. statsession says. */
                 if (cycle_post(job->cycle, "statsession", "SessionId", job->session->session_id,
