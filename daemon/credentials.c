@@ -144,6 +144,10 @@ out:
         return r;
 }
 
+void credentials_name(const char *account, char *buf, size_t n) {
+        snprintf(buf, n, "accesstoken%s%s", account ? "-" : "", account ? account : "");
+}
+
 int credentials_load(const struct gateway_config *g, const struct credentials *previous, const char *account,
                      struct credentials **ret, struct error *err) {
         char cred_name[128], env_name[128], path[PATH_MAX];
@@ -153,7 +157,7 @@ int credentials_load(const struct gateway_config *g, const struct credentials *p
         int r;
 
         /* Per account: credential accesstoken-NAME, variable IVH_ACCESS_TOKEN_NAME. */
-        snprintf(cred_name, sizeof cred_name, "accesstoken%s%s", account ? "-" : "", account ? account : "");
+        credentials_name(account, cred_name, sizeof cred_name);
         snprintf(env_name, sizeof env_name, "IVH_ACCESS_TOKEN%s", account ? "_" : "");
         {
                 size_t i = strlen(env_name);

@@ -28,3 +28,7 @@ int credentials_load(const struct gateway_config *g, const struct credentials *p
                      struct credentials **ret, struct error *err);
 
 void credentials_free(struct credentials *c);
+
+/* The systemd credential's name for an account: "accesstoken", or
+ * "accesstoken-NAME" for a named account. */
+void credentials_name(const char *account, char *buf, size_t n);

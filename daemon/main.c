@@ -90,7 +90,7 @@ static void tell_daemon_reload_failed(void) {
         long pid;
         char *end;
 
-        if (!s || !*s || !getenv("INVOCATION_ID"))
+        if (!preflight_run_by_reload() || !*s)
                 return;
         errno = 0;
         pid = strtol(s, &end, 10);

@@ -36,15 +36,24 @@ struct report {
         bool reload;
 };
 
+/* One line of the report: a problem (counted, fails the check) or a note. */
+static void report(struct report *rep, bool is_problem, const char *fmt, va_list ap)
+        __attribute__((format(printf, 3, 0)));
+static void report(struct report *rep, bool is_problem, const char *fmt, va_list ap) {
+        FILE *f = is_problem ? rep->problems : rep->notes;
+
+        vfprintf(f, fmt, ap);
+        fputc('\n', f);
+        rep->n += is_problem;
+}
+
 static void problem(struct report *rep, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void problem(struct report *rep, const char *fmt, ...) {
         va_list ap;
 
         va_start(ap, fmt);
-        vfprintf(rep->problems, fmt, ap);
+        report(rep, true, fmt, ap);
         va_end(ap);
-        fputc('\n', rep->problems);
-        rep->n++;
 }
 
 static void note(struct report *rep, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -52,24 +61,20 @@ static void note(struct report *rep, const char *fmt, ...) {
         va_list ap;
 
         va_start(ap, fmt);
-        vfprintf(rep->notes, fmt, ap);
+        report(rep, false, fmt, ap);
         va_end(ap);
-        fputc('\n', rep->notes);
 }
 
 /* A problem by hand; a warning, which fails nothing, in a reload. */
 static void dir_issue(struct report *rep, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void dir_issue(struct report *rep, const char *fmt, ...) {
-        FILE *f = rep->reload ? rep->notes : rep->problems;
         va_list ap;
 
         if (rep->reload)
-                fputs("warning: ", f);
+                fputs("warning: ", rep->notes);
         va_start(ap, fmt);
-        vfprintf(f, fmt, ap);
+        report(rep, !rep->reload, fmt, ap);
         va_end(ap);
-        fputc('\n', f);
-        rep->n += !rep->reload;
 }
 
 /* "account NAME: " for a named account, "" for the single form. */
@@ -96,14 +101,15 @@ static void check_appkey(struct report *rep, const struct config *top, const str
                         top->path, prefix(a, pre, sizeof pre));
 }
 
-/* The file the shipped unit's LoadCredential= names: beside the policy file. */
+/* The file the shipped unit's LoadCredential= names: beside the policy file,
+ * named as the credential. */
 static char *unit_credential_path(const struct config *top, const struct config *a) {
-        char *copy = strdup(top->path), *r = NULL;
+        char *copy = strdup(top->path), *r = NULL, name[128];
 
         if (!copy)
                 return NULL;
-        if (asprintf(&r, "%s/accesstoken%s%s", dirname(copy), a->account ? "-" : "",
-                     a->account ? a->account : "") < 0)
+        credentials_name(a->account, name, sizeof name);
+        if (asprintf(&r, "%s/%s", dirname(copy), name) < 0)
                 r = NULL;
         free(copy);
         return r;
@@ -143,14 +149,14 @@ static void check_token_file(struct report *rep, const struct config *a, const c
                         prefix(a, pre, sizeof pre), path, (unsigned) st.st_uid, (unsigned) geteuid());
 }
 
-/* systemd 252 runs the unit's ExecReload= (a control process: $MAINPID is
- * set) in a namespace where the service's credentials are not visible,
- * though $CREDENTIALS_DIRECTORY is set. */
-static bool credentials_hidden(void) {
+/* systemd 252 runs the unit's ExecReload= in a namespace where the
+ * service's credentials are not visible, though $CREDENTIALS_DIRECTORY is
+ * set. */
+static bool credentials_hidden(const struct report *rep) {
         const char *dir = getenv("CREDENTIALS_DIRECTORY");
         struct stat st;
 
-        return dir && *dir && getenv("MAINPID") && stat(dir, &st) < 0;
+        return rep->reload && dir && *dir && stat(dir, &st) < 0;
 }
 
 static int check_token(struct report *rep, const struct config *top, const struct config *a) {
@@ -159,7 +165,7 @@ static int check_token(struct report *rep, const struct config *top, const struc
         char pre[160];
         int r;
 
-        if (!a->gateway.accesstoken_file && credentials_hidden()) {
+        if (!a->gateway.accesstoken_file && credentials_hidden(rep)) {
                 note(rep,
                      "%stoken: not checked: %s cannot be read by this reload command; the daemon keeps the "
                      "credential it was started with (a reload cannot change it)",
@@ -298,20 +304,31 @@ static void check_state_file(struct report *rep, const char *path) {
                 dir_issue(rep, "state_file: %s is not a regular file", path);
 }
 
+/* $STATE_DIRECTORY's first directory, and the copy of the running policy
+ * in it; NULL when memory runs out. */
+static char *running_policy_path(const char *dirs) {
+        char *path = NULL;
+
+        if (asprintf(&path, "%.*s/%s", (int) strcspn(dirs, ":"), dirs, RUNNING_POLICY_NAME) < 0)
+                return NULL;
+        return path;
+}
+
 /* The unit's reload: would the running daemon take this file, or does a
  * key that needs a restart differ? The daemon keeps a copy of the file it
  * runs with in $STATE_DIRECTORY (RUNNING_POLICY_NAME), headed by its PID. */
 static int check_restart(struct report *rep, const struct config *c) {
         const char *dirs = getenv("STATE_DIRECTORY"), *pid = getenv("MAINPID"), *what = NULL;
         struct config *running = NULL;
+        /* rep->reload: $MAINPID is set. */
         struct error err = { 0 };
         char *path = NULL, *text = NULL, head[64];
         size_t len = 0;
         int r;
 
-        if (!rep->reload || !dirs || !*dirs || !pid)
+        if (!rep->reload || !dirs || !*dirs)
                 return 0;
-        if (asprintf(&path, "%.*s/%s", (int) strcspn(dirs, ":"), dirs, RUNNING_POLICY_NAME) < 0)
+        if (!(path = running_policy_path(dirs)))
                 return -ENOMEM;
         r = read_file_full(path, CONFIG_MAX_SIZE, &text, &len);
         snprintf(head, sizeof head, "# ivh-reclaimd %s\n", pid);
@@ -353,7 +370,7 @@ int preflight_check(const struct config *c, struct error *err, char **notes) {
         int r = 0;
 
         assert(c);
-        rep.reload = getenv("MAINPID") && getenv("INVOCATION_ID");
+        rep.reload = preflight_run_by_reload();
         if (n == 0)
                 accounts = single, n = 1;
         *notes = NULL;
@@ -417,8 +434,7 @@ int preflight_save_running(const struct config *top) {
                 return -ENOMEM;
         fprintf(f, "# ivh-reclaimd %ld\n", (long) getpid());
         fwrite(top->text, 1, top->text_len, f);
-        if (fclose(f) != 0 ||
-            asprintf(&path, "%.*s/%s", (int) strcspn(dirs, ":"), dirs, RUNNING_POLICY_NAME) < 0) {
+        if (fclose(f) != 0 || !(path = running_policy_path(dirs))) {
                 free(text);
                 return -ENOMEM;
         }
@@ -426,4 +442,8 @@ int preflight_save_running(const struct config *top) {
         free(path);
         free(text);
         return r;
+}
+
+bool preflight_run_by_reload(void) {
+        return getenv("MAINPID") && getenv("INVOCATION_ID");
 }

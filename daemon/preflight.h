@@ -31,6 +31,10 @@ int preflight_check(const struct config *c, struct error *err, char **notes);
  * credentials from the reload command. */
 #define RUNNING_POLICY_NAME "running-policy.yaml"
 
+/* Whether this runs as a unit's control process, such as ExecReload=
+ * ($MAINPID and $INVOCATION_ID are set). */
+bool preflight_run_by_reload(void);
+
 /* Writes top's text as that copy, when $STATE_DIRECTORY is set (under
  * systemd). Returns 0 (also when there is nothing to do) or -errno. */
 int preflight_save_running(const struct config *top);
