@@ -746,54 +746,56 @@ static const char *token_file_at(struct yaml_reader *p, const struct config *c, 
  * may be the policy file itself or a token file, nor may the metrics file be
  * a state file (of any account) or its lock. */
 static void check_distinct_files(struct yaml_reader *p, yaml_node_t *root, const struct config *c) {
+        yaml_node_t *state_at, *metrics_at;
         const char *token;
-        yaml_node_t *at;
 
         if (p->stop)
                 return;
-        at = top_key_node(p, root, "state_file");
+        state_at = top_key_node(p, root, "state_file");
+        metrics_at = c->metrics_file ? top_key_node(p, root, "metrics_file") : NULL;
+        if (metrics_at && same_file(p, c->metrics_file, c->path))
+                yaml_error(p, metrics_at, "metrics_file: '%s' is the same file as the policy file",
+                           c->metrics_file);
+        if (metrics_at && (token = token_file_at(p, c, c->metrics_file)))
+                yaml_error(p, metrics_at, "metrics_file: '%s' is the access token file %s", c->metrics_file,
+                           token);
+        /* Each state file: the top level's (the single form's), then each account's. */
         for (size_t i = 0; i <= c->n_accounts; i++) {
-                const char *state = i < c->n_accounts ? c->accounts[i]->state_file : c->state_file;
+                const char *state = i == 0 ? c->state_file : c->accounts[i - 1]->state_file;
 
-                if (state && (token = token_file_at(p, c, state)))
-                        yaml_error(p, at, "state_file: '%s' is the access token file %s", state, token);
-        }
-        if (c->metrics_file) {
-                at = top_key_node(p, root, "metrics_file");
-                if ((token = token_file_at(p, c, c->metrics_file)))
-                        yaml_error(p, at, "metrics_file: '%s' is the access token file %s", c->metrics_file,
-                                   token);
-                for (size_t i = 0; i <= c->n_accounts; i++) {
-                        const char *state = i < c->n_accounts ? c->accounts[i]->state_file : c->state_file;
-
-                        if (state && is_lock_of(p, c->metrics_file, state))
-                                yaml_error(p, at, "metrics_file: '%s' is the lock file of the state file %s",
-                                           c->metrics_file, state);
+                if (!state)
+                        continue;
+                if (same_file(p, state, c->path)) {
+                        if (i == 0)
+                                yaml_error(p, state_at,
+                                           "state_file: '%s' is the same file as the policy file", state);
+                        else
+                                yaml_error(p, state_at,
+                                           "state_file: the state file of accounts[%zu] (%s) is the same "
+                                           "file as "
+                                           "the policy file",
+                                           i - 1, state);
                 }
+                if ((token = token_file_at(p, c, state)))
+                        yaml_error(p, state_at, "state_file: '%s' is the access token file %s", state,
+                                   token);
+                if (!metrics_at)
+                        continue;
+                if (same_file(p, c->metrics_file, state)) {
+                        if (i == 0)
+                                yaml_error(p, metrics_at,
+                                           "metrics_file: '%s' is the same file as state_file",
+                                           c->metrics_file);
+                        else
+                                yaml_error(p, metrics_at,
+                                           "metrics_file: '%s' is the same file as the state file of "
+                                           "accounts[%zu] (%s)",
+                                           c->metrics_file, i - 1, state);
+                }
+                if (is_lock_of(p, c->metrics_file, state))
+                        yaml_error(p, metrics_at, "metrics_file: '%s' is the lock file of the state file %s",
+                                   c->metrics_file, state);
         }
-        at = top_key_node(p, root, "state_file");
-        if (c->state_file && same_file(p, c->state_file, c->path))
-                yaml_error(p, at, "state_file: '%s' is the same file as the policy file", c->state_file);
-        for (size_t i = 0; i < c->n_accounts; i++)
-                if (c->accounts[i]->state_file && same_file(p, c->accounts[i]->state_file, c->path))
-                        yaml_error(
-                                p, at,
-                                "state_file: the state file of accounts[%zu] (%s) is the same file as the "
-                                "policy file",
-                                i, c->accounts[i]->state_file);
-        if (!c->metrics_file)
-                return;
-        at = top_key_node(p, root, "metrics_file");
-        if (same_file(p, c->metrics_file, c->path))
-                yaml_error(p, at, "metrics_file: '%s' is the same file as the policy file", c->metrics_file);
-        if (c->state_file && same_file(p, c->metrics_file, c->state_file))
-                yaml_error(p, at, "metrics_file: '%s' is the same file as state_file", c->metrics_file);
-        for (size_t i = 0; i < c->n_accounts; i++)
-                if (c->accounts[i]->state_file && same_file(p, c->metrics_file, c->accounts[i]->state_file))
-                        yaml_error(p, at,
-                                   "metrics_file: '%s' is the same file as the state file of accounts[%zu] "
-                                   "(%s)",
-                                   c->metrics_file, i, c->accounts[i]->state_file);
 }
 
 static void parse_document(struct yaml_reader *p, yaml_node_t *root, void *userdata) {
