@@ -38,6 +38,11 @@ static void held_note(char *note, size_t n, const struct config *c, const struct
         }
 }
 
+/* The DECISION column: a session to close shows the policy that closes it. */
+static const char *decision_word(const struct decide_row *d) {
+        return d->outcome == DECIDE_CLOSE ? d->policy->name : decide_outcome_to_string(d->outcome);
+}
+
 static void fill_row(struct row *row, const struct config *c, const struct session *s, bool known,
                      const struct decide_row *d) {
         char buf[32];
@@ -54,10 +59,7 @@ static void fill_row(struct row *row, const struct config *c, const struct sessi
                 duration_format(d->age_ms - d->age_ms % 1000, row->age, sizeof row->age);
         else
                 strcpy(row->age, "new");
-        /* A session to close shows the policy that closes it. */
-        sanitize_printable(d->outcome == DECIDE_CLOSE ? d->policy->name
-                                                      : decide_outcome_to_string(d->outcome),
-                           row->decision, sizeof row->decision);
+        sanitize_printable(decision_word(d), row->decision, sizeof row->decision);
 
         row->note[0] = '\0';
         if (s->status == SESSION_CLOSED)
@@ -172,10 +174,7 @@ static int print_json(FILE *out, const struct config *c, const struct session_li
                                                   NULL
                                 : cJSON_AddNullToObject(o, "IVH_POLICY") != NULL &&
                                           cJSON_AddNullToObject(o, "IVH_POLICY_KIND") != NULL) &&
-                     cJSON_AddStringToObject(o, "IVH_DECISION",
-                                             d->outcome == DECIDE_CLOSE
-                                                     ? d->policy->name
-                                                     : decide_outcome_to_string(d->outcome)) &&
+                     cJSON_AddStringToObject(o, "IVH_DECISION", decision_word(d)) &&
                      cJSON_AddStringToObject(o, "IVH_REASON", row.note);
                 text = ok ? cJSON_PrintUnformatted(o) : NULL;
                 cJSON_Delete(o);
