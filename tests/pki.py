@@ -10,6 +10,16 @@ def _openssl(*args, cwd):
                    stderr=subprocess.PIPE)
 
 
+def _issue(d, name, subject, extensions):
+    """NAME.key and NAME.pem, signed by the CA in d, with these extensions."""
+    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", name + ".key", "-out", name + ".csr", "-subj", subject, cwd=d)
+    with open(os.path.join(d, name + ".cnf"), "w") as f:
+        f.write(extensions)
+    _openssl("x509", "-req", "-in", name + ".csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", name + ".pem", "-days", "2", "-extfile", name + ".cnf", cwd=d)
+
+
 def make_pki(directory):
     d = os.path.join(directory, "pki")
     os.makedirs(d, exist_ok=True)
@@ -17,20 +27,11 @@ def make_pki(directory):
              "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=ivh-reclaimd test CA",
              "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign",
              cwd=d)
-    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1", cwd=d)
-    with open(os.path.join(d, "ext.cnf"), "w") as f:
-        # clientAuth too: etcd's JSON gateway connects to its own gRPC port with this certificate.
-        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n")
-    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-             "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf", cwd=d)
+    # clientAuth too: etcd's JSON gateway connects to its own gRPC port with this certificate.
+    _issue(d, "server", "/CN=127.0.0.1",
+           "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n")
     # A client certificate, for services that ask for one (etcd's client-cert-auth).
-    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", "client.key", "-out", "client.csr", "-subj", "/CN=ivh-reclaimd", cwd=d)
-    with open(os.path.join(d, "client.cnf"), "w") as f:
-        f.write("extendedKeyUsage=clientAuth\n")
-    _openssl("x509", "-req", "-in", "client.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-             "-out", "client.pem", "-days", "2", "-extfile", "client.cnf", cwd=d)
+    _issue(d, "client", "/CN=ivh-reclaimd", "extendedKeyUsage=clientAuth\n")
     return {"ca": os.path.join(d, "ca.pem"), "server_cert": os.path.join(d, "server.pem"),
             "server_key": os.path.join(d, "server.key"), "client_cert": os.path.join(d, "client.pem"),
             "client_key": os.path.join(d, "client.key")}

@@ -17,6 +17,7 @@ import unittest
 import etcd
 from harness import BINARY, DaemonTest, parse_logfmt, wait_for
 from gateway_sim import IN_PROGRESS, STREAM_FAILED
+from test_systemd import NotifySocket
 
 LEASE_S = 3
 
@@ -197,25 +198,14 @@ class Failover(DaemonTest):
     def test_status_names_a_failing_list_with_ha(self):
         self.gw.add_fault("listsessionofuin", "http_status", status=500, count=1000)
         path = self.config_for("solo", [("failed-streams", "failed", "0s")])
-        notify = os.path.join(self.dir, "notify.sock")
-        import socket
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.bind(notify)
-        sock.settimeout(0.2)
-        self.addCleanup(sock.close)
+        notify = NotifySocket(self.dir)
+        self.addCleanup(notify.close)
         p = subprocess.Popen([BINARY, "--config", path, "--log-target", "console"],
-                             env=dict(self.env(), NOTIFY_SOCKET=notify), stdout=subprocess.DEVNULL,
+                             env=dict(self.env(), NOTIFY_SOCKET=notify.path), stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
         self.procs.append(p)
-        seen = []
-
-        def status():
-            try:
-                seen.extend(sock.recv(4096).decode().split("\n"))
-            except OSError:
-                pass
-            return [m for m in seen if m.startswith("STATUS=Leader (solo): Last poll failed")]
-        wait_for(status, timeout=20, what="STATUS= naming the role and the failing list")
+        notify.wait_for(lambda m: any(x.startswith("STATUS=Leader (solo): Last poll failed") for x in m),
+                        "STATUS= naming the role and the failing list", timeout=20)
         p.send_signal(signal.SIGTERM)
         self.assertEqual(p.wait(timeout=15), 0)
 
