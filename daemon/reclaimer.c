@@ -432,10 +432,15 @@ static void cycle_phase_changed(struct cycle *c, enum cycle_phase phase, void *u
 static void check_clock(struct runner *u) {
         int64_t step = state_check_clock(u->state, now_wall_ms(), now_mono_ms());
         char amount[32];
+        uint64_t size;
 
         if (step == 0)
                 return;
-        duration_format((uint64_t) (step < 0 ? -step : step), amount, sizeof amount);
+        /* The two clocks are read one after the other: the milliseconds are
+         * noise (a step of 1h could read as 59m59.99s). Steps are over 2 s:
+         * tell them in whole seconds. */
+        size = (uint64_t) (step < 0 ? -step : step);
+        duration_format((size + 500) / 1000 * 1000, amount, sizeof amount);
         ulog(u, LOG_WARNING,
              "The wall clock stepped %s by %s; session ages are kept on the boot-time clock and do not "
              "change; writing the state file again",
