@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "decide.h"
@@ -693,7 +694,11 @@ static char *normalize_path(const char *path) {
 /* Whether paths a and b name the same file (see normalize_path). */
 static bool same_file(struct yaml_reader *p, const char *a, const char *b) {
         char *na = normalize_path(a), *nb = normalize_path(b);
-        bool same = na && nb && strcmp(na, nb) == 0;
+        struct stat sa, sb;
+        /* Two names of one file (a hard link) are one file too. */
+        bool same = na && nb &&
+                    (strcmp(na, nb) == 0 || (stat(na, &sa) == 0 && stat(nb, &sb) == 0 &&
+                                             sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino));
 
         if (!na || !nb)
                 p->oom = true;
@@ -713,6 +718,14 @@ static yaml_node_t *top_key_node(struct yaml_reader *p, yaml_node_t *root, const
                         return k;
         }
         return root;
+}
+
+/* Whether path is named as the daemon's copy of its running policy, which
+ * it writes in its state directory (preflight.h). */
+static bool is_running_policy_name(const char *path) {
+        const char *slash = strrchr(path, '/');
+
+        return strcmp(slash ? slash + 1 : path, RUNNING_POLICY_NAME) == 0;
 }
 
 /* Whether path names state_file's lock file (beside the file, or beside
@@ -756,6 +769,11 @@ static void check_distinct_files(struct yaml_reader *p, yaml_node_t *root, const
         if (metrics_at && same_file(p, c->metrics_file, c->path))
                 yaml_error(p, metrics_at, "metrics_file: '%s' is the same file as the policy file",
                            c->metrics_file);
+        if (metrics_at && is_running_policy_name(c->metrics_file))
+                yaml_error(p, metrics_at,
+                           "metrics_file: '%s' has the name of the daemon's copy of its running policy "
+                           "(" RUNNING_POLICY_NAME ")",
+                           c->metrics_file);
         if (metrics_at && (token = token_file_at(p, c, c->metrics_file)))
                 yaml_error(p, metrics_at, "metrics_file: '%s' is the access token file %s", c->metrics_file,
                            token);
@@ -779,6 +797,12 @@ static void check_distinct_files(struct yaml_reader *p, yaml_node_t *root, const
                 if ((token = token_file_at(p, c, state)))
                         yaml_error(p, state_at, "state_file: '%s' is the access token file %s", state,
                                    token);
+                if (is_running_policy_name(state))
+                        yaml_error(
+                                p, state_at,
+                                "state_file: '%s' has the name of the daemon's copy of its running policy "
+                                "(" RUNNING_POLICY_NAME ")",
+                                state);
                 if (!metrics_at)
                         continue;
                 if (same_file(p, c->metrics_file, state)) {

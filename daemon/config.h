@@ -13,6 +13,10 @@
 #define CONFIG_DEFAULT_STATE_FILE "/var/lib/ivh-reclaimd/state.json"
 /* A policy file larger than this is refused. */
 #define CONFIG_MAX_SIZE (1024 * 1024)
+/* The daemon's copy of the policy it runs with, in $STATE_DIRECTORY, for
+ * the unit's reload check (preflight.h); no state or metrics file may take
+ * this name. */
+#define RUNNING_POLICY_NAME "running-policy.yaml"
 /* The appkey of the signature example in Tencent's documentation. */
 #define CONFIG_SAMPLE_APPKEY "e38267c0e86411ebb02aed82acb0ed99"
 

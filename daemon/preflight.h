@@ -29,7 +29,6 @@ int preflight_check(const struct config *c, struct error *err, char **notes);
  * problems are then only warnings (a reload must never be refused for a
  * metrics directory), and the token is not checked when systemd hides the
  * credentials from the reload command. */
-#define RUNNING_POLICY_NAME "running-policy.yaml"
 
 /* Whether this runs as a unit's control process, such as ExecReload=
  * ($MAINPID and $INVOCATION_ID are set). */

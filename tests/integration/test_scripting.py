@@ -300,6 +300,28 @@ class RedTeam13(CheckBase):
                 with open(token) as f:
                     self.assertEqual(f.read(), "tok\n")
 
+    def test_hard_link_and_the_running_policy_copy(self):
+        # Final red team: a hard link to the policy file passed as another
+        # file, and the daemon's own copy of its policy could be given to it
+        # as state or metrics file (which then disabled the reload check).
+        self.config_with()
+        link = os.path.join(self.dir, "hard.json")
+        os.link(self.config_file, link)
+        self.config_with(state_file=link)
+        os.unlink(link)
+        os.link(self.config_file, link)
+        p = self.check()
+        self.assertEqual(p.returncode, 78, p)
+        self.assertIn("is the same file as the policy file", p.stderr)
+        for key in ("state_file", "metrics_file"):
+            with self.subTest(key=key):
+                self.config_with(**{key: os.path.join(self.dir, "running-policy.yaml")})
+                p = self.check()
+                self.assertEqual(p.returncode, 78, p)
+                self.assertRegex(p.stderr, r"(?m)^%s:\d+:\d+: %s: .* has the name of the daemon's copy of its "
+                                 r"running policy" % (re.escape(self.config_file), key))
+                self.assertEqual(self.run_daemon("--once").returncode, 78)
+
     def test_state_file_that_is_not_a_file(self):
         for path, message in (("/dev/null", "is not a regular file"), ("/proc/version", "is in /proc or /sys")):
             with self.subTest(path=path):
