@@ -1,6 +1,14 @@
-/* What the two halves of a cycle share: cycle.c (the closes: dispatch,
- * re-checks, throttles, outcomes, the summary) and cycle-list.c (the list
- * calls, the state sync and the decide step). Not for other modules. */
+/* The parts of one cycle and the object they share. Calls go one way only:
+ *
+ *   cycle.c         the lifecycle (start, stop, reload, end), dispatch and
+ *                   the outcome of each close
+ *     -> cycle-list.c    the list call(s); reports back through the function
+ *                        cycle_list_start() is given, never by name
+ *     -> cycle-decide.c  the decision: state sync, decide(), the jobs, and
+ *                        every later question "may this close still go out?"
+ *     -> cycle-io.c      sending a call, counting it, the log entries
+ *
+ * Not for other modules: they use cycle.h. */
 #pragma once
 
 #include <stdbool.h>
@@ -8,6 +16,7 @@
 #include <stdint.h>
 
 #include "cycle.h"
+#include "decide.h"
 #include "log.h"
 #include "reply.h"
 
@@ -19,14 +28,27 @@ enum outcome {
         OUTCOME_SKIPPED,
 };
 
+/* A job moves QUEUED -> IN_FLIGHT -> DONE, and back from IN_FLIGHT to
+ * QUEUED when the gateway throttles it. DONE is final. Only
+ * job_set_state() (cycle.c) changes it, and keeps cycle->in_flight equal
+ * to the number of jobs IN_FLIGHT. */
+enum job_state {
+        JOB_QUEUED,    /* waiting for its turn (again, after a throttle) */
+        JOB_IN_FLIGHT, /* a statsession or closesession of it is under way */
+        JOB_DONE,      /* counted in the result; nothing more is sent for it */
+};
+
 struct close_job {
         struct cycle *cycle;
-        const struct session *session; /* borrowed from cycle->list */
-        const struct policy *policy;   /* borrowed from the config */
+        size_t index;                  /* of its session in cycle->list */
+        const struct session *session; /* &cycle->list->items[index] */
+        /* The policy that selects it in the latest decision; it belongs to a
+         * configuration the runner keeps until the cycle is freed. */
+        const struct policy *policy;
         uint64_t age_ms;
+        enum job_state state;
+        bool rechecked; /* a statsession re-check changed its status in the list */
         struct gateway_error close_err;
-        bool dispatched; /* counted in cycle->in_flight until finished */
-        bool finished;   /* its outcome is logged */
         unsigned requeues;
         int64_t sent_ms; /* when its last request went out */
         /* What a statsession reply said about the stream, for the log. */
@@ -35,37 +57,19 @@ struct close_job {
         char stream_error[256];
 };
 
-struct cycle {
-        struct cycle_env env;
-        cycle_phase_fn phase_fn;
-        void *userdata;
-        enum cycle_phase phase;
-        int64_t last_progress_ms;
-        /* A configuration reloaded while this cycle runs: closes not yet sent
-         * must still be selected by it (see cycle_reconfigure()). */
-        const struct config *reloaded;
-        struct session_list *list;
-        struct close_job *jobs;
-        size_t n_jobs, next_job, in_flight;
-        /* Closes refused as too frequent, to send again after the pause. */
-        struct close_job **requeued;
-        size_t n_requeued;
-        int64_t last_reaction_ms; /* the account last slowed down (a throttle) */
-        bool auth_logged;
-        ev_timer resume_timer; /* dispatch paused by a Retry-After */
-        bool stopping;
-        bool gave_up; /* a pause outlasts poll_interval: the closes left wait for the next cycle */
-        bool fenced;  /* ha: the lease was not confirmed in time; the rest is left to the leader */
-        bool dispatching;
-        struct cycle_result res;
-        /* Listing per project and per asset (gateway.project_ids,
-         * gateway.asset_vks): one request each. */
-        struct project_list *projects;
-        size_t n_projects, projects_pending;
-        bool projects_failed;
-        char projects_error[600];
-        long projects_error_code, projects_retry_after_s;
+/* Why a cycle sends nothing more; a stronger reason replaces a weaker one,
+ * never the other way round. */
+enum cycle_halt {
+        HALT_NONE,
+        HALT_GAVE_UP,  /* a pause outlasts poll_interval: the closes left wait for the next
+                          cycle; the follow-up of a close in flight may still go */
+        HALT_FENCED,   /* ha: the lease is not confirmed; the rest is left to the leader */
+        HALT_STOPPING, /* cycle_stop(): not a single request more */
 };
+
+/* Told by cycle-list.c when the list call(s) have ended: c->list is set,
+ * or c->res.list_failed (already logged). */
+typedef void (*cycle_listed_fn)(struct cycle *c);
 
 struct project_list {
         struct cycle *cycle;
@@ -75,14 +79,59 @@ struct project_list {
         struct session_list *list;
 };
 
+struct cycle {
+        struct cycle_env env;
+        cycle_phase_fn phase_fn;
+        void *userdata;
+        enum cycle_phase phase;
+        enum cycle_halt halt;
+        int64_t last_progress_ms;
+
+        /* The file whose policies decide: env.config, or the one reloaded
+         * while the cycle runs (cycle_reconfigure()). */
+        const struct config *in_force;
+        bool reloaded;
+
+        /* Listing (cycle-list.c). Per project and per asset
+         * (gateway.project_ids, gateway.asset_vks): one request each. */
+        cycle_listed_fn listed;
+        struct project_list *projects;
+        size_t n_projects, projects_pending;
+        bool projects_failed;
+        char projects_error[600];
+        long projects_error_code, projects_retry_after_s;
+
+        /* The decision (cycle-decide.c). The list is the cycle's knowledge:
+         * a re-check's newer status replaces the listed one. */
+        struct session_list *list;
+        uint64_t *ages;                /* ages[i]: of list->items[i] */
+        bool *sent;                    /* sent[i]: its closesession went out */
+        int64_t decided_ms;            /* the retry table's clock for every decision */
+        struct decide_result decision; /* the latest answer of decide() */
+        bool decision_stale;           /* the list changed since: ask again before sending */
+
+        /* The closes (cycle.c). */
+        struct close_job *jobs;
+        size_t n_jobs, next_job, in_flight;
+        struct close_job **requeued; /* refused as too frequent: sent again after the pause */
+        size_t n_requeued;
+        int64_t last_reaction_ms; /* the account last slowed down (a throttle) */
+        bool auth_logged;
+        ev_timer resume_timer; /* dispatch paused (a Retry-After, the pace) */
+        bool dispatching;
+        struct cycle_result res;
+};
+
+/* cycle-io.c */
+
 /* log_struct() with the cycle's account added to the fields. */
 void cycle_log(struct cycle *c, int priority, const char *message_id, const struct log_field *fields,
                size_t n, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
 
 /* A response (or a resume) arrived: the watchdog sees progress. */
-void cycle_progress(struct cycle *c);
+void cycle_note_progress(struct cycle *c);
 
-/* Sends one call (see cycle.c). Returns 0 or a negative errno. */
+/* Sends one call. Returns 0 or a negative errno. */
 int cycle_post(struct cycle *c, const char *endpoint, const char *field, const char *value,
                http_done_fn done, void *userdata);
 
@@ -96,11 +145,32 @@ void cycle_auth_refused(struct cycle *c, const char *endpoint, const char *detai
 /* The reclaim entry of one job. */
 void cycle_log_reclaim(struct close_job *job, enum outcome outcome, const char *detail);
 
-/* Starts closes up to the window; ends the cycle when nothing is left. */
-void cycle_dispatch(struct cycle *c);
+/* The summary entry of the cycle (not for --plan). */
+void cycle_log_summary(struct cycle *c);
 
-/* Logs the summary and enters CYCLE_ENDED. */
-void cycle_end(struct cycle *c);
+/* A failed list (or a decision that could not be made): logged, and the
+ * cycle decides nothing. */
+void cycle_list_failed(struct cycle *c, const char *what, long code, long retry_after_s);
 
-/* Sends the list call(s). Returns 0 when at least one request is under way. */
-int cycle_start_listing(struct cycle *c);
+/* cycle-list.c */
+
+/* Sends the list call(s); done is called once they have all ended. Returns
+ * 0 when at least one request is under way (done comes later), or a
+ * negative errno (done is never called). */
+int cycle_list_start(struct cycle *c, cycle_listed_fn done);
+
+/* cycle-decide.c */
+
+/* The list is in: log its oddities, sync the state, decide, and make the
+ * jobs (or, for --plan, keep the decision for plan.c). Returns 0 or
+ * -ENOMEM (nothing is then closed). */
+int cycle_decide(struct cycle *c);
+
+/* Asks decide() again, with the file in force, the list as now known and
+ * the closes already sent. Returns 0 or -ENOMEM (c->decision is then
+ * unchanged and stale). */
+int cycle_redecide(struct cycle *c);
+
+/* Why the latest decision does not let the job's close go out; NULL when
+ * it does. buf holds the text when one is made up. */
+const char *cycle_refusal(const struct cycle *c, const struct close_job *job, char *buf, size_t n);

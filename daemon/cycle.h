@@ -14,7 +14,7 @@
 #include "http.h"
 #include "idset.h"
 #include "metrics.h"
-#include "plan.h"
+#include "decide.h"
 #include "retry.h"
 #include "state.h"
 #include "throttle.h"
@@ -35,8 +35,7 @@ struct cycle_env {
         bool next_cycle; /* another cycle follows (the daemon, not --once): what the pace holds back
                             past poll_interval may wait for it */
         struct idset *malformed_logged; /* ids already warned about (owned by the runner) */
-        FILE *plan_out; /* non-NULL for --plan: print the plan, close nothing, record nothing */
-        enum plan_format plan_format;
+        bool plan;                      /* --plan: decide, then end; close nothing, record nothing */
         const struct ha *ha; /* ha: a standby closes nothing; a leader only while its lease is fresh */
 };
 
@@ -71,7 +70,7 @@ struct cycle;
  * must not free the cycle, nor end or start one. */
 typedef void (*cycle_phase_fn)(struct cycle *c, enum cycle_phase phase, void *userdata);
 
-/* Sends the list call. Returns 0, or a negative errno (already logged as a
+/* Sends the list call(s). Returns 0, or a negative errno (already logged as a
  * failed cycle) when not even that could be started. */
 int cycle_start(const struct cycle_env *env, cycle_phase_fn phase, void *userdata, struct cycle **ret);
 
@@ -79,11 +78,13 @@ int cycle_start(const struct cycle_env *env, cycle_phase_fn phase, void *userdat
  * have. May enter CYCLE_ENDED (and call the phase function) before returning. */
 void cycle_stop(struct cycle *c);
 
-/* A reloaded configuration arrived while the cycle runs. Closes not yet sent
- * are checked against it at once, and again just before each is sent: a
- * session it protects, or that no policy of it selects any more, is skipped.
- * cfg must outlive the cycle (the runner keeps it as its pending config);
- * call again with the newer one if another reload comes. */
+/* A reloaded configuration arrived while the cycle runs. From now on its
+ * policies decide: decide() is asked at once with it, the cycle's list and
+ * the closes already sent, and every close not yet sent that it does not
+ * select is skipped (protected, no longer due, beyond a capacity, held by a
+ * fuse, a dry run: whatever decide() says). cfg must outlive the cycle (the
+ * runner keeps every file it hands a cycle until that cycle is freed); call
+ * again with the newer one if another reload comes. */
 void cycle_reconfigure(struct cycle *c, const struct config *cfg);
 
 enum cycle_phase cycle_phase(const struct cycle *c);
@@ -91,12 +92,18 @@ const struct cycle_result *cycle_result(const struct cycle *c);
 
 /* For the watchdog: when a request last finished (or the cycle started or
  * resumed), and whether dispatch is paused by a Retry-After timer. */
-struct cycle_progress {
+struct cycle_activity {
         int64_t last_progress_ms;
         bool paused;
         size_t in_flight;
 };
-void cycle_get_progress(struct cycle *c, struct cycle_progress *ret);
+void cycle_get_activity(struct cycle *c, struct cycle_activity *ret);
+
+/* --plan, once the cycle has ended: the decision on the listed sessions
+ * (*list and the file that decided, *config, set), or NULL when there is
+ * none (the list failed). */
+const struct decide_result *cycle_decision(const struct cycle *c, const struct session_list **list,
+                                           const struct config **config);
 
 /* Frees a cycle that has ended, or whose requests were cancelled. Never from
  * inside the cycle's own callbacks. */

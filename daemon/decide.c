@@ -22,6 +22,8 @@ const char *decide_outcome_to_string(enum decide_outcome o) {
                 return "backing_off";
         case DECIDE_DEFERRED:
                 return "deferred";
+        case DECIDE_SENT:
+                return "sent";
         }
         return "?";
 }
@@ -57,6 +59,8 @@ static int take_capacity_victims(const struct decide_input *in, struct decide_re
                 goto out;
         for (size_t k = 0; k < r->n_closes; k++)
                 closing[r->closes[k]] = true;
+        for (size_t i = 0; i < l->n; i++)
+                closing[i] |= r->rows[i].outcome == DECIDE_SENT;
         ret = policy_capacity_victims(in->config, l, in->ages, closing, victims, &n_victims);
         for (size_t v = 0; ret >= 0 && v < n_victims; v++) {
                 size_t i = victims[v].index;
@@ -90,6 +94,10 @@ static void apply_share_fuse(const struct decide_input *in, struct decide_result
                 r->live += policy_session_is_live(&l->items[i]);
         for (size_t k = 0; k < r->n_closes; k++)
                 r->due_live += policy_session_is_live(&l->items[r->closes[k]]);
+        /* Closes already sent this cycle were due live sessions when the
+         * cycle decided: a re-decision judges the same share. */
+        for (size_t i = 0; r->sent > 0 && i < l->n; i++)
+                r->due_live += r->rows[i].outcome == DECIDE_SENT && policy_session_is_live(&l->items[i]);
         r->fuse_tripped = policy_share_fuse_trips(&in->config->fuse, r->live, r->due_live);
         if (!r->fuse_tripped)
                 return;
@@ -132,15 +140,19 @@ struct by_age {
 static int compare_age_desc(const void *a, const void *b) {
         const struct by_age *x = a, *y = b;
 
-        return x->age_ms < y->age_ms ? 1 : x->age_ms > y->age_ms ? -1 : 0;
+        if (x->age_ms != y->age_ms)
+                return x->age_ms < y->age_ms ? 1 : -1;
+        /* Stable: a re-decision keeps the same closes among equal ages. */
+        return x->index < y->index ? -1 : x->index > y->index;
 }
 
 /* Step 5: max_closes_per_cycle closes the oldest first; the rest wait for
- * later cycles. */
+ * later cycles. Closes already sent this cycle count against it. */
 static int apply_max_closes(const struct decide_input *in, struct decide_result *r) {
         size_t max = in->config->max_closes_per_cycle;
         struct by_age *sorted;
 
+        max = r->sent < max ? max - r->sent : 0;
         if (r->n_closes <= max)
                 return 0;
         sorted = malloc(r->n_closes * sizeof *sorted);
@@ -179,10 +191,16 @@ int decide(const struct decide_input *in, struct decide_result *ret) {
                 return -ENOMEM;
         }
 
+        r.dry_run = in->dry_run || in->config->dry_run;
         /* Step 1: the timer policies and the protect rules. */
         for (size_t i = 0; i < l->n; i++) {
                 struct decision d;
 
+                if (in->sent && in->sent[i]) {
+                        r.rows[i] = (struct decide_row){ .outcome = DECIDE_SENT, .age_ms = in->ages[i] };
+                        r.sent++;
+                        continue;
+                }
                 policy_decide(in->config, &l->items[i], in->ages[i], &d);
                 r.rows[i] = (struct decide_row){
                         .outcome = d.kind == DECISION_CLOSE       ? DECIDE_CLOSE

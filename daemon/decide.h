@@ -10,7 +10,14 @@
  *  3. the share fuse: when the due live sessions are too large a share of
  *     the live ones, none of them is closed (due sessions not live are);
  *  4. sessions that failed recently wait for their backoff;
- *  5. max_closes_per_cycle: the oldest are closed, the rest deferred. */
+ *  5. max_closes_per_cycle: the oldest are closed, the rest deferred.
+ *
+ * A running cycle asks again whenever something it decided on may have
+ * changed (a reload, a re-check that saw a new status): with `sent` set, the
+ * sessions whose close already went out count as they should (not closed
+ * twice, not live for over_capacity, spent against max_closes_per_cycle,
+ * due live sessions for the share fuse), so that the answer for the closes
+ * not yet sent is what this function says of the file in force. */
 #pragma once
 
 #include <stdbool.h>
@@ -28,6 +35,7 @@ enum decide_outcome {
         DECIDE_FUSED,       /* due, held back by the share fuse */
         DECIDE_BACKING_OFF, /* due, waits after an earlier failure */
         DECIDE_DEFERRED,    /* due, beyond max_closes_per_cycle */
+        DECIDE_SENT,        /* a re-decision: its close already went out this cycle */
 };
 
 struct decide_row {
@@ -46,6 +54,8 @@ struct decide_input {
         const uint64_t *ages;              /* ages[i]: age of list->items[i] */
         const struct retry_table *retries; /* may be NULL: nobody backs off */
         int64_t now_ms;                    /* the retry table's clock */
+        const bool *sent; /* sent[i]: a close of list item i went out this cycle; NULL: none did */
+        bool dry_run;     /* --dry-run: due sessions are only logged */
 };
 
 struct decide_result {
@@ -57,6 +67,8 @@ struct decide_result {
         size_t live, due_live; /* for the share fuse (malformed live entries count as live) */
         bool fuse_tripped;
         size_t fused, backing_off, deferred;
+        size_t sent;  /* rows DECIDE_SENT */
+        bool dry_run; /* the file's dry_run or --dry-run: the closes are only logged */
 };
 
 /* Returns 0, or -ENOMEM (ret is then empty). Free with decide_result_done(). */

@@ -280,23 +280,27 @@ static bool status_is_live(int status) {
 
 static int add_malformed(struct session_list *l, const char *id, size_t index, const char *reason,
                          bool live) {
-        char buf[GATEWAY_ID_MAX * 4 + 8];
-        struct malformed_entry *m;
+        if (l->n_malformed == l->malformed_cap) {
+                size_t cap = l->malformed_cap ? 2 * l->malformed_cap : 16;
+                struct malformed_entry *m = reallocarray(l->malformed, cap, sizeof *m);
 
-        m = realloc(l->malformed, (l->n_malformed + 1) * sizeof *l->malformed);
-        if (!m)
-                return -ENOMEM;
-        l->malformed = m;
-        if (id)
-                escape_bytes(id, buf, sizeof buf);
-        else
-                snprintf(buf, sizeof buf, "Sessions[%zu]", index);
-        m[l->n_malformed] =
-                (struct malformed_entry){ .id = strdup(buf), .raw_id = id, .reason = reason, .live = live };
-        if (!m[l->n_malformed].id)
-                return -ENOMEM;
-        l->n_malformed++;
+                if (!m)
+                        return -ENOMEM;
+                l->malformed = m;
+                l->malformed_cap = cap;
+        }
+        /* No copy: the id is borrowed from the reply's document, which the
+         * list keeps, and escaped only if it is logged. */
+        l->malformed[l->n_malformed++] =
+                (struct malformed_entry){ .raw_id = id, .index = index, .reason = reason, .live = live };
         return 0;
+}
+
+char *malformed_entry_id(const struct malformed_entry *m, char *buf, size_t n) {
+        if (m->raw_id)
+                return escape_bytes(m->raw_id, buf, n);
+        snprintf(buf, n, "Sessions[%zu]", m->index);
+        return buf;
 }
 
 /* The ids of an entry that has the documented shape: NULL when both may be
@@ -310,43 +314,212 @@ static const char *entry_id_problem(const struct session *s) {
         return why ? "UserId is not a usable id" : NULL;
 }
 
-/* cJSON keeps strings NUL-terminated, so an escaped NUL ("\\u0000") or a raw
- * NUL byte would silently cut an id short ("victim\\u0000x" would read as
- * "victim", another session). One pass over the raw text finds them and
- * counts the values, an upper bound: commas and opening brackets outside
- * strings, plus one. When patch is not NULL (a copy of text), every NUL in
- * it becomes U+0001 instead: a control character, which
- * gateway_id_problem() refuses, so the entry is skipped rather than read as
- * a shorter id. Returns whether a NUL was found. */
+/* Containers nested deeper than this are cut out of a list reply (cJSON
+ * would refuse the whole reply past its own limit), and the entry that
+ * held one is never acted on. */
+#define JSON_DEPTH_MAX 100
+/* What a cut-out container becomes: a string no gateway sends, found again
+ * by has_cut_marker(). It fits in the span of a container opened
+ * CUT_BACK levels above the one that went too deep. */
+#define CUT_MARKER      "\\u001f\\u001e\\u001f"
+#define CUT_MARKER_TEXT "\x1f\x1e\x1f"
+#define CUT_BACK        10
+
+static int hex4(const char *p) {
+        int v = 0;
+
+        for (int i = 0; i < 4; i++) {
+                char ch = p[i];
+                int d = ch >= '0' && ch <= '9'   ? ch - '0'
+                        : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10
+                        : ch >= 'A' && ch <= 'F' ? ch - 'A' + 10
+                                                 : -1;
+
+                if (d < 0)
+                        return -1;
+                v = v * 16 + d;
+        }
+        return v;
+}
+
+/* The end (index of the closing bracket) of the container opening at
+ * text[start], or len when it does not close. */
+static size_t container_end(const char *text, size_t len, size_t start) {
+        bool in_string = false;
+        size_t depth = 0;
+
+        for (size_t i = start; i < len; i++) {
+                char ch = text[i];
+
+                if (in_string) {
+                        if (ch == '\\')
+                                i++;
+                        else if (ch == '"')
+                                in_string = false;
+                } else if (ch == '"')
+                        in_string = true;
+                else if (ch == '[' || ch == '{')
+                        depth++;
+                else if ((ch == ']' || ch == '}') && --depth == 0)
+                        return i;
+        }
+        return len;
+}
+
+/* Copies up to n raw characters of a JSON string's text, leaving out
+ * every escape sequence's backslash and the character after it, so that
+ * the copy is plain string text. Returns how many were written. */
+static size_t copy_plain(char *dst, const char *src, size_t len, size_t n) {
+        size_t k = 0;
+
+        for (size_t i = 0; i < len && k < n; i++) {
+                if (src[i] == '\\') {
+                        i++;
+                        continue;
+                }
+                if (src[i] != '"') /* the second half of an escape cut in two */
+                        dst[k++] = src[i];
+        }
+        return k;
+}
+
+/* Rewrites the string token text[start..end] (quotes included), too long
+ * to be an id, as a short one that still tells which it was and that no id
+ * check accepts: "\u0001" + its first and last characters, padded with
+ * spaces (white space between tokens). */
+static void shorten_string(char *text, size_t start, size_t end) {
+        enum { KEEP = 24 };
+        char label[8 + 2 * KEEP + 2];
+        size_t n = 0, body = end - start - 1;
+        const char *tail = text + end - (body < KEEP ? body : KEEP);
+
+        memcpy(label, "\"\\u0001", 7);
+        n = 7;
+        n += copy_plain(label + n, text + start + 1, body, KEEP);
+        label[n++] = '.';
+        label[n++] = '.';
+        n += copy_plain(label + n, tail, (size_t) (text + end - tail), KEEP);
+        label[n++] = '"';
+        memset(text + start, ' ', end - start + 1);
+        memcpy(text + start, label, n);
+}
+
+/* One pass over the raw text of a reply finds what cJSON would either
+ * misread or refuse as a whole, when one entry alone is at fault:
+ *  - NUL, raw or escaped ("\\u0000"): cJSON keeps strings NUL-terminated,
+ *    so "victim\\u0000x" would read as "victim", another session;
+ *  - a lone UTF-16 surrogate ("\\ud800" alone, "\\udc00" alone, a reversed
+ *    pair, a high surrogate at the end of a string): valid JSON grammar,
+ *    and what JavaScript emits for a string cut inside a pair, which cJSON
+ *    refuses;
+ *  - containers nested deeper than JSON_DEPTH_MAX;
+ *  - inside an entry, a string longer than any id (GATEWAY_ID_MAX bytes):
+ *    it is never used, so the parser need not copy it.
+ * When patch is not NULL (a copy of text), a NUL or a lone surrogate
+ * becomes U+0001, a control character that gateway_id_problem() refuses,
+ * and a container opened CUT_BACK levels above one that goes too deep
+ * becomes CUT_MARKER padded with spaces: the entry is then skipped rather
+ * than read as another session or taken for a broken list; a string too
+ * long to be an id becomes "\u0001" padded with spaces. The text keeps
+ * its length. Also counts the values, an upper bound: commas and opening
+ * brackets outside strings, plus one. Returns whether anything needs a
+ * patch. */
 static bool scan_json(const char *text, size_t len, char *patch, size_t *ret_values) {
-        bool in_string = false, nul = false;
-        size_t values = 1;
+        size_t opened_at[JSON_DEPTH_MAX + 1];
+        bool in_string = false, found = false;
+        size_t values = 1, depth = 0, str_start = 0, str_bytes = 0;
 
         for (size_t i = 0; i < len; i++) {
                 char ch = text[i];
 
                 if (ch == '\0') {
-                        nul = true;
+                        found = true;
                         if (patch)
                                 patch[i] = '\x01';
+                        str_bytes++;
                 } else if (in_string) {
-                        if (ch == '\\') {
-                                if (i + 5 < len && text[i + 1] == 'u' &&
-                                    memcmp(text + i + 2, "0000", 4) == 0) {
-                                        nul = true;
-                                        if (patch)
-                                                patch[i + 5] = '1';
-                                }
-                                i++;
-                        } else if (ch == '"')
+                        int v, w;
+
+                        if (ch == '"') {
                                 in_string = false;
-                } else if (ch == '"')
+                                /* Inside an entry (root, Payload, Sessions,
+                                 * entry), a string longer than any id can
+                                 * be is never used: keep the parser from
+                                 * copying it. */
+                                if (depth >= 4 && str_bytes > GATEWAY_ID_MAX) {
+                                        found = true;
+                                        if (patch)
+                                                shorten_string(patch, str_start, i);
+                                }
+                                continue;
+                        }
+                        str_bytes++;
+                        if (ch != '\\')
+                                continue;
+                        if (i + 5 >= len || text[i + 1] != 'u' || (v = hex4(text + i + 2)) < 0) {
+                                i++;
+                                continue;
+                        }
+                        /* A high surrogate with its low one: a pair, fine. */
+                        if (v >= 0xd800 && v <= 0xdbff && i + 11 < len && text[i + 6] == '\\' &&
+                            text[i + 7] == 'u' && (w = hex4(text + i + 8)) >= 0xdc00 && w <= 0xdfff) {
+                                str_bytes += 3;
+                                i += 11;
+                                continue;
+                        }
+                        if (v == 0 || (v >= 0xd800 && v <= 0xdfff)) {
+                                found = true;
+                                if (patch)
+                                        memcpy(patch + i + 2, "0001", 4);
+                        } else
+                                str_bytes += (v >= 0x80) + (v >= 0x800);
+                        i += 5;
+                } else if (ch == '"') {
                         in_string = true;
-                else if (ch == ',' || ch == '[' || ch == '{')
+                        str_start = i;
+                        str_bytes = 0;
+                } else if (ch == '[' || ch == '{') {
+                        values++;
+                        if (depth < JSON_DEPTH_MAX) {
+                                opened_at[depth++] = i;
+                                continue;
+                        }
+                        /* Too deep: cut out the container opened CUT_BACK
+                         * levels up, whose span holds the marker. */
+                        found = true;
+                        depth -= CUT_BACK;
+                        {
+                                size_t start = opened_at[depth], end = container_end(text, len, start);
+
+                                if (end == len)
+                                        break; /* never closes: cJSON refuses the text anyway */
+                                if (patch) {
+                                        memset(patch + start, ' ', end - start + 1);
+                                        memcpy(patch + start, "\"" CUT_MARKER "\"", strlen(CUT_MARKER) + 2);
+                                }
+                                i = end;
+                        }
+                } else if (ch == ']' || ch == '}') {
+                        if (depth > 0)
+                                depth--;
+                } else if (ch == ',')
                         values++;
         }
         *ret_values = values;
-        return nul;
+        return found;
+}
+
+/* Whether a value holds a container cut out by scan_json(). */
+static bool has_cut_marker(const cJSON *v) {
+        const cJSON *c;
+
+        if (cJSON_IsString(v))
+                return strcmp(v->valuestring, CUT_MARKER_TEXT) == 0;
+        cJSON_ArrayForEach(c, v) {
+                if (has_cut_marker(c))
+                        return true;
+        }
+        return false;
 }
 
 static bool has_repeated_field(const cJSON *item) {
@@ -373,6 +546,7 @@ static const char *parse_session(const cJSON *item, struct session *s) {
          * last: a field given twice has no one meaning. */
         if (has_repeated_field(item))
                 return "a field is given twice";
+
         id = cJSON_GetObjectItemCaseSensitive(item, "SessionId");
         user = cJSON_GetObjectItemCaseSensitive(item, "UserId");
         status = cJSON_GetObjectItemCaseSensitive(item, "SessionStatus");
@@ -380,6 +554,8 @@ static const char *parse_session(const cJSON *item, struct session *s) {
                 return "SessionId is not a non-empty string";
         /* Borrowed from the parsed document, which the list keeps. */
         s->session_id = id->valuestring;
+        if (has_cut_marker(item))
+                return "a field is nested more than 100 levels deep";
         if (!cJSON_IsString(user))
                 return "UserId is not a string";
         s->user_id = user->valuestring;
@@ -469,32 +645,19 @@ static int drop_duplicates(struct session_list *l) {
         return r;
 }
 
-int gateway_parse_list(const char *body, size_t len, struct session_list **ret_list,
-                       struct gateway_error *err) {
+/* Parses a list reply that scan_json() has made safe for cJSON. */
+static int parse_list(const char *body, size_t len, size_t values, struct session_list **ret_list,
+                      struct gateway_error *err) {
         struct session_list *l = NULL;
         cJSON *root = NULL, *payload, *sessions, *item;
-        char *clean = NULL;
-        size_t count, values;
+        size_t count;
         int r;
 
-        memset(err, 0, sizeof *err);
-        if (scan_json(body, len, NULL, &values)) {
-                clean = malloc(len + 1);
-                if (!clean)
-                        return -ENOMEM;
-                memcpy(clean, body, len);
-                clean[len] = '\0';
-                scan_json(body, len, clean, &values);
-                body = clean;
-        }
-        if (values > GATEWAY_LIST_MAX_VALUES) {
-                free(clean);
+        if (values > GATEWAY_LIST_MAX_VALUES)
                 return fail(err, GATEWAY_BAD_RESPONSE,
                             "the list has more than %d JSON values; refusing it unparsed",
                             GATEWAY_LIST_MAX_VALUES);
-        }
         r = parse_envelope(body, len, &root, err);
-        free(clean);
         if (r < 0)
                 return r;
         payload = cJSON_GetObjectItemCaseSensitive(root, "Payload");
@@ -559,6 +722,34 @@ out:
         return r;
 }
 
+int gateway_parse_list_in_place(char *body, size_t len, struct session_list **ret_list,
+                                struct gateway_error *err) {
+        size_t values;
+
+        memset(err, 0, sizeof *err);
+        scan_json(body, len, body, &values);
+        return parse_list(body, len, values, ret_list, err);
+}
+
+int gateway_parse_list(const char *body, size_t len, struct session_list **ret_list,
+                       struct gateway_error *err) {
+        char *copy;
+        size_t values;
+        int r;
+
+        memset(err, 0, sizeof *err);
+        if (!scan_json(body, len, NULL, &values))
+                return parse_list(body, len, values, ret_list, err);
+        copy = malloc(len + 1);
+        if (!copy)
+                return -ENOMEM;
+        memcpy(copy, body, len);
+        copy[len] = '\0';
+        r = gateway_parse_list_in_place(copy, len, ret_list, err);
+        free(copy);
+        return r;
+}
+
 int gateway_parse_ack(const char *body, size_t len, struct gateway_error *err) {
         cJSON *root = NULL;
         int r = parse_envelope(body, len, &root, err);
@@ -611,8 +802,6 @@ void session_list_free(struct session_list *l) {
                         free(l->items[i].session_id);
                         free(l->items[i].user_id);
                 }
-        for (size_t i = 0; i < l->n_malformed; i++)
-                free(l->malformed[i].id);
         free(l->malformed);
         free(l->docs);
         free(l->items);
@@ -647,6 +836,7 @@ int session_list_merge(struct session_list **lists, size_t n, struct session_lis
                         memcpy(m->malformed + m->n_malformed, lists[i]->malformed,
                                lists[i]->n_malformed * sizeof *m->malformed);
                 m->n_malformed += lists[i]->n_malformed;
+                m->malformed_cap = m->n_malformed;
                 /* The merged list owns the items' strings and documents now. */
                 lists[i]->n = lists[i]->n_docs = lists[i]->n_malformed = 0;
         }

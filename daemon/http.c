@@ -79,6 +79,7 @@ static void check_multi_info(struct http *h) {
         h->completing++;
         while (!h->free_requested && (msg = curl_multi_info_read(h->multi, &left))) {
                 struct request *req = NULL;
+                static char empty[1]; /* the body of a reply without one */
                 struct http_response resp = { 0 };
                 CURLcode result;
 
@@ -101,7 +102,7 @@ static void check_multi_info(struct http *h) {
 
                 resp.result = req->too_large ? CURLE_FILESIZE_EXCEEDED : result;
                 resp.too_large = req->too_large;
-                resp.body = req->buf ? req->buf : "";
+                resp.body = req->buf ? req->buf : empty;
                 resp.body_len = req->len;
                 resp.error = req->too_large       ? "response larger than the size limit"
                              : result == CURLE_OK ? ""

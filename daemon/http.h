@@ -21,9 +21,10 @@ struct http_options {
 };
 
 struct http_response {
-        CURLcode result;  /* CURLE_OK when a response arrived */
-        long status;      /* HTTP status, 0 when none */
-        const char *body; /* NUL-terminated, valid during the callback only */
+        CURLcode result; /* CURLE_OK when a response arrived */
+        long status;     /* HTTP status, 0 when none */
+        char *body;      /* NUL-terminated, valid during the callback only; the callback may rewrite
+                            it in place (gateway_parse_list_in_place()) */
         size_t body_len;
         bool too_large;     /* the body exceeded max_response_size */
         const char *error;  /* human-readable transport error, "" if none */

@@ -32,23 +32,31 @@ void idset_free(struct idset *s) {
         free(s);
 }
 
-int idset_mark(struct idset *s, const char *id) {
+int idset_keep(struct idset *s, const char *id) {
         char **found;
         char *copy;
 
         assert(s && id);
         if (tfind(id, &s->current, compare))
-                return 0;
+                return 1;
         found = tfind(id, &s->previous, compare);
-        if (found) {
-                copy = *found;
-                tdelete(copy, &s->previous, compare);
-                if (!tsearch(copy, &s->current, compare)) {
-                        free(copy);
-                        return -ENOMEM;
-                }
+        if (!found)
                 return 0;
+        copy = *found;
+        tdelete(copy, &s->previous, compare);
+        if (!tsearch(copy, &s->current, compare)) {
+                free(copy);
+                return -ENOMEM;
         }
+        return 1;
+}
+
+int idset_mark(struct idset *s, const char *id) {
+        char *copy;
+        int r = idset_keep(s, id);
+
+        if (r != 0)
+                return r < 0 ? r : 0;
         copy = strdup(id);
         if (!copy || !tsearch(copy, &s->current, compare)) {
                 free(copy);

@@ -187,30 +187,14 @@ static int print_json(FILE *out, const struct config *c, const struct session_li
 }
 
 int plan_print(FILE *out, enum plan_format format, const struct config *c, const struct session_list *l,
-               const struct state *st, const struct retry_table *retries, int64_t now_mono_ms) {
-        uint64_t *ages = malloc((l->n ? l->n : 1) * sizeof *ages);
-        struct decide_result r;
+               const struct state *st, const struct decide_result *r) {
         int ret = 0;
 
-        for (size_t i = 0; ages && i < l->n; i++)
-                ages[i] = state_age_ms(st, l->items[i].session_id, now_mono_ms);
-        if (!ages || decide(&(struct decide_input){ .config = c,
-                                                    .list = l,
-                                                    .ages = ages,
-                                                    .retries = retries,
-                                                    .now_ms = now_mono_ms },
-                            &r) < 0) {
-                free(ages);
-                fprintf(stderr, "out of memory while planning\n");
-                return -ENOMEM;
-        }
         if (format == PLAN_JSON)
-                ret = print_json(out, c, l, st, &r);
+                ret = print_json(out, c, l, st, r);
         else
-                print_table(out, c, l, st, &r);
+                print_table(out, c, l, st, r);
         if (ret >= 0)
-                ret = r.n_closes > INT_MAX ? INT_MAX : (int) r.n_closes;
-        decide_result_done(&r);
-        free(ages);
+                ret = r->n_closes > INT_MAX ? INT_MAX : (int) r->n_closes;
         return ret;
 }

@@ -56,18 +56,15 @@
 
 struct reclaimer;
 
+/* IDLE -> CYCLING -> ENDED -> IDLE ..., and from IDLE or ENDED to DONE.
+ * What a running cycle is doing (listing, closing) is the cycle's phase;
+ * whether the daemon is stopping is r->stopping. Only runner_set_state()
+ * changes it. */
 enum runner_state {
-        RUNNER_IDLE,     /* between cycles: the poll timer is armed */
-        RUNNER_LISTING,  /* a cycle runs: list call(s) in flight */
-        RUNNER_CLOSING,  /* a cycle runs: re-checks and closes in flight */
-        RUNNER_STOPPING, /* SIGTERM came during a cycle: no new request; waiting for it to end */
-        RUNNER_ENDED,    /* the cycle has ended; advance() wraps it up */
-        RUNNER_DONE,     /* nothing more runs (stopped, or --once/--plan finished) */
-};
-
-static const char *const runner_state_names[] = {
-        [RUNNER_IDLE] = "idle",         [RUNNER_LISTING] = "listing", [RUNNER_CLOSING] = "closing",
-        [RUNNER_STOPPING] = "stopping", [RUNNER_ENDED] = "ended",     [RUNNER_DONE] = "done",
+        RUNNER_IDLE,    /* between cycles: the poll timer is armed */
+        RUNNER_CYCLING, /* u->cycle runs */
+        RUNNER_ENDED,   /* the cycle has ended; advance() wraps it up */
+        RUNNER_DONE,    /* nothing more runs (stopped, or --once/--plan finished) */
 };
 
 /* One account: its own connections, state, timer and cycle, so that a
@@ -89,7 +86,12 @@ struct runner {
         struct metrics *metrics;
         struct idset *malformed_logged;
         struct throttle throttle;
-        struct cycle *cycle; /* from LISTING to ENDED */
+        struct cycle *cycle; /* from CYCLING to ENDED */
+        /* Files a running cycle was handed by reloads (cycle_reconfigure())
+         * and that a newer reload replaced: its jobs may point into them, so
+         * they are freed with the cycle. */
+        struct config **retired;
+        size_t n_retired;
         int64_t last_cycle_started_ms;
         int64_t not_before_ms;    /* boot-time ms: the gateway's list Retry-After runs until then */
         int64_t next_poll_wall_s; /* for STATUS= */
@@ -121,6 +123,40 @@ struct reclaimer {
         bool releasing;       /* ha: stopped; waiting for the lease's revoke */
         uint64_t ha_lease_ms; /* ha: the lease, which bounds every gateway request (2/3 of it) */
 };
+
+static void runner_set_state(struct runner *u, enum runner_state to) {
+        static const bool allowed[][4] = {
+                [RUNNER_IDLE] = { [RUNNER_CYCLING] = true, [RUNNER_DONE] = true },
+                [RUNNER_CYCLING] = { [RUNNER_ENDED] = true },
+                [RUNNER_ENDED] = { [RUNNER_IDLE] = true, [RUNNER_DONE] = true },
+                [RUNNER_DONE] = { false },
+        };
+
+        if (!allowed[u->run_state][to]) {
+                /* A bug: better a restart by systemd than a runner whose
+                 * state nobody can reason about. */
+                log_error("Internal error: runner state %d -> %d", (int) u->run_state, (int) to);
+                abort();
+        }
+        u->run_state = to;
+}
+
+/* What the runner is doing, for the log and STATUS=. */
+static const char *runner_doing(const struct runner *u) {
+        switch (u->run_state) {
+        case RUNNER_IDLE:
+                return "idle";
+        case RUNNER_CYCLING:
+                if (u->r->stopping)
+                        return "stopping";
+                return cycle_phase(u->cycle) == CYCLE_LISTING ? "listing" : "closing";
+        case RUNNER_ENDED:
+                return "ended";
+        case RUNNER_DONE:
+                return "done";
+        }
+        return "?";
+}
 
 /* ha_lease_ms (0 without ha:) caps every request at 2/3 of the lease: a
  * close sent while the lease is fresh (less than lease/3 after the last
@@ -226,10 +262,47 @@ static bool fuse_tripped(const struct cycle_result *res) {
         return !res->list_failed && res->fused > 0;
 }
 
+static bool auth_refused(const struct cycle_result *res) {
+        return res->auth_failed;
+}
+
+/* With several accounts: "; credentials refused: A; throttled: B (N
+ * calls); paused by the gateway's Retry-After: C", for every account that
+ * cannot reclaim for a reason other than failing to list or a tripped
+ * fuse (those have their own words). */
+static void account_problems(const struct reclaimer *r, char *buf, size_t n) {
+        char names[256];
+        size_t len = 0, k = 0;
+        int64_t now = now_mono_ms();
+
+        buf[0] = '\0';
+        if (*accounts_where(r, auth_refused, names, sizeof names))
+                len += (size_t) snprintf(buf + len, n - len, "; credentials refused: %s", names);
+        for (size_t i = 0; i < r->n_runners && len < n; i++) {
+                const struct runner *u = &r->runners[i];
+
+                if (u->last.throttled == 0)
+                        continue;
+                len += (size_t) snprintf(buf + len, n - len, "%s%s (%zu calls)",
+                                         k++ ? ", " : "; throttled: ", account(u), u->last.throttled);
+        }
+        k = 0;
+        for (size_t i = 0; i < r->n_runners && len < n; i++) {
+                const struct runner *u = &r->runners[i];
+
+                if (u->not_before_ms <= now && throttle_held_ms(&u->throttle, now) == 0)
+                        continue;
+                len += (size_t) snprintf(buf + len, n - len, "%s%s",
+                                         k++ ? ", " : "; paused by the gateway's Retry-After: ", account(u));
+        }
+}
+
 /* STATUS= for `systemctl status`: one line about the last cycles, naming a
- * tripped share fuse, the accounts that fail to list and a failed reload. */
+ * tripped share fuse, the accounts that fail to list, that are refused,
+ * throttled or paused, and a failed reload. */
 static void notify_status(struct reclaimer *r, struct runner *u) {
-        char every[32], when[32], failing[256], fused[256], extra[640], body[2048], role[192] = "";
+        char every[32], when[32], failing[256], fused[256], extra[640], body[2048], role[192] = "",
+                                                                                    problems[768];
         time_t t = (time_t) u->next_poll_wall_s;
         size_t listed = 0, reclaimed = 0, failed = 0, n_fused = 0, n_list_failed = 0;
         struct tm tm;
@@ -251,13 +324,14 @@ static void notify_status(struct reclaimer *r, struct runner *u) {
         snprintf(extra, sizeof extra, "%s%s%s", n_fused ? "; share fuse tripped: " : "",
                  n_fused ? fused : "",
                  r->reload_failed ? "; the last reload failed, the previous policy runs" : "");
-        if (r->n_runners > 1)
+        if (r->n_runners > 1) {
+                account_problems(r, problems, sizeof problems);
                 snprintf(body, sizeof body,
                          "%zu accounts: %zu sessions listed, %zu reclaimed, %zu failed in the last "
-                         "cycles%s%s%s",
+                         "cycles%s%s%s%s",
                          r->n_runners, listed, reclaimed, failed, n_list_failed ? "; failing to list: " : "",
-                         n_list_failed ? failing : "", extra);
-        else if (u->last.auth_failed)
+                         n_list_failed ? failing : "", problems, extra);
+        } else if (u->last.auth_failed)
                 snprintf(body, sizeof body,
                          "The gateway refuses our credentials: check appkey, token and clock; %zu "
                          "reclaimed in total, next poll at %s%s",
@@ -421,9 +495,7 @@ static void cycle_phase_changed(struct cycle *c, enum cycle_phase phase, void *u
 
         (void) c;
         if (phase == CYCLE_ENDED)
-                u->run_state = RUNNER_ENDED;
-        else if (phase == CYCLE_CLOSING && u->run_state == RUNNER_LISTING)
-                u->run_state = RUNNER_CLOSING;
+                runner_set_state(u, RUNNER_ENDED);
         kick(u);
 }
 
@@ -464,8 +536,7 @@ static void start_cycle(struct runner *u) {
                 .next_cycle = r->opt.mode == RECLAIMER_DAEMON,
                 .malformed_logged = u->malformed_logged,
                 .throttle = &u->throttle,
-                .plan_out = r->opt.mode == RECLAIMER_PLAN ? r->opt.plan_out : NULL,
-                .plan_format = r->opt.plan_format,
+                .plan = r->opt.mode == RECLAIMER_PLAN,
                 .ha = r->ha,
         };
         int ret;
@@ -473,13 +544,12 @@ static void start_cycle(struct runner *u) {
         assert(u->run_state == RUNNER_IDLE && !u->cycle);
         if (r->opt.mode != RECLAIMER_PLAN)
                 check_clock(u);
-        if (env.plan_out && env.plan_format == PLAN_TABLE && r->n_runners > 1)
-                fprintf(env.plan_out, "%s== account %s\n", u == r->runners ? "" : "\n", account(u));
         u->last_cycle_started_ms = now_mono_ms();
         throttle_new_cycle(&u->throttle);
-        u->run_state = RUNNER_LISTING;
         ret = cycle_start(&env, cycle_phase_changed, u, &u->cycle);
-        if (ret < 0) {
+        if (ret >= 0)
+                runner_set_state(u, RUNNER_CYCLING);
+        else {
                 /* Already logged as a failed cycle. */
                 u->cycle = NULL;
                 r->cycles++;
@@ -487,10 +557,9 @@ static void start_cycle(struct runner *u) {
                 u->last =
                         (struct cycle_result){ .list_failed = true, .started_ms = u->last_cycle_started_ms };
                 if (r->opt.mode != RECLAIMER_DAEMON) {
-                        u->run_state = RUNNER_DONE;
+                        runner_set_state(u, RUNNER_DONE);
                         kick(u);
                 } else {
-                        u->run_state = RUNNER_IDLE;
                         schedule_next(u, u->last_cycle_started_ms, 0, false);
                         notify_status(r, u);
                 }
@@ -508,13 +577,35 @@ static int64_t sweep_earliest_ms(const struct runner *u) {
         return t > u->not_before_ms ? t : u->not_before_ms;
 }
 
+/* --plan: plan.c renders the decision the cycle handed over. */
+static void render_plan(struct runner *u) {
+        struct reclaimer *r = u->r;
+        const struct session_list *list = NULL;
+        const struct config *cfg = NULL;
+        const struct decide_result *d = cycle_decision(u->cycle, &list, &cfg);
+
+        if (!d)
+                return;
+        if (r->opt.plan_format == PLAN_TABLE && r->n_runners > 1)
+                fprintf(r->opt.plan_out, "%s== account %s\n", u == r->runners ? "" : "\n", account(u));
+        if (plan_print(r->opt.plan_out, r->opt.plan_format, cfg, list, u->state, d) < 0)
+                u->last.list_failed = true;
+}
+
 /* The cycle has ended: record it, free it, write state and metrics. */
 static void finish_cycle(struct runner *u) {
         struct reclaimer *r = u->r;
 
         u->last = *cycle_result(u->cycle);
+        if (r->opt.mode == RECLAIMER_PLAN)
+                render_plan(u);
         cycle_free(u->cycle);
         u->cycle = NULL;
+        for (size_t i = 0; i < u->n_retired; i++)
+                config_free(u->retired[i]);
+        free(u->retired);
+        u->retired = NULL;
+        u->n_retired = 0;
         r->cycles++;
         r->total_reclaimed += u->last.closed + u->last.already_closed;
         r->planned += u->last.planned;
@@ -550,7 +641,7 @@ static void advance(struct runner *u) {
         if (u->run_state == RUNNER_ENDED) {
                 finish_cycle(u);
                 if (r->stopping || r->opt.mode != RECLAIMER_DAEMON) {
-                        u->run_state = RUNNER_DONE;
+                        runner_set_state(u, RUNNER_DONE);
                         /* --plan runs the accounts one after the other, so that
                          * their tables do not interleave. */
                         if (r->opt.mode == RECLAIMER_PLAN && !r->stopping &&
@@ -564,7 +655,7 @@ static void advance(struct runner *u) {
                         uint64_t paused = throttle_held_ms(&u->throttle, now_mono_ms());
                         uint64_t wait = paused > u->last.retry_after_ms ? paused : u->last.retry_after_ms;
 
-                        u->run_state = RUNNER_IDLE;
+                        runner_set_state(u, RUNNER_IDLE);
                         apply_pending(u);
                         if (u->sweep_requested) {
                                 u->sweep_requested = false;
@@ -605,8 +696,7 @@ static void poll_cb(struct ev_loop *loop, ev_timer *w, int revents) {
         (void) loop;
         (void) revents;
         if (u->run_state != RUNNER_IDLE || u->r->stopping) {
-                ulog(u, LOG_WARNING, "The previous cycle is still %s; skipping this tick",
-                     runner_state_names[u->run_state]);
+                ulog(u, LOG_WARNING, "The previous cycle is still %s; skipping this tick", runner_doing(u));
                 return;
         }
         start_cycle(u);
@@ -703,7 +793,7 @@ static void reload(struct reclaimer *r) {
         /* Hand each account its new configuration. */
         for (size_t i = 0; i < n; i++) {
                 struct runner *u = &r->runners[i];
-                struct config *old_pending = u->pending_config;
+                struct config *old_pending = u->pending_config, **retired;
                 struct credentials *old_creds = u->pending_creds;
 
                 if (accounts) {
@@ -728,6 +818,19 @@ static void reload(struct reclaimer *r) {
                         /* A new poll_interval counts from the start of the last cycle. */
                         if (ev_is_active(&u->poll_timer))
                                 schedule_next(u, u->last_cycle_started_ms, 0, false);
+                }
+                /* A running cycle may still point into the older pending
+                 * file: it is freed with the cycle. */
+                if (u->cycle && old_pending) {
+                        retired = reallocarray(u->retired, u->n_retired + 1, sizeof *retired);
+                        if (retired) {
+                                u->retired = retired;
+                                u->retired[u->n_retired++] = old_pending;
+                        } else
+                                ulog(u, LOG_WARNING,
+                                     "Out of memory keeping the previous reloaded file for the running "
+                                     "cycle; it is kept for the life of the process");
+                        old_pending = NULL;
                 }
                 config_free(old_pending);
                 credentials_free(old_creds);
@@ -796,7 +899,7 @@ static void watchdog_cb(struct ev_loop *loop, ev_timer *w, int revents) {
         (void) revents;
         for (size_t i = 0; i < r->n_runners && !stalled; i++) {
                 struct runner *u = &r->runners[i];
-                struct cycle_progress p = { 0 };
+                struct cycle_activity p = { 0 };
                 struct health_input in = {
                         .now_ms = now_mono_ms(),
                         .stopping = r->stopping,
@@ -807,7 +910,7 @@ static void watchdog_cb(struct ev_loop *loop, ev_timer *w, int revents) {
                 };
 
                 if (u->cycle) {
-                        cycle_get_progress(u->cycle, &p);
+                        cycle_get_activity(u->cycle, &p);
                         in.last_progress_ms = p.last_progress_ms;
                         in.paused = p.paused;
                 }
@@ -821,8 +924,12 @@ static void watchdog_cb(struct ev_loop *loop, ev_timer *w, int revents) {
                 ulog(stalled, LOG_ERR,
                      "Reclaiming has stalled (%s): %s; withholding the watchdog ping so that systemd "
                      "restarts the service",
-                     runner_state_names[stalled->run_state], reason);
-                sd_notifyf(0, "STATUS=Stalled (%s): %s", runner_state_names[stalled->run_state], reason);
+                     runner_doing(stalled), reason);
+                if (r->n_runners > 1)
+                        sd_notifyf(0, "STATUS=Stalled (%s, account %s): %s", runner_doing(stalled),
+                                   account(stalled), reason);
+                else
+                        sd_notifyf(0, "STATUS=Stalled (%s): %s", runner_doing(stalled), reason);
                 r->unhealthy_logged = true;
         }
 }
@@ -918,15 +1025,12 @@ static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents) {
                         grace = g;
                 switch (u->run_state) {
                 case RUNNER_IDLE:
-                        u->run_state = RUNNER_DONE;
+                        runner_set_state(u, RUNNER_DONE);
                         break;
-                case RUNNER_LISTING:
-                case RUNNER_CLOSING:
-                        u->run_state = RUNNER_STOPPING;
+                case RUNNER_CYCLING:
                         waiting = true;
                         cycle_stop(u->cycle); /* may end it at once: then the state is ENDED */
                         break;
-                case RUNNER_STOPPING:
                 case RUNNER_ENDED:
                 case RUNNER_DONE:
                         break;
@@ -978,6 +1082,9 @@ static void runner_done(struct runner *u) {
         /* Cancels what is still in flight (the grace period ran out); no callback runs. */
         http_free(u->http);
         cycle_free(u->cycle);
+        for (size_t i = 0; i < u->n_retired; i++)
+                config_free(u->retired[i]);
+        free(u->retired);
         if (u->state)
                 save_state(u);
         state_free(u->state);

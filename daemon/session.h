@@ -26,8 +26,8 @@ struct session {
 /* A listed entry that is never acted on: its SessionId or UserId is not a
  * usable id (see gateway_id_problem()). */
 struct malformed_entry {
-        char *id;           /* the SessionId, escaped (\xNN) so it can be logged */
         const char *raw_id; /* the SessionId as parsed (borrowed from the list's documents), or NULL */
+        size_t index;       /* its place in Sessions[], for an entry without a SessionId */
         const char *reason; /* static text */
         bool live;          /* listed with SessionStatus 1 or 3: it holds a slot */
 };
@@ -41,7 +41,7 @@ struct session_list {
          * hold a slot on the account, so they count as live for the share
          * fuse. */
         struct malformed_entry *malformed;
-        size_t n_malformed;
+        size_t n_malformed, malformed_cap;
         /* The parsed replies (cJSON trees) the items' strings point into;
          * none when the list owns its strings (lists built by hand). */
         struct cJSON **docs;
@@ -49,3 +49,7 @@ struct session_list {
 };
 
 const char *session_status_to_string(int status);
+
+/* The entry's SessionId as it can be logged: escaped (\xNN) and cut to
+ * fit buf, or "Sessions[N]" when it has none. Returns buf. */
+char *malformed_entry_id(const struct malformed_entry *m, char *buf, size_t n);

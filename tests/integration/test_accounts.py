@@ -63,6 +63,32 @@ accounts:
         env["IVH_ACCESS_TOKEN_GAMMA"] = self.tokens["gamma"]
         return env
 
+    def test_status_names_every_account_that_cannot_reclaim_and_why(self):
+        # Issue 19: with several accounts STATUS= summed the counts and hid
+        # the account whose every close was refused.
+        from test_systemd import NotifySocket
+        notify = NotifySocket(self.dir)
+        self.addCleanup(notify.close)
+        self.gws["gamma"].latency = 0.0
+        for i in range(3):
+            self.gws["alpha"].add_session("a%d" % i, STREAM_FAILED)
+            self.gws["gamma"].add_session("g%d" % i, STREAM_FAILED)
+        self.gws["alpha"].add_fault("closesession", "api_error", count=10 ** 6, code=100012,
+                                    message="too frequent")
+        self.gws["gamma"].add_fault("closesession", "api_error", count=10 ** 6, code=100005,
+                                    message="unauthorized")
+        env = dict(self.env_tokens(), NOTIFY_SOCKET=notify.path,
+                   IVH_ACCESS_TOKEN_BETA=self.tokens["beta"])
+        p = self.start_daemon(env=env)
+
+        def told(msgs):
+            status = [m for m in msgs if m.startswith("STATUS=3 accounts")]
+            return status and "throttled: alpha" in status[-1] and "credentials refused: gamma" in status[-1]
+        notify.wait_for(told, "STATUS= naming alpha as throttled and gamma as refused", timeout=30)
+        run = self.stop_daemon(p)
+        self.assertEqual(run.returncode, 0, run)
+        self.assertEqual(self.gws["alpha"].closed_ids() + self.gws["gamma"].closed_ids(), [])
+
     def test_a_hanging_gateway_stalls_only_its_account(self):
         g = self.gws
         stuck = g["gamma"].add_session("g1", STREAM_FAILED)

@@ -70,6 +70,61 @@ class Reload(DaemonTest):
         self.assertTrue(all("protects it" in l["reason"] for l in skipped))
         self.assertEqual(len(closed) + len(skipped), len(ids))
 
+    def _over_capacity_reload(self, new_policy, closed_before_reload=1):
+        # Issue 19: 30 live sessions, capacity 10, closes taking 0.5 s two at
+        # a time. The operator fixes the file mid-cycle; --plan on the new
+        # file says 0 to reclaim, and so must the cycle that is running.
+        self.gw.latency = 0.5
+        for i in range(30):
+            self.gw.add_session("app-%d" % i, IN_PROGRESS)
+        self.seed_state({sid: 7200 + i for i, sid in enumerate(self.gw.sessions)})
+        fuse_off = "fuse: {max_share: 100%, min_sessions: 1000}\n"
+
+        def write(policy):
+            self.write_config([], poll_interval="60s", max_parallel=2, timeout="5s", extra=fuse_off)
+            with open(self.config_file) as f:
+                text = f.read().replace("policies: []\n", "policies:\n  - " + policy + "\n")
+            with open(self.config_file, "w") as f:
+                f.write(text)
+
+        write("{name: cap, kind: over_capacity, capacity: 10, keep_free: 0}")
+        p = self.start_daemon()
+        wait_for(lambda: len(self.gw.closed_ids()) >= closed_before_reload, timeout=20,
+                 what="the first closes")
+        write(new_policy)
+        plan = self.run_daemon("--plan")
+        self.assertIn(" 0 to reclaim", plan.stdout, plan)
+        at_reload = len(self.gw.closed_ids()) + self.gw.in_flight.get("closesession", 0)
+        p.send_signal(signal.SIGHUP)
+        wait_for(lambda: any("checked against the new file" in l.get("msg", "") for l in self.daemon_log(p)),
+                 what="the reload")
+        time.sleep(2.0)
+        run = self.stop_daemon(p)
+        self.assertEqual(run.returncode, 0, run)
+        return at_reload, run
+
+    def test_reload_raising_capacity_stops_over_capacity_closes(self):
+        at_reload, run = self._over_capacity_reload(
+            "{name: cap, kind: over_capacity, capacity: 1000, keep_free: 0}")
+        # What was in flight when the file was loaded may finish; nothing more goes out.
+        self.assertLessEqual(len(self.gw.closed_ids()), at_reload + 2, run)
+        self.assertGreaterEqual(len(run.reclaims("skipped")), 20 - at_reload - 2, run)
+        self.assertTrue(all("no longer selects it" in l["reason"] for l in run.reclaims("skipped")), run)
+
+    def test_reload_adding_after_stops_over_capacity_closes(self):
+        at_reload, run = self._over_capacity_reload(
+            "{name: cap, kind: over_capacity, capacity: 10, keep_free: 0, after: 3h}")
+        self.assertLessEqual(len(self.gw.closed_ids()), at_reload + 2, run)
+
+    def test_reload_counts_the_closes_already_sent(self):
+        # 8 of the 20 victims are closed when capacity goes to 24: 22 or
+        # fewer are live, so the new file selects nobody.
+        at_reload, run = self._over_capacity_reload(
+            "{name: cap, kind: over_capacity, capacity: 24, keep_free: 0}", closed_before_reload=8)
+        self.assertLessEqual(len(self.gw.closed_ids()), at_reload + 2, run)
+        live = [s for s in self.gw.sessions.values() if s["SessionStatus"] in (1, 3)]
+        self.assertGreaterEqual(len(live), 30 - at_reload - 2)
+
     def test_no_request_starts_after_sigterm(self):
         # Item 5: a statsession re-check finishing after SIGTERM used to send its closesession.
         self.gw.latency = 0.5
@@ -136,6 +191,40 @@ class HostileIds(DaemonTest):
         self.assertEqual(run.returncode, 0, run)
         self.assertEqual(self.gw.closed_ids(), ["good"])
         self.assertTrue(any("not valid UTF-8" in l.get("msg", "") for l in run.logs), run)
+
+
+class HostileButValidJson(DaemonTest):
+    """Issue 19: valid JSON that one parser refuses as a whole must cost one
+    entry, not the account."""
+
+    def test_lone_surrogates_skip_their_entry_only(self):
+        forms = ['"SessionId":"s-bad\\udc00","UserId":"u"',
+                 '"SessionId":"s-ok-id","UserId":"js-client\\ud800"',
+                 '"SessionId":"s2\\udc00\\ud800","UserId":"u"',
+                 '"SessionId":"s3\\ud800x","UserId":"u"']
+        entries = ",".join("{%s,\"SessionStatus\":4,\"IsSessionStarted\":true}" % f for f in forms)
+        good = self.gw.add_session("u", STREAM_FAILED, session_id="good")
+        body = ('{"Header":{"Code":0,"Message":""},"Payload":{"Sessions":[%s,'
+                '{"SessionId":"good","UserId":"u","SessionStatus":4,"IsSessionStarted":true}]}}' % entries)
+        self.gw.add_fault("listsessionofuin", "garbage", body=body.encode())
+        self.write_config([("failed-streams", "failed", "0s")])
+        run = self.run_daemon("--once")
+        self.assertEqual(run.returncode, 0, run)
+        self.assertEqual(self.gw.closed_ids(), [good])
+        self.assertEqual(run.summaries()[0]["malformed"], "4", run)
+        self.assertFalse(any("not valid JSON" in l.get("msg", "") for l in run.logs), run)
+
+    def test_a_field_nested_past_the_parser_limit_skips_its_entry(self):
+        good = self.gw.add_session("u", STREAM_FAILED, session_id="good")
+        body = ('{"Header":{"Code":0,"Message":""},"Payload":{"Sessions":['
+                '{"SessionId":"deep","UserId":"u","SessionStatus":4,"x":' + "[" * 5000 + "]" * 5000 + '},'
+                '{"SessionId":"good","UserId":"u","SessionStatus":4,"IsSessionStarted":true}]}}')
+        self.gw.add_fault("listsessionofuin", "garbage", body=body.encode())
+        self.write_config([("failed-streams", "failed", "0s")])
+        run = self.run_daemon("--once")
+        self.assertEqual(run.returncode, 0, run)
+        self.assertEqual(self.gw.closed_ids(), [good])
+        self.assertEqual(run.summaries()[0]["malformed"], "1", run)
 
 
 class Clock(DaemonTest):
@@ -442,6 +531,42 @@ class HostileSizes(DaemonTest):
             self.assertLess(int(status["VmRSS"].split()[0]), 24 * 1024, "memory not given back")
         failed = [l for l in run.logs if l.get("message_id") == "f8e2aad76f6749b7a1433345838414f1"]
         self.assertIn("JSON values", failed[0]["error"])
+
+
+class HostileLists(DaemonTest):
+    def test_a_16_mib_list_of_hostile_ids_stays_within_64_mb_and_logs_a_bounded_count(self):
+        # Issue 19: ~50,000 entries with 258-byte ids of invalid UTF-8 took
+        # 118-175 MB, kept ~69 MB between cycles, and logged 2 KB per id.
+        entry = b'{"SessionId":"' + b"\xff" * 258 + b'%d","UserId":"u","SessionStatus":1},'
+        parts, size, n = [], 0, 0
+        head = b'{"Header":{"Code":0,"Message":""},"Payload":{"Sessions":['
+        while size < 16 * 1024 * 1024 - 400:
+            e = entry.replace(b"%d", str(n).encode())
+            parts.append(e)
+            size += len(e)
+            n += 1
+        body = head + b"".join(parts[:-2]) + b'{"SessionId":"live","UserId":"u","SessionStatus":1}]}}'
+        self.assertLess(len(body), 16 * 1024 * 1024)
+        self.gw.add_fault("listsessionofuin", "garbage", body=body)
+        sid = self.gw.add_session("u1", STREAM_FAILED)
+        self.write_config([("failed-streams", "failed", "0s")], poll_interval="300ms", timeout="20s")
+        p = self.start_daemon()
+        wait_for(lambda: self.gw.closed_ids() == [sid], timeout=120, what="the next, normal cycle")
+        with open("/proc/%d/status" % p.pid) as f:
+            status = dict(l.split(":", 1) for l in f.read().splitlines())
+        run = self.stop_daemon(p)
+        self.assertEqual(run.returncode, 0, run)
+        first = run.summaries()[0]
+        self.assertEqual(int(first["malformed"]), len(parts) - 2, run.summaries()[:2])
+        one_by_one = [l for l in run.logs if l.get("msg", "").startswith("Ignoring listed session")]
+        self.assertLessEqual(len(one_by_one), 20)
+        counted = [l for l in run.logs if l.get("msg", "").startswith("Ignoring %d more" % (len(parts) - 22))]
+        self.assertEqual(len(counted), 1, [l["msg"] for l in run.logs if "Ignoring" in l.get("msg", "")][-3:])
+        hwm_kb = int(status["VmHWM"].split()[0])
+        sanitized = "detect_leaks" in os.environ.get("ASAN_OPTIONS", "")
+        if not sanitized:
+            self.assertLess(hwm_kb, 64 * 1024, "peak RSS")
+            self.assertLess(int(status["VmRSS"].split()[0]), 24 * 1024, "memory not given back")
 
 
 class RedTeam(DaemonTest):

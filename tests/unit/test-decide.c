@@ -202,7 +202,13 @@ static void run_scenario(const struct scenario *sc) {
         assert_int_equal(retry_table_new(&retries), 0);
         if (sc->backing_off)
                 assert_true(retry_failed(retries, sc->backing_off, 1000, MIN, 60 * MIN, 0, 0) > 0);
-        assert_int_equal(decide(&(struct decide_input){ &cfg, &l, ls.ages, retries, 1000 }, &r), 0);
+        assert_int_equal(decide(&(struct decide_input){ .config = &cfg,
+                                                        .list = &l,
+                                                        .ages = ls.ages,
+                                                        .retries = retries,
+                                                        .now_ms = 1000 },
+                                &r),
+                         0);
         for (size_t i = 0; i < sc->n_entries; i++) {
                 const struct entry *e = &sc->entries[i];
 
@@ -239,7 +245,7 @@ static void test_counts(void **state) {
         };
         struct listed ls;
         /* A live entry never acted on counts as live: 2 due of 4 live. */
-        struct malformed_entry junk = { .id = (char *) "x", .reason = "test", .live = true };
+        struct malformed_entry junk = { .raw_id = "x", .reason = "test", .live = true };
         struct session_list l = {
                 .items = ls.items, .n = sc->n_entries, .malformed = &junk, .n_malformed = 1
         };
@@ -247,7 +253,8 @@ static void test_counts(void **state) {
 
         (void) state;
         listed_fill(&ls, sc);
-        assert_int_equal(decide(&(struct decide_input){ &cfg, &l, ls.ages, NULL, 0 }, &r), 0);
+        assert_int_equal(decide(&(struct decide_input){ .config = &cfg, .list = &l, .ages = ls.ages }, &r),
+                         0);
         assert_int_equal(r.due, 4);
         assert_int_equal(r.live, 4); /* n1, n2, live and the malformed live entry */
         assert_int_equal(r.due_live, 2);
@@ -260,16 +267,92 @@ static void test_counts(void **state) {
 
         /* An empty list decides nothing, and needs no ages. */
         l = (struct session_list){ 0 };
-        assert_int_equal(decide(&(struct decide_input){ &cfg, &l, NULL, NULL, 0 }, &r), 0);
+        assert_int_equal(decide(&(struct decide_input){ .config = &cfg, .list = &l }, &r), 0);
         assert_int_equal(r.n_closes, 0);
         assert_false(r.fuse_tripped);
         decide_result_done(&r);
+}
+
+/* A re-decision in a running cycle (issue 19): the closes already sent
+ * are not closed twice, do not count as live for over_capacity, spend
+ * max_closes_per_cycle and count as due live sessions for the share fuse,
+ * so that the closes not yet sent are what the file in force selects. */
+static void test_redecision_counts_what_was_sent(void **state) {
+        enum { N = 30 };
+        struct policy cap[] = { { .name = "cap", .kind = POLICY_OVER_CAPACITY, .capacity = 10 } };
+        struct config cfg = {
+                .policies = cap,
+                .n_policies = 1,
+                .max_closes_per_cycle = 100,
+                .fuse = { .max_share = 1.0, .min_sessions = 1000 },
+        };
+        struct session items[N];
+        char ids[N][8];
+        uint64_t ages[N];
+        bool sent[N] = { false };
+        struct session_list l = { .items = items, .n = N };
+        struct decide_input in = { .config = &cfg, .list = &l, .ages = ages, .sent = sent };
+        struct decide_result first, again;
+
+        (void) state;
+        for (size_t i = 0; i < N; i++) {
+                snprintf(ids[i], sizeof ids[i], "s%02zu", i);
+                items[i] = (struct session){
+                        .session_id = ids[i], .user_id = "u", .status = 1, .started = TRISTATE_TRUE
+                };
+                ages[i] = (uint64_t) (60 + i) * MIN; /* s29 is the oldest */
+        }
+        assert_int_equal(decide(&in, &first), 0);
+        assert_int_equal(first.n_closes, 20);
+
+        /* 8 of the 20 went out: the same 12 are left, whatever the order. */
+        for (size_t k = 0; k < 8; k++)
+                sent[first.closes[k]] = true;
+        assert_int_equal(decide(&in, &again), 0);
+        assert_int_equal(again.sent, 8);
+        assert_int_equal(again.n_closes, 12);
+        for (size_t k = 0; k < again.n_closes; k++) {
+                assert_false(sent[again.closes[k]]);
+                assert_int_equal(first.rows[again.closes[k]].outcome, DECIDE_CLOSE);
+        }
+        decide_result_done(&again);
+
+        /* The file now says capacity 24: 22 are live, nothing more goes. */
+        cap[0].capacity = 24;
+        assert_int_equal(decide(&in, &again), 0);
+        assert_int_equal(again.n_closes, 0);
+        decide_result_done(&again);
+
+        /* max_closes_per_cycle 10: 8 were sent, 2 more may go. */
+        cap[0].capacity = 10;
+        cfg.max_closes_per_cycle = 10;
+        assert_int_equal(decide(&in, &again), 0);
+        assert_int_equal(again.n_closes, 2);
+        assert_int_equal(again.deferred, 10);
+        decide_result_done(&again);
+
+        /* A share fuse of 50%: 20 due of 30 live trips it, sent or not. */
+        cfg.max_closes_per_cycle = 100;
+        cfg.fuse = (struct fuse_config){ .max_share = 0.5, .min_sessions = 1 };
+        assert_int_equal(decide(&in, &again), 0);
+        assert_true(again.fuse_tripped);
+        assert_int_equal(again.n_closes, 0);
+        decide_result_done(&again);
+
+        /* A dry run, from the file or --dry-run, is in the result. */
+        cfg.fuse = (struct fuse_config){ .max_share = 1.0, .min_sessions = 1000 };
+        cfg.dry_run = true;
+        assert_int_equal(decide(&in, &again), 0);
+        assert_true(again.dry_run);
+        decide_result_done(&again);
+        decide_result_done(&first);
 }
 
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_scenarios),
                 cmocka_unit_test(test_counts),
+                cmocka_unit_test(test_redecision_counts_what_was_sent),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -10,6 +10,9 @@
 #include <cmocka.h>
 
 #include "gateway.h"
+
+/* The escaped id of a malformed entry, for the assertions. */
+static char idbuf[1100];
 #include "util.h"
 
 /* The known-answer vector from the API documentation. */
@@ -166,7 +169,7 @@ static void test_parse_list_duplicates_and_unknown_started(void **state) {
         assert_int_equal(l->n, 2);
         assert_int_equal(l->n_duplicates, 1);
         assert_int_equal(l->n_malformed, 1);
-        assert_string_equal(l->malformed[0].id, "x");
+        assert_string_equal(malformed_entry_id(&l->malformed[0], idbuf, sizeof idbuf), "x");
         assert_string_equal(l->items[0].session_id, "y");
         assert_int_equal(l->items[0].started, TRISTATE_UNKNOWN);
         assert_int_equal(l->items[0].status, 4);
@@ -266,7 +269,7 @@ static void test_parse_list_bad_entries_skipped(void **state) {
                 assert_int_equal(gateway_parse_list(bad[i], strlen(bad[i]), &l, &err), 0);
                 assert_int_equal(l->n_malformed, 1);
                 assert_true(l->n <= 1);
-                assert_non_null(l->malformed[0].id);
+                assert_non_null(malformed_entry_id(&l->malformed[0], idbuf, sizeof idbuf));
                 assert_non_null(l->malformed[0].reason);
                 session_list_free(l);
         }
@@ -310,7 +313,7 @@ static void test_merge(void **state) {
         assert_int_equal(m->n, 2);
         assert_int_equal(m->n_duplicates, 0);
         assert_int_equal(m->n_malformed, 1);
-        assert_string_equal(m->malformed[0].id, "y");
+        assert_string_equal(malformed_entry_id(&m->malformed[0], idbuf, sizeof idbuf), "y");
         assert_string_equal(m->items[0].session_id, "x");
         assert_string_equal(m->items[1].session_id, "z");
         session_list_free(m);
@@ -390,8 +393,8 @@ static void test_parse_list_hostile_ids_skipped(void **state) {
         assert_string_equal(l->items[0].session_id, "a\\u0000");
         assert_string_equal(l->items[1].session_id, "victim");
         assert_int_equal(l->n_malformed, 2);
-        assert_string_equal(l->malformed[0].id, "victim\\x01x");
-        assert_string_equal(l->malformed[1].id, "ok");
+        assert_string_equal(malformed_entry_id(&l->malformed[0], idbuf, sizeof idbuf), "victim\\x01x");
+        assert_string_equal(malformed_entry_id(&l->malformed[1], idbuf, sizeof idbuf), "ok");
         session_list_free(l);
 
         /* A raw NUL byte inside a string is no id either. */
@@ -404,6 +407,62 @@ static void test_parse_list_hostile_ids_skipped(void **state) {
                 assert_int_equal(l->n, 0);
                 assert_int_equal(l->n_malformed, 1);
                 session_list_free(l);
+        }
+}
+
+/* Valid JSON that cJSON alone would refuse as a whole (issue 19): a lone
+ * UTF-16 surrogate in any form, a field nested past the parser's limit.
+ * The entry is skipped; the rest of the list is decided. */
+static void test_parse_list_surrogates_and_depth_skip_the_entry(void **state) {
+        static const char *const bad[] = {
+                "\"SessionId\":\"s-bad\\udc00\",\"UserId\":\"u\"",         /* a low surrogate alone */
+                "\"SessionId\":\"s-bad\",\"UserId\":\"js-client\\ud800\"", /* a high one at the end */
+                "\"SessionId\":\"s\\ud800x\",\"UserId\":\"u\"",            /* a high one alone */
+                "\"SessionId\":\"s\\udc00\\ud800\",\"UserId\":\"u\"",      /* a reversed pair */
+                "\"SessionId\":\"s\\uD800\\u0041\",\"UserId\":\"u\"",      /* high + not low */
+        };
+        struct gateway_error err;
+        char json[4096];
+
+        (void) state;
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
+                struct session_list *l = NULL;
+
+                snprintf(json, sizeof json,
+                         "{\"Header\":{\"Code\":0},\"Payload\":{\"Sessions\":["
+                         "{%s,\"SessionStatus\":4},"
+                         "{\"SessionId\":\"ok\\ud83d\\ude00\",\"UserId\":\"u\",\"SessionStatus\":4}]}}",
+                         bad[i]);
+                assert_int_equal(gateway_parse_list(json, strlen(json), &l, &err), 0);
+                assert_int_equal(l->n, 1);
+                assert_string_equal(l->items[0].session_id, "ok\xf0\x9f\x98\x80"); /* a real pair */
+                assert_int_equal(l->n_malformed, 1);
+                session_list_free(l);
+        }
+
+        /* An unknown field nested 2,000 deep: the entry goes, the list stays. */
+        {
+                struct session_list *l = NULL;
+                size_t n = 0, depth = 2000;
+                char *deep = malloc(depth * 2 + 512);
+
+                assert_non_null(deep);
+                n += (size_t) sprintf(deep,
+                                      "{\"Header\":{\"Code\":0},\"Payload\":{\"Sessions\":["
+                                      "{\"SessionId\":\"deep\",\"UserId\":\"u\",\"SessionStatus\":4,\"x\":");
+                for (size_t i = 0; i < depth; i++)
+                        deep[n++] = '[';
+                for (size_t i = 0; i < depth; i++)
+                        deep[n++] = ']';
+                n += (size_t) sprintf(deep + n,
+                                      "},{\"SessionId\":\"ok\",\"UserId\":\"u\",\"SessionStatus\":4}]}}");
+                assert_int_equal(gateway_parse_list(deep, n, &l, &err), 0);
+                assert_int_equal(l->n, 1);
+                assert_string_equal(l->items[0].session_id, "ok");
+                assert_int_equal(l->n_malformed, 1);
+                assert_string_equal(malformed_entry_id(&l->malformed[0], idbuf, sizeof idbuf), "deep");
+                session_list_free(l);
+                free(deep);
         }
 }
 
@@ -455,6 +514,7 @@ int main(void) {
                 cmocka_unit_test(test_parse_not_nul_terminated),
                 cmocka_unit_test(test_id_problem),
                 cmocka_unit_test(test_parse_list_hostile_ids_skipped),
+                cmocka_unit_test(test_parse_list_surrogates_and_depth_skip_the_entry),
                 cmocka_unit_test(test_parse_list_value_cap),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
