@@ -25,6 +25,9 @@ static int read_list(struct cycle *c, const char *endpoint, const struct http_re
         if (v == VERDICT_OK) {
                 r = gateway_parse_list_in_place(resp->body, resp->body_len, ret, &err);
                 v = reply_api_verdict(r, &err);
+                /* The list has strings of its own: the reply goes now, not
+                 * after the cycle has decided. */
+                http_response_drop_body(resp);
         }
         cycle_record_call(c, endpoint, resp, r, &err);
         if (r >= 0)

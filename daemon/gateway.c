@@ -278,19 +278,27 @@ static bool status_is_live(int status) {
         return status == SESSION_IN_PROGRESS || status == SESSION_PREPARING;
 }
 
-static int add_malformed(struct session_list *l, const char *id, size_t index, const char *reason,
-                         bool live) {
-        if (l->n_malformed == l->malformed_cap) {
-                size_t cap = l->malformed_cap ? 2 * l->malformed_cap : 16;
-                struct malformed_entry *m = reallocarray(l->malformed, cap, sizeof *m);
+/* Room for one more element in array (n of *cap used), doubling: returns
+ * the array, moved or not, or NULL (array unchanged) when out of memory. */
+static void *reserve_one(void *array, size_t *cap, size_t n, size_t size) {
+        size_t c = *cap ? 2 * *cap : 16;
+        void *p;
 
-                if (!m)
-                        return -ENOMEM;
-                l->malformed = m;
-                l->malformed_cap = cap;
-        }
-        /* No copy: the id is borrowed from the reply's document, which the
-         * list keeps, and escaped only if it is logged. */
+        if (n < *cap)
+                return array;
+        p = reallocarray(array, c, size);
+        if (p)
+                *cap = c;
+        return p;
+}
+
+/* Takes id (owned, or NULL): escaped only if it is logged. */
+static int add_malformed(struct session_list *l, char *id, size_t index, const char *reason, bool live) {
+        struct malformed_entry *m = reserve_one(l->malformed, &l->malformed_cap, l->n_malformed, sizeof *m);
+
+        if (!m)
+                return -ENOMEM;
+        l->malformed = m;
         l->malformed[l->n_malformed++] =
                 (struct malformed_entry){ .raw_id = id, .index = index, .reason = reason, .live = live };
         return 0;
@@ -413,8 +421,9 @@ static void shorten_string(char *text, size_t start, size_t end) {
  *    and what JavaScript emits for a string cut inside a pair, which cJSON
  *    refuses;
  *  - containers nested deeper than JSON_DEPTH_MAX;
- *  - inside an entry, a string longer than any id (GATEWAY_ID_MAX bytes):
- *    it is never used, so the parser need not copy it.
+ *  - inside an entry, a string longer than any id (GATEWAY_ID_MAX bytes),
+ *    or a long one with a control character: it is no usable id, so the
+ *    parser need not copy it whole.
  * When patch is not NULL (a copy of text), a NUL or a lone surrogate
  * becomes U+0001, a control character that gateway_id_problem() refuses,
  * and a container opened CUT_BACK levels above one that goes too deep
@@ -424,10 +433,37 @@ static void shorten_string(char *text, size_t start, size_t end) {
  * its length. Also counts the values, an upper bound: commas and opening
  * brackets outside strings, plus one. Returns whether anything needs a
  * patch. */
-static bool scan_json(const char *text, size_t len, char *patch, size_t *ret_values) {
+struct scan {
+        size_t values;
+        /* Where Payload.Sessions opens, if it is an array under keys written
+         * without escapes (then cJSON would read the same): its entries are
+         * parsed one at a time. */
+        bool has_sessions;
+        size_t sessions_at;
+};
+
+/* Whether the string token text[start..end] (quotes included) is the key
+ * name, written plainly, and a key: followed by a colon. */
+static bool is_key(const char *text, size_t len, size_t start, size_t end, const char *name) {
+        size_t n = strlen(name), i = end + 1;
+
+        if (end - start - 1 != n || memcmp(text + start + 1, name, n) != 0)
+                return false;
+        while (i < len && strchr(" \t\r\n", text[i]))
+                i++;
+        return i < len && text[i] == ':';
+}
+
+static bool scan_json(const char *text, size_t len, char *patch, struct scan *ret) {
         size_t opened_at[JSON_DEPTH_MAX + 1];
         bool in_string = false, found = false;
         size_t values = 1, depth = 0, str_start = 0, str_bytes = 0;
+        bool str_control = false; /* the string holds a control character: no id */
+        /* Payload's key was just read (at depth 1); Payload is open (depth 2);
+         * Sessions' key was just read in it. */
+        bool payload_key = false, in_payload = false, sessions_key = false;
+
+        *ret = (struct scan){ 0 };
 
         for (size_t i = 0; i < len; i++) {
                 char ch = text[i];
@@ -442,11 +478,16 @@ static bool scan_json(const char *text, size_t len, char *patch, size_t *ret_val
 
                         if (ch == '"') {
                                 in_string = false;
+                                if (depth == 1 && !ret->has_sessions)
+                                        payload_key = is_key(text, len, str_start, i, "Payload");
+                                else if (depth == 2 && in_payload && !ret->has_sessions)
+                                        sessions_key = is_key(text, len, str_start, i, "Sessions");
                                 /* Inside an entry (root, Payload, Sessions,
                                  * entry), a string longer than any id can
                                  * be is never used: keep the parser from
                                  * copying it. */
-                                if (depth >= 4 && str_bytes > GATEWAY_ID_MAX) {
+                                if (depth >= 4 &&
+                                    (str_bytes > GATEWAY_ID_MAX || (str_control && i - str_start > 64))) {
                                         found = true;
                                         if (patch)
                                                 shorten_string(patch, str_start, i);
@@ -454,12 +495,18 @@ static bool scan_json(const char *text, size_t len, char *patch, size_t *ret_val
                                 continue;
                         }
                         str_bytes++;
+                        if ((unsigned char) ch < 0x20 || ch == 0x7f)
+                                str_control = true;
                         if (ch != '\\')
                                 continue;
                         if (i + 5 >= len || text[i + 1] != 'u' || (v = hex4(text + i + 2)) < 0) {
+                                if (i + 1 < len && strchr("bfnrt", text[i + 1]))
+                                        str_control = true;
                                 i++;
                                 continue;
                         }
+                        if (v < 0x20 || (v >= 0x7f && v <= 0x9f) || v == 0x2028 || v == 0x2029)
+                                str_control = true;
                         /* A high surrogate with its low one: a pair, fine. */
                         if (v >= 0xd800 && v <= 0xdbff && i + 11 < len && text[i + 6] == '\\' &&
                             text[i + 7] == 'u' && (w = hex4(text + i + 8)) >= 0xdc00 && w <= 0xdfff) {
@@ -478,8 +525,16 @@ static bool scan_json(const char *text, size_t len, char *patch, size_t *ret_val
                         in_string = true;
                         str_start = i;
                         str_bytes = 0;
+                        str_control = false;
                 } else if (ch == '[' || ch == '{') {
                         values++;
+                        if (depth == 1)
+                                in_payload = payload_key && ch == '{';
+                        else if (depth == 2 && sessions_key && ch == '[') {
+                                ret->has_sessions = true;
+                                ret->sessions_at = i;
+                        }
+                        payload_key = sessions_key = false;
                         if (depth < JSON_DEPTH_MAX) {
                                 opened_at[depth++] = i;
                                 continue;
@@ -502,10 +557,14 @@ static bool scan_json(const char *text, size_t len, char *patch, size_t *ret_val
                 } else if (ch == ']' || ch == '}') {
                         if (depth > 0)
                                 depth--;
+                        if (depth == 1)
+                                in_payload = false;
                 } else if (ch == ',')
                         values++;
+                else if (!strchr(" \t\r\n:", ch))
+                        payload_key = sessions_key = false; /* a scalar value */
         }
-        *ret_values = values;
+        ret->values = values;
         return found;
 }
 
@@ -610,7 +669,7 @@ static int drop_duplicates(struct session_list *l) {
                         keys[n_keys++] = (struct dedup_key){ l->malformed[j].raw_id, l->n + j };
         qsort(keys, n_keys, sizeof *keys, compare_dedup);
         for (size_t a = 0, b; a < n_keys && r >= 0; a = b) {
-                const struct session *first = NULL;
+                struct session *first = NULL;
                 bool conflict = false, hostile = false;
 
                 for (b = a; b < n_keys && strcmp(keys[b].id, keys[a].id) == 0; b++) {
@@ -629,37 +688,128 @@ static int drop_duplicates(struct session_list *l) {
                                 drop[keys[k].index] = true;
                 if (hostile)
                         continue; /* already counted as malformed */
-                if (conflict)
+                if (conflict) {
+                        /* The malformed entry takes the first item's id. */
                         r = add_malformed(l, first->session_id, 0,
                                           "listed more than once with conflicting fields",
                                           status_is_live(first->status));
-                else
+                        if (r >= 0)
+                                first->session_id = NULL;
+                } else
                         l->n_duplicates += b - a - 1;
         }
         for (size_t i = 0; i < l->n; i++)
                 if (!drop[i])
                         l->items[kept++] = l->items[i];
+                else {
+                        free(l->items[i].session_id);
+                        free(l->items[i].user_id);
+                }
         l->n = kept;
         free(keys);
         free(drop);
         return r;
 }
 
+/* Adds one entry of Sessions[] to the list, with strings of its own: the
+ * parsed entry is freed at once, so a large list never exists as a whole
+ * tree. An entry without the documented shape, or whose ids are hostile, is
+ * skipped into l->malformed: never acted on, counted and reported by the
+ * caller. The rest of the list is decided. */
+static int take_entry(struct session_list *l, const cJSON *item) {
+        struct session s = { 0 };
+        const char *why = parse_session(item, &s);
+        size_t index = l->n + l->n_malformed;
+        char *raw = NULL;
+        int r;
+
+        if (!why)
+                why = entry_id_problem(&s);
+        if (!why) {
+                struct session *items = reserve_one(l->items, &l->items_cap, l->n, sizeof *items);
+
+                if (!items)
+                        return -ENOMEM;
+                l->items = items;
+                s.session_id = strdup(s.session_id);
+                s.user_id = strdup(s.user_id);
+                if (!s.session_id || !s.user_id) {
+                        free(s.session_id);
+                        free(s.user_id);
+                        return -ENOMEM;
+                }
+                l->items[l->n++] = s;
+                return 0;
+        }
+        if (s.session_id && !(raw = strdup(s.session_id)))
+                return -ENOMEM;
+        r = add_malformed(l, raw, index, why, status_is_live(s.status));
+        if (r < 0)
+                free(raw);
+        return r;
+}
+
+static const char *skip_space(const char *p, const char *end) {
+        while (p < end && strchr(" \t\r\n", *p) && *p)
+                p++;
+        return p;
+}
+
+/* Payload.Sessions at body[at] ('['): each entry is parsed by cJSON on its
+ * own and taken; then the array becomes "[]" padded with spaces, so that
+ * the envelope parses small. */
+static int take_entries_at(struct session_list *l, char *body, size_t len, size_t at,
+                           struct gateway_error *err) {
+        const char *end = body + len, *p = skip_space(body + at + 1, end);
+        int r;
+
+        if (p < end && *p == ']')
+                goto blank;
+        for (;;) {
+                const char *after = NULL;
+                cJSON *item = cJSON_ParseWithLengthOpts(p, (size_t) (end - p), &after, false);
+
+                if (!item)
+                        return fail(err, GATEWAY_BAD_RESPONSE, "response is not valid JSON");
+                r = take_entry(l, item);
+                cJSON_Delete(item);
+                if (r < 0)
+                        return r;
+                p = skip_space(after, end);
+                if (p < end && *p == ']')
+                        break;
+                if (p >= end || *p != ',')
+                        return fail(err, GATEWAY_BAD_RESPONSE, "response is not valid JSON");
+                p = skip_space(p + 1, end);
+        }
+blank:
+        memset(body + at, ' ', (size_t) (p - (body + at)) + 1);
+        memcpy(body + at, "[]", 2);
+        return 0;
+}
+
 /* Parses a list reply that scan_json() has made safe for cJSON. */
-static int parse_list(const char *body, size_t len, size_t values, struct session_list **ret_list,
+static int parse_list(char *body, size_t len, const struct scan *sc, struct session_list **ret_list,
                       struct gateway_error *err) {
         struct session_list *l = NULL;
         cJSON *root = NULL, *payload, *sessions, *item;
-        size_t count;
         int r;
 
-        if (values > GATEWAY_LIST_MAX_VALUES)
+        if (sc->values > GATEWAY_LIST_MAX_VALUES)
                 return fail(err, GATEWAY_BAD_RESPONSE,
                             "the list has more than %d JSON values; refusing it unparsed",
                             GATEWAY_LIST_MAX_VALUES);
+        l = calloc(1, sizeof *l);
+        if (!l)
+                return -ENOMEM;
+        if (sc->has_sessions) {
+                r = take_entries_at(l, body, len, sc->sessions_at, err);
+                if (r < 0)
+                        goto out;
+        }
         r = parse_envelope(body, len, &root, err);
         if (r < 0)
-                return r;
+                goto out;
         payload = cJSON_GetObjectItemCaseSensitive(root, "Payload");
         if (!cJSON_IsObject(payload)) {
                 r = fail(err, GATEWAY_BAD_RESPONSE, "response has no Payload object");
@@ -670,46 +820,13 @@ static int parse_list(const char *body, size_t len, size_t values, struct sessio
                 r = fail(err, GATEWAY_BAD_RESPONSE, "Payload.Sessions is not a list");
                 goto out;
         }
-        l = calloc(1, sizeof *l);
-        if (!l) {
-                r = -ENOMEM;
-                goto out;
-        }
-        l->docs = malloc(sizeof *l->docs);
-        if (!l->docs) {
-                r = -ENOMEM;
-                goto out;
-        }
-        l->docs[l->n_docs++] = root; /* the sessions' strings point into it */
-        root = NULL;
-        count = cJSON_IsArray(sessions) ? (size_t) cJSON_GetArraySize(sessions) : 0;
-        if (count > 0) {
-                l->items = calloc(count, sizeof *l->items);
-                if (!l->items) {
-                        r = -ENOMEM;
-                        goto out;
-                }
-        }
-        /* cJSON arrays are linked lists: walk them, never index them. */
+        /* Entries the scan could not place (keys written with escapes):
+         * taken from the whole tree. cJSON arrays are linked lists: walk
+         * them, never index them. */
         cJSON_ArrayForEach(item, sessions) {
-                struct session *s = &l->items[l->n];
-                const char *why;
-
-                memset(s, 0, sizeof *s);
-                why = parse_session(item, s);
-                if (!why)
-                        why = entry_id_problem(s);
-                if (!why) {
-                        l->n++;
-                        continue;
-                }
-                /* An entry that does not have the documented shape, or whose
-                 * ids are hostile, is skipped: never acted on, counted and
-                 * reported by the caller. The rest of the list is decided. */
-                r = add_malformed(l, s->session_id, l->n + l->n_malformed, why, status_is_live(s->status));
+                r = take_entry(l, item);
                 if (r < 0)
                         goto out;
-                memset(s, 0, sizeof *s);
         }
         r = drop_duplicates(l);
         if (r < 0)
@@ -724,23 +841,19 @@ out:
 
 int gateway_parse_list_in_place(char *body, size_t len, struct session_list **ret_list,
                                 struct gateway_error *err) {
-        size_t values;
+        struct scan sc;
 
         memset(err, 0, sizeof *err);
-        scan_json(body, len, body, &values);
-        return parse_list(body, len, values, ret_list, err);
+        scan_json(body, len, body, &sc);
+        return parse_list(body, len, &sc, ret_list, err);
 }
 
 int gateway_parse_list(const char *body, size_t len, struct session_list **ret_list,
                        struct gateway_error *err) {
-        char *copy;
-        size_t values;
+        char *copy = malloc(len + 1);
         int r;
 
         memset(err, 0, sizeof *err);
-        if (!scan_json(body, len, NULL, &values))
-                return parse_list(body, len, values, ret_list, err);
-        copy = malloc(len + 1);
         if (!copy)
                 return -ENOMEM;
         memcpy(copy, body, len);
@@ -794,51 +907,42 @@ int gateway_parse_stat(const char *body, size_t len, struct stat_result *ret, st
 void session_list_free(struct session_list *l) {
         if (!l)
                 return;
-        if (l->n_docs > 0)
-                for (size_t i = 0; i < l->n_docs; i++)
-                        cJSON_Delete(l->docs[i]);
-        else
-                for (size_t i = 0; i < l->n; i++) {
-                        free(l->items[i].session_id);
-                        free(l->items[i].user_id);
-                }
+        for (size_t i = 0; i < l->n; i++) {
+                free(l->items[i].session_id);
+                free(l->items[i].user_id);
+        }
+        for (size_t i = 0; i < l->n_malformed; i++)
+                free(l->malformed[i].raw_id);
         free(l->malformed);
-        free(l->docs);
         free(l->items);
         free(l);
 }
 
 int session_list_merge(struct session_list **lists, size_t n, struct session_list **ret) {
         struct session_list *m = calloc(1, sizeof *m);
-        size_t items = 0, docs = 0;
+        size_t items = 0, malformed = 0;
         int r = -ENOMEM;
-
-        size_t malformed = 0;
 
         for (size_t i = 0; i < n; i++) {
                 items += lists[i]->n;
-                docs += lists[i]->n_docs;
                 malformed += lists[i]->n_malformed;
         }
         if (!m || !(m->items = calloc(items ? items : 1, sizeof *m->items)) ||
-            !(m->docs = calloc(docs ? docs : 1, sizeof *m->docs)) ||
             (malformed > 0 && !(m->malformed = calloc(malformed, sizeof *m->malformed))))
                 goto out;
+        m->items_cap = items ? items : 1;
+        m->malformed_cap = malformed;
         for (size_t i = 0; i < n; i++) {
                 if (lists[i]->n > 0)
                         memcpy(m->items + m->n, lists[i]->items, lists[i]->n * sizeof *m->items);
                 m->n += lists[i]->n;
                 m->n_duplicates += lists[i]->n_duplicates;
-                if (lists[i]->n_docs > 0)
-                        memcpy(m->docs + m->n_docs, lists[i]->docs, lists[i]->n_docs * sizeof *m->docs);
-                m->n_docs += lists[i]->n_docs;
                 if (lists[i]->n_malformed > 0)
                         memcpy(m->malformed + m->n_malformed, lists[i]->malformed,
                                lists[i]->n_malformed * sizeof *m->malformed);
                 m->n_malformed += lists[i]->n_malformed;
-                m->malformed_cap = m->n_malformed;
-                /* The merged list owns the items' strings and documents now. */
-                lists[i]->n = lists[i]->n_docs = lists[i]->n_malformed = 0;
+                /* The merged list owns the strings now. */
+                lists[i]->n = lists[i]->n_malformed = 0;
         }
         r = drop_duplicates(m);
         if (r < 0)

@@ -1,6 +1,7 @@
 #include "http.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -104,6 +105,7 @@ static void check_multi_info(struct http *h) {
                 resp.too_large = req->too_large;
                 resp.body = req->buf ? req->buf : empty;
                 resp.body_len = req->len;
+                resp.request_ = req;
                 resp.error = req->too_large       ? "response larger than the size limit"
                              : result == CURLE_OK ? ""
                              : req->errbuf[0]     ? req->errbuf
@@ -203,6 +205,16 @@ static int multi_timer_cb(CURLM *multi, long timeout_ms, void *userp) {
         return 0;
 }
 
+void http_response_drop_body(const struct http_response *resp) {
+        struct request *req = resp->request_;
+
+        if (!req)
+                return;
+        free(req->buf);
+        req->buf = NULL;
+        req->len = req->cap = 0;
+}
+
 /* CURLOPT_WRITEFUNCTION */
 static size_t write_cb(char *data, size_t size, size_t nmemb, void *userp) {
         struct request *req = userp;
@@ -214,8 +226,16 @@ static size_t write_cb(char *data, size_t size, size_t nmemb, void *userp) {
         }
         if (req->len + n + 1 > req->cap) {
                 size_t cap = req->cap ? req->cap : 4096;
+                curl_off_t announced = -1;
                 char *buf;
 
+                /* A body whose size is announced gets one buffer of that
+                 * size: no chain of copies for a large list. */
+                if (req->cap == 0 &&
+                    curl_easy_getinfo(req->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &announced) ==
+                            CURLE_OK &&
+                    announced > 0 && (uint64_t) announced < req->http->opt.max_response_size)
+                        cap = (size_t) announced + 1;
                 while (cap < req->len + n + 1)
                         cap *= 2;
                 buf = realloc(req->buf, cap);

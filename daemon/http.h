@@ -20,6 +20,8 @@ struct http_options {
         long max_connections; /* connections kept and opened at most */
 };
 
+struct request;
+
 struct http_response {
         CURLcode result; /* CURLE_OK when a response arrived */
         long status;     /* HTTP status, 0 when none */
@@ -30,7 +32,13 @@ struct http_response {
         const char *error;  /* human-readable transport error, "" if none */
         long retry_after_s; /* the Retry-After header in seconds, 0 when absent */
         double total_s;
+        struct request *request_; /* for http_response_drop_body() only */
 };
+
+/* Frees the body of a response from inside its callback, once the callback
+ * has read it: a 16 MiB list need not stay while the cycle decides. After
+ * this, resp->body must not be used; everything else in resp may. */
+void http_response_drop_body(const struct http_response *resp);
 
 typedef void (*http_done_fn)(const struct http_response *resp, void *userdata);
 

@@ -26,15 +26,17 @@ struct session {
 /* A listed entry that is never acted on: its SessionId or UserId is not a
  * usable id (see gateway_id_problem()). */
 struct malformed_entry {
-        const char *raw_id; /* the SessionId as parsed (borrowed from the list's documents), or NULL */
+        char *raw_id;       /* the SessionId as parsed (owned by the list), or NULL */
         size_t index;       /* its place in Sessions[], for an entry without a SessionId */
         const char *reason; /* static text */
         bool live;          /* listed with SessionStatus 1 or 3: it holds a slot */
 };
 
+/* A list owns its strings: the items' ids and the malformed entries'
+ * raw ids (session_list_free() frees them). */
 struct session_list {
         struct session *items;
-        size_t n;
+        size_t n, items_cap;
         size_t n_duplicates; /* identical entries dropped because their SessionId came twice */
         /* Entries never acted on: an id is hostile, or one SessionId is
          * listed with conflicting fields (or beside a hostile entry). They
@@ -42,10 +44,6 @@ struct session_list {
          * fuse. */
         struct malformed_entry *malformed;
         size_t n_malformed, malformed_cap;
-        /* The parsed replies (cJSON trees) the items' strings point into;
-         * none when the list owns its strings (lists built by hand). */
-        struct cJSON **docs;
-        size_t n_docs;
 };
 
 const char *session_status_to_string(int status);

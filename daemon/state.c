@@ -488,11 +488,18 @@ static void save_one(const void *node, VISIT which, void *closure) {
         const struct state_entry *e = *(struct state_entry *const *) node;
         struct save *sv = closure;
 
+        cJSON *n;
+
         if (which != postorder && which != leaf)
                 return;
-        if (!cJSON_AddNumberToObject(sv->obj, e->session_id,
-                                     (double) (e->first_seen_mono_ms + sv->offset_ms)))
+        /* The key is the entry's own id, not a copy (the "CS" form: cJSON
+         * does not free it): a state of many long ids is not held twice
+         * while it is written. */
+        n = cJSON_CreateNumber((double) (e->first_seen_mono_ms + sv->offset_ms));
+        if (!n || !cJSON_AddItemToObjectCS(sv->obj, e->session_id, n)) {
+                cJSON_Delete(n);
                 sv->oom = true;
+        }
 }
 
 int state_save(struct state *s, int64_t now_wall_ms, int64_t now_mono_ms) {
