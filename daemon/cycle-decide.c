@@ -179,7 +179,7 @@ int cycle_decide(struct cycle *c) {
         /* The gateway accepted our signature, so the wall clock is within its
          * window: ages from before a reboot can be trusted now. */
         anchored = state_anchor(c->env.state, now_wall_ms(), now_mono_ms());
-        if (anchored > 0)
+        if (anchored > 0 && !c->env.plan) /* --plan restarted nothing */
                 cycle_log(c, LOG_INFO, NULL, NULL, 0,
                           "The gateway accepted our clock; %zu first-seen time(s) from before the restart "
                           "now count from the wall clock",

@@ -1,5 +1,6 @@
 #include "fileio.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
@@ -176,21 +177,46 @@ fail:
         return r;
 }
 
+/* A boot id as 36 characters with dashes (as procfs writes it) from that
+ * form or from 32 hex digits (as systemd's %b specifier writes it). */
+static int canonical_boot_id(const char *s, char ret[37]) {
+        size_t k = 0;
+
+        for (size_t i = 0; s[i] && k < 36; i++) {
+                if (s[i] == '-')
+                        continue;
+                if (!isxdigit((unsigned char) s[i]))
+                        return -EBADMSG;
+                if (k == 8 || k == 13 || k == 18 || k == 23)
+                        ret[k++] = '-';
+                ret[k++] = (char) tolower((unsigned char) s[i]);
+        }
+        ret[k] = '\0';
+        return k == 36 && strlen(s) == (strchr(s, '-') ? 36u : 32u) ? 0 : -EBADMSG;
+}
+
 int read_boot_id(char ret[37]) {
         /* procfs reports size 0 for this file, so read_file_full() cannot
          * serve: stdio reads what is there. */
         FILE *f = fopen("/proc/sys/kernel/random/boot_id", "re");
+        const char *env = getenv("IVH_BOOT_ID");
         char buf[64] = { 0 };
         size_t size;
+        int r = -ENOENT;
 
-        if (!f)
-                return -errno;
-        size = fread(buf, 1, sizeof buf - 1, f);
-        fclose(f);
-        while (size > 0 && (buf[size - 1] == '\n' || buf[size - 1] == ' '))
-                buf[--size] = '\0';
-        if (size != 36)
-                return -EBADMSG;
-        memcpy(ret, buf, 37);
-        return 0;
+        if (f) {
+                size = fread(buf, 1, sizeof buf - 1, f);
+                fclose(f);
+                while (size > 0 && (buf[size - 1] == '\n' || buf[size - 1] == ' '))
+                        buf[--size] = '\0';
+                r = canonical_boot_id(buf, ret);
+        } else
+                r = -errno;
+        /* The shipped unit hides /proc/sys (ProcSubset=pid) and hands the
+         * boot id over as Environment=IVH_BOOT_ID=%b instead. */
+        if (r < 0 && env && *env)
+                r = canonical_boot_id(env, ret);
+        if (r < 0)
+                ret[0] = '\0';
+        return r;
 }

@@ -31,6 +31,7 @@ int path_follow_link(const char *path, char *target);
  * write_file_atomic() for a file named base would create. */
 bool is_atomic_temporary(const char *name, const char *base);
 
-/* The kernel's boot id (/proc/sys/kernel/random/boot_id, 36 characters).
- * Returns 0 or a negative errno. */
+/* The kernel's boot id (/proc/sys/kernel/random/boot_id), else
+ * $IVH_BOOT_ID (the unit's %b), as 36 characters with dashes. Returns 0, or
+ * a negative errno with ret empty. */
 int read_boot_id(char ret[37]);

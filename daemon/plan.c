@@ -64,6 +64,8 @@ static void fill_row(struct row *row, const struct config *c, const struct sessi
         row->note[0] = '\0';
         if (s->status == SESSION_CLOSED)
                 snprintf(row->note, sizeof row->note, "already closed");
+        else if (!d->policy && d->outcome == DECIDE_PROTECTED)
+                snprintf(row->note, sizeof row->note, "a protect rule matches (no policy selects it)");
         else if (!d->policy)
                 snprintf(row->note, sizeof row->note, "no policy matches");
         else if (d->outcome != DECIDE_CLOSE && d->outcome != DECIDE_KEEP && d->outcome != DECIDE_PROTECTED)
@@ -78,8 +80,10 @@ static void fill_row(struct row *row, const struct config *c, const struct sessi
                 snprintf(row->note, sizeof row->note, "matches %s, but a protect rule wins",
                          d->policy->name);
         else
+                /* Whole seconds, rounded up: what a person reads. */
                 snprintf(row->note, sizeof row->note, "%s due in %s", d->policy->name,
-                         duration_format(d->policy->after_ms - d->age_ms, buf, sizeof buf));
+                         duration_format((d->policy->after_ms - d->age_ms + 999) / 1000 * 1000, buf,
+                                         sizeof buf));
 }
 
 static void print_row(FILE *out, const size_t *w, const char *const *cols) {

@@ -115,6 +115,75 @@ static char *unit_credential_path(const struct config *top, const struct config 
         return r;
 }
 
+/* The value of the unit's SetCredential=accesstoken: line, handed over
+ * when LoadCredential= finds no file (it cannot be a token: it has
+ * spaces). An empty credential counts too. */
+#define UNIT_NO_TOKEN "no token file"
+
+static bool is_unit_default(const char *path) {
+        char buf[sizeof UNIT_NO_TOKEN + 1] = "";
+        struct stat st;
+        size_t n;
+        FILE *f;
+
+        if (stat(path, &st) < 0 || !S_ISREG(st.st_mode) || (size_t) st.st_size > strlen(UNIT_NO_TOKEN) + 1)
+                return false;
+        if (st.st_size == 0)
+                return true;
+        f = fopen(path, "re");
+        if (!f)
+                return false;
+        n = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        buf[n] = '\0';
+        buf[strcspn(buf, "\n")] = '\0';
+        return strcmp(buf, UNIT_NO_TOKEN) == 0;
+}
+
+char *preflight_unit_credential_path(const struct config *a) {
+        return unit_credential_path(a, a);
+}
+
+int preflight_unit_credential(const struct config *a, struct error *err) {
+        const char *dir = getenv("CREDENTIALS_DIRECTORY");
+        char name[128], *copy = NULL, *source = NULL;
+        struct stat st;
+        int r = 0;
+
+        if (!dir || !*dir || a->gateway.accesstoken_file)
+                return 0;
+        credentials_name(a->account, name, sizeof name);
+        if (asprintf(&copy, "%s/%s", dir, name) < 0 || !(source = unit_credential_path(a, a))) {
+                r = -ENOMEM;
+                goto out;
+        }
+        if (is_unit_default(copy)) {
+                /* The unit's SetCredential= default: LoadCredential= found
+                 * nothing to hand over. */
+                (void) error_set(
+                        err, 0,
+                        "no access token%s%s: %s does not exist, so the unit hands the service no token "
+                        "as its credential '%s'; install it with 'install -m 0600 /dev/stdin %s' "
+                        "(paste the token, then Ctrl-D) and start the service again",
+                        a->account ? " for account " : "", a->account ? a->account : "", source, name,
+                        source);
+                r = -ENOKEY;
+        } else if (stat(source, &st) == 0 && (st.st_mode & 077)) {
+                /* systemd's copy is private; the file it copied is not. */
+                (void) error_set(
+                        err, 0,
+                        "access token file %s gives its group or others access (mode %04o); refusing "
+                        "it: run 'chmod 0600 %s' (systemd hands the service a private copy, but the "
+                        "file itself can be read)",
+                        source, (unsigned) (st.st_mode & 07777), source);
+                r = -EPERM;
+        }
+out:
+        free(copy);
+        free(source);
+        return r;
+}
+
 static bool in_credentials_directory(const char *path) {
         const char *dir = getenv("CREDENTIALS_DIRECTORY");
         size_t n = dir ? strlen(dir) : 0;
@@ -314,23 +383,61 @@ static char *running_policy_path(const char *dirs) {
         return path;
 }
 
+/* Run by hand: the PID of the daemon the shipped unit runs, from the head
+ * of its copy of the running policy, if that process is alive; else 0. */
+static long running_daemon_pid(const char *text, size_t len) {
+        char comm[64] = "", proc[64];
+        long pid = 0;
+        FILE *f;
+
+        if (len < 16 || sscanf(text, "# ivh-reclaimd %ld\n", &pid) != 1 || pid <= 0)
+                return 0;
+        snprintf(proc, sizeof proc, "/proc/%ld/comm", pid);
+        f = fopen(proc, "re");
+        if (!f)
+                return 0;
+        if (!fgets(comm, sizeof comm, f))
+                comm[0] = '\0';
+        fclose(f);
+        return strncmp(comm, "ivh-reclaimd", 12) == 0 ? pid : 0;
+}
+
 /* The unit's reload: would the running daemon take this file, or does a
  * key that needs a restart differ? The daemon keeps a copy of the file it
- * runs with in $STATE_DIRECTORY (RUNNING_POLICY_NAME), headed by its PID. */
+ * runs with in $STATE_DIRECTORY (RUNNING_POLICY_NAME), headed by its PID.
+ * Run by hand, the same comparison with the shipped unit's daemon, if one
+ * runs, tells what a reload would do (a note: the file is fine for a
+ * restart). */
 static int check_restart(struct report *rep, const struct config *c) {
         const char *dirs = getenv("STATE_DIRECTORY"), *pid = getenv("MAINPID"), *what = NULL;
         struct config *running = NULL;
         /* rep->reload: $MAINPID is set. */
         struct error err = { 0 };
-        char *path = NULL, *text = NULL, head[64];
+        char *path = NULL, *text = NULL, head[64], by_hand_pid[24];
         size_t len = 0;
         int r;
 
-        if (!rep->reload || !dirs || !*dirs)
+        if (!rep->reload) {
+                long p;
+
+                if (getenv("STATE_DIRECTORY"))
+                        return 0;
+                dirs = UNIT_STATE_DIRECTORY;
+                if (!(path = running_policy_path(dirs)))
+                        return -ENOMEM;
+                r = read_file_full(path, CONFIG_MAX_SIZE, &text, &len);
+                p = r >= 0 ? running_daemon_pid(text, len) : 0;
+                if (p == 0)
+                        goto out;
+                snprintf(by_hand_pid, sizeof by_hand_pid, "%ld", p);
+                pid = by_hand_pid;
+        } else if (!dirs || !*dirs)
                 return 0;
-        if (!(path = running_policy_path(dirs)))
-                return -ENOMEM;
-        r = read_file_full(path, CONFIG_MAX_SIZE, &text, &len);
+        else {
+                if (!(path = running_policy_path(dirs)))
+                        return -ENOMEM;
+                r = read_file_full(path, CONFIG_MAX_SIZE, &text, &len);
+        }
         snprintf(head, sizeof head, "# ivh-reclaimd %s\n", pid);
         if (r < 0 || len < strlen(head) || strncmp(text, head, strlen(head)) != 0) {
                 note(rep,
@@ -349,11 +456,17 @@ static int check_restart(struct report *rep, const struct config *c) {
         else if ((what = config_restart_needed(c, running)) == NULL)
                 for (size_t i = 0; i < c->n_accounts && !what; i++)
                         what = config_restart_needed(c->accounts[i], running->accounts[i]);
-        if (what)
+        if (what && rep->reload)
                 problem(rep,
                         "%s: %s differs from the running daemon's, which needs a restart (systemctl restart "
                         "ivh-reclaimd); the running policy stays",
                         c->path, what);
+        else if (what)
+                note(rep,
+                     "note: %s differs from the running daemon's (PID %s): 'systemctl reload ivh-reclaimd' "
+                     "will be refused and the running policy stays; 'systemctl restart ivh-reclaimd' takes "
+                     "this file",
+                     what, pid);
 out:
         config_free(running);
         error_done(&err);

@@ -30,6 +30,19 @@ int preflight_check(const struct config *c, struct error *err, char **notes);
  * metrics directory), and the token is not checked when systemd hides the
  * credentials from the reload command. */
 
+/* The file the shipped unit's LoadCredential= hands over for account a:
+ * beside the policy file, named as the credential (accesstoken or
+ * accesstoken-NAME). NULL when out of memory. */
+char *preflight_unit_credential_path(const struct config *a);
+
+/* Under a unit ($CREDENTIALS_DIRECTORY set, no accesstoken_file), judges
+ * the file the unit's LoadCredential= copies, which the daemon cannot
+ * otherwise see: the unit's SetCredential= default ("no token file", handed
+ * over when that file is missing; or an empty credential) and a file that
+ * gives its group or others access are refused with a message that names
+ * the file and the fix. Returns 0, -ENOKEY, -EPERM or -ENOMEM (err set). */
+int preflight_unit_credential(const struct config *a, struct error *err);
+
 /* Whether this runs as a unit's control process, such as ExecReload=
  * ($MAINPID and $INVOCATION_ID are set). */
 bool preflight_run_by_reload(void);

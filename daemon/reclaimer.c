@@ -30,6 +30,7 @@
 #include <string.h>
 #include <systemd/sd-daemon.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "cycle.h"
 #include "duration.h"
@@ -156,6 +157,35 @@ static const char *runner_doing(const struct runner *u) {
                 return "done";
         }
         return "?";
+}
+
+/* An account's token, by one lookup for every command: under the unit,
+ * preflight's judgement of the file LoadCredential= copies (missing, or
+ * readable by others) first; then credentials_load(); run by hand (no
+ * $CREDENTIALS_DIRECTORY), also the file the shipped unit would hand over,
+ * where --check-config finds it. */
+static int account_token(const struct config *a, const struct credentials *previous,
+                         struct credentials **ret, struct error *err) {
+        char *path;
+        int r = preflight_unit_credential(a, err);
+
+        if (r < 0)
+                return r;
+        r = credentials_load(&a->gateway, previous, a->account, ret, err);
+        if (r != -ENOKEY || getenv("CREDENTIALS_DIRECTORY"))
+                return r;
+        path = preflight_unit_credential_path(a);
+        if (!path)
+                return -ENOMEM;
+        if (access(path, F_OK) == 0) {
+                struct gateway_config g = a->gateway;
+
+                g.accesstoken_file = path;
+                error_done(err);
+                r = credentials_load(&g, previous, a->account, ret, err);
+        }
+        free(path);
+        return r;
 }
 
 /* ha_lease_ms (0 without ha:) caps every request at 2/3 of the lease: a
@@ -444,6 +474,7 @@ static void save_running(const struct config *top) {
 static void apply_pending(struct runner *u) {
         struct http_options old_opt, new_opt;
         struct http *http = NULL;
+        char every[32];
         int ret;
 
         assert(!u->cycle);
@@ -477,9 +508,9 @@ static void apply_pending(struct runner *u) {
         u->pending_config = NULL;
         u->pending_creds = NULL;
         gateway_signer_reset(&u->signer);
-        ulog(u, LOG_INFO,
-             "The reloaded configuration is now in effect: %zu policies, polling every %" PRIu64 " ms%s",
-             u->config->n_policies, u->config->poll_interval_ms, dry_run(u) ? ", dry run" : "");
+        duration_format(u->config->poll_interval_ms, every, sizeof every);
+        ulog(u, LOG_INFO, "The reloaded configuration is now in effect: %zu policies, polling every %s%s",
+             u->config->n_policies, every, dry_run(u) ? ", dry run" : "");
 }
 
 /* Arms the runner's advance watcher: advance() runs before the loop next
@@ -780,7 +811,7 @@ static void reload(struct reclaimer *r) {
         for (size_t i = 0; i < n; i++) {
                 const struct config *a = accounts ? accounts[i] : top;
 
-                ret = credentials_load(&a->gateway, r->runners[i].creds, a->account, &creds[i], &err);
+                ret = account_token(a, r->runners[i].creds, &creds[i], &err);
                 if (ret < 0) {
                         log_error("Reload failed: %s; the previous configuration stays in effect",
                                   error_message(&err));
@@ -1057,7 +1088,7 @@ static int runner_init(struct reclaimer *r, struct runner *u, struct config *con
         u->poll_timer.data = u;
         ev_prepare_init(&u->advance_watcher, advance_cb);
         u->advance_watcher.data = u;
-        ret = credentials_load(&config->gateway, NULL, config->account, &u->creds, err);
+        ret = account_token(config, NULL, &u->creds, err);
         if (ret < 0)
                 return ret;
         ret = http_new(r->loop, &hopt, &u->http);
@@ -1209,6 +1240,10 @@ int reclaimer_start(struct reclaimer *r) {
                 if (warning.message)
                         ulog(u, LOG_WARNING, "%s", warning.message);
                 error_done(&warning);
+                if (i == 0 && r->opt.mode != RECLAIMER_PLAN && !*state_boot_id(u->state))
+                        log_warning("Cannot read the boot id (/proc/sys/kernel/random/boot_id, nor "
+                                    "$IVH_BOOT_ID): after a restart, first-seen times count from the wall "
+                                    "clock once the gateway has accepted it, not from the boot-time clock");
         }
         /* SIGTERM and SIGINT stop gracefully in every mode. */
         ev_signal_start(r->loop, &r->sig_term);
@@ -1230,13 +1265,14 @@ int reclaimer_start(struct reclaimer *r) {
                 }
                 for (size_t i = 0; i < r->n_runners; i++) {
                         struct runner *u = &r->runners[i];
+                        char every[32];
 
+                        duration_format(u->config->poll_interval_ms, every, sizeof every);
                         ulog(u, LOG_INFO,
-                             "Started: polling %s every %" PRIu64
-                             " ms with %zu policies, %zu known sessions, token "
+                             "Started: polling %s every %s with %zu policies, %zu known sessions, token "
                              "from %s%s",
-                             u->config->gateway.url, u->config->poll_interval_ms, u->config->n_policies,
-                             state_size(u->state), u->creds->source, dry_run(u) ? ", dry run" : "");
+                             u->config->gateway.url, every, u->config->n_policies, state_size(u->state),
+                             u->creds->source, dry_run(u) ? ", dry run" : "");
                         if (u->config->n_policies == 0)
                                 ulog(u, LOG_WARNING,
                                      "No policies are configured: nothing will be reclaimed");

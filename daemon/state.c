@@ -88,6 +88,10 @@ void state_free(struct state *s) {
         free(s);
 }
 
+const char *state_boot_id(const struct state *s) {
+        return s->boot_id;
+}
+
 void state_set_boot_id(struct state *s, const char *boot_id) {
         snprintf(s->boot_id, sizeof s->boot_id, "%s", boot_id);
 }

@@ -27,6 +27,9 @@ struct state;
 int state_new(const char *path, struct state **ret);
 void state_free(struct state *s);
 
+/* The boot id the state is kept under; "" when it could not be read. */
+const char *state_boot_id(const struct state *s);
+
 /* Tests only: pretend to run in another boot. */
 void state_set_boot_id(struct state *s, const char *boot_id);
 

@@ -220,25 +220,44 @@ static size_t edit_distance(const char *a, const char *b) {
         return prev[lb];
 }
 
+/* Whether cand is closer to word than *best_d, within limit; updates
+ * *best_d. */
+static bool closer(const char *word, const char *cand, size_t limit, size_t *best_d) {
+        size_t lk = strlen(word), lc = strlen(cand), d;
+
+        /* The distance is at least the difference in length. */
+        if ((lk > lc ? lk - lc : lc - lk) > limit)
+                return false;
+        d = edit_distance(word, cand);
+        /* Replacing as many characters as the name has is no hint
+         * ("k0" is not a misspelt "ha"). */
+        if (d >= *best_d || d >= lc || d > limit)
+                return false;
+        *best_d = d;
+        return true;
+}
+
 static const char *nearest_key(const char *key, const struct yaml_key *keys) {
         const char *best = NULL;
         size_t best_d = SIZE_MAX, limit = strlen(key) / 3 + 2;
 
-        for (; keys->name; keys++) {
-                size_t lk = strlen(key), lc = strlen(keys->name), d;
-
-                /* The distance is at least the difference in length. */
-                if ((lk > lc ? lk - lc : lc - lk) > limit)
-                        continue;
-                d = edit_distance(key, keys->name);
-                /* Replacing as many characters as the name has is no hint
-                 * ("k0" is not a misspelt "ha"). */
-                if (d < best_d && d < lc) {
-                        best_d = d;
+        for (; keys->name; keys++)
+                if (closer(key, keys->name, limit, &best_d))
                         best = keys->name;
-                }
-        }
-        return best_d <= limit ? best : NULL;
+        return best;
+}
+
+const char *yaml_nearest_word(const char *word, const char *const *words) {
+        const char *best = NULL;
+        size_t best_d = SIZE_MAX, limit;
+
+        if (!word)
+                return NULL;
+        limit = strlen(word) / 3 + 2;
+        for (; *words; words++)
+                if (closer(word, *words, limit, &best_d))
+                        best = *words;
+        return best;
 }
 
 static char *key_list(const struct yaml_key *keys, char *buf, size_t n) {

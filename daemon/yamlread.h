@@ -121,3 +121,7 @@ struct strindex {
 int strindex_init(struct strindex *x, size_t n);
 size_t strindex_add(struct strindex *x, size_t i, const char *s);
 void strindex_free(struct strindex *x);
+
+/* The word of words (NULL-terminated) that word is probably a misspelling
+ * of, for a "did you mean"; NULL when none is close. */
+const char *yaml_nearest_word(const char *word, const char *const *words);

@@ -20,7 +20,7 @@ import packages
 
 sys.path.insert(0, os.path.join(packages.SRC, "tests"))
 import gateway_sim  # noqa: E402
-from gateway_sim import STREAM_FAILED  # noqa: E402
+from gateway_sim import IN_PROGRESS, STREAM_FAILED  # noqa: E402
 
 APPKEY = "5b0e7c1d9a2f4e6b8c3d1a0f9e8d7c6b"
 TOKEN = "nspawn-test-token-0123456789"
@@ -126,18 +126,32 @@ class UnderSystemd(unittest.TestCase):
                                                     % ("8" if page == "ivh-reclaimd" else "5", page,
                                                        "8" if page == "ivh-reclaimd" else "5"))))
 
-        # 2. No token: the unit fails with 243 (CREDENTIALS) once, and does not
-        #    loop, also with the node_exporter recipe's drop-in in place.
+        # 1b. Every file: link of the unit (Documentation=) and of the catalog
+        #     (Support:) resolves (issue 20, item 9).
+        links = self.sh("systemctl show -p Documentation --value ivh-reclaimd; "
+                        "grep -h '^Support:' /usr/lib/systemd/catalog/ivh-reclaimd.catalog").stdout.split()
+        files = sorted({l[len("file:"):] for l in links if l.startswith("file:")})
+        self.assertTrue(files, links)
+        for path in files:
+            self.assertTrue(os.path.isfile(box.path(path)), "a broken file: link: " + path)
+
+        # 2. No token: the unit fails once, and does not loop, also with the
+        #    node_exporter recipe's drop-in in place; the journal names the
+        #    missing file and how to install it (exit 78, not systemd's bare
+        #    243/CREDENTIALS: issue 20, item 6).
         examples = "/usr/share/doc/ivh-reclaimd/examples/node-exporter"
         self.sh(RECIPE % {"examples": examples})
         box.put("/etc/ivh-reclaimd/policy.yaml", self.policy())
         p = self.sh("systemctl start ivh-reclaimd", check=False)
         self.assertNotEqual(p.returncode, 0)
         wait_for("the failed state", lambda: self.show("ActiveState") == "failed")
-        self.assertEqual(self.show("ExecMainStatus"), "243")
+        self.assertEqual(self.show("ExecMainStatus"), "78")
         time.sleep(7)  # RestartSec=5s
         self.assertEqual(self.show("NRestarts"), "0")
         self.assertEqual(self.show("ActiveState"), "failed")
+        text = self.sh("journalctl -u ivh-reclaimd --no-pager").stdout
+        self.assertIn("/etc/ivh-reclaimd/accesstoken does not exist", text)
+        self.assertIn("install -m 0600 /dev/stdin /etc/ivh-reclaimd/accesstoken", text)
         self.sh("systemctl reset-failed ivh-reclaimd")
 
         # 3. The token; --check-config as an operator runs it.
@@ -177,6 +191,31 @@ class UnderSystemd(unittest.TestCase):
         self.assertIn("ivh_config_last_reload_successful 1", text)
         self.assertIn("node_textfile_scrape_error 0", text)
 
+        # 5b. The same-boot age guarantee under the shipped unit (issue 20,
+        #     item 2): the state carries this boot's id, and a restart keeps
+        #     the ages from the boot-time clock, with no "now count from the
+        #     wall clock" and no warning about the boot id.
+        live = self.gw.add_session("app-live-1", IN_PROGRESS)
+
+        def state():
+            text = self.file("/var/lib/ivh-reclaimd/state.json")
+            return json.loads(text) if text.strip() else None
+        self.sh("systemctl kill -s USR1 ivh-reclaimd")
+        before = wait_for("the live session in the state file",
+                          lambda: (state() or {}).get("first_seen", {}).get(live) and state())
+        boot_id = self.sh("cat /proc/sys/kernel/random/boot_id").stdout.strip()
+        self.assertEqual(before["boot_id"], boot_id)
+        calls = len(self.gw.calls_to("listsessionofuin"))
+        self.sh("systemctl restart ivh-reclaimd")
+        wait_for("a cycle after the restart", lambda: len(self.gw.calls_to("listsessionofuin")) > calls)
+        time.sleep(1)
+        after = state()
+        self.assertEqual(after["boot_id"], boot_id)
+        self.assertLess(abs(after["first_seen"][live] - before["first_seen"][live]), 2000)
+        text = self.sh("journalctl -u ivh-reclaimd --no-pager").stdout
+        self.assertNotIn("now count from the wall clock", text)
+        self.assertNotIn("Cannot read the boot id", text)
+
         # 6. Reload with a good file: it takes effect, the same process runs on.
         pid = int(self.show("MainPID"))
         box.put("/etc/ivh-reclaimd/policy.yaml", self.policy(extra="protect:\n  user_ids: [\"vip-*\"]\n"))
@@ -203,14 +242,43 @@ class UnderSystemd(unittest.TestCase):
         wait_for("the sweep to close %s" % second, lambda: self.closed(second), timeout=15)
         self.assertTrue(wait_for("its journal entry", lambda: self.reclaimed_in_journal(second)))
 
-        # 7b. A valid file that needs a restart (another state_file): the reload fails too.
+        # 7b. A valid file that needs a restart (another state_file): the
+        #     reload fails too, and the check an operator runs by hand says
+        #     so beforehand (issue 20, item 8).
         box.put("/etc/ivh-reclaimd/policy.yaml", self.policy(extra="state_file: /var/lib/ivh-reclaimd/other.json\n"))
+        p = self.sh("ivh-reclaimd --check-config")
+        self.assertIn("state_file differs from the running daemon's (PID %d): 'systemctl reload ivh-reclaimd' "
+                      "will be refused" % pid, p.stdout)
         p = self.sh("systemctl reload ivh-reclaimd", check=False)
         self.assertNotEqual(p.returncode, 0, p)
         self.assertIn("state_file differs from the running daemon's, which needs a restart",
                       self.sh("journalctl -u ivh-reclaimd --no-pager").stdout)
         box.put("/etc/ivh-reclaimd/policy.yaml", self.policy())
         self.sh("systemctl reload ivh-reclaimd")
+
+        # 7c. A token file that others may read is refused under the unit
+        #     too, though systemd hands the service a private copy (issue 20,
+        #     item 5).
+        self.sh("chmod 0644 /etc/ivh-reclaimd/accesstoken")
+        p = self.sh("systemctl restart ivh-reclaimd", check=False)
+        self.assertNotEqual(p.returncode, 0)
+        wait_for("the failed state", lambda: self.show("ActiveState") == "failed")
+        self.assertEqual(self.show("ExecMainStatus"), "78")
+        self.assertIn("access token file /etc/ivh-reclaimd/accesstoken gives its group or others access "
+                      "(mode 0644)", self.sh("journalctl -u ivh-reclaimd --no-pager").stdout)
+        self.sh("chmod 0600 /etc/ivh-reclaimd/accesstoken && systemctl reset-failed ivh-reclaimd && "
+                "systemctl start ivh-reclaimd")
+
+        # 7d. The metrics directory missing (a purge removed it, the admin's
+        #     drop-in stayed): the service starts, warns, and does not loop
+        #     (issue 20, item 3).
+        self.sh("rm -rf /run/ivh-reclaimd-metrics && systemctl restart ivh-reclaimd")
+        self.assertEqual(self.show("ActiveState"), "active")
+        time.sleep(7)  # RestartSec=5s
+        self.assertEqual(self.show("ActiveState"), "active")
+        self.assertEqual(self.show("NRestarts"), "0")
+        self.sh("systemd-tmpfiles --create /etc/tmpfiles.d/ivh-reclaimd-metrics.conf && "
+                "systemctl restart ivh-reclaimd")
 
         # 8. Several accounts: the README's drop-in, with no
         #    /etc/ivh-reclaimd/accesstoken left (no 243 from the unit's own line).
@@ -244,6 +312,22 @@ class UnderSystemd(unittest.TestCase):
         exe = self.sh("readlink /proc/%d/exe" % new_pid).stdout.strip()
         self.assertFalse(exe.endswith("(deleted)"), exe)
         self.assertEqual(self.daemon_pids(), [new_pid])
+
+        # 9b. A reload refused earlier left a broken file: an upgrade (here a
+        #     reinstall) does not replace the running daemon with one that
+        #     refuses it, and says so loudly (issue 20, item 1).
+        with open(box.path("/etc/ivh-reclaimd/policy.yaml")) as f:
+            good = f.read()
+        box.put("/etc/ivh-reclaimd/policy.yaml", good + "bogus_key: 1\n")
+        self.assertNotEqual(self.sh("systemctl reload ivh-reclaimd", check=False).returncode, 0)
+        p = self.sh("dpkg -i /var/tmp/v2.deb")
+        self.assertIn("NOT restarted after the upgrade", p.stderr)
+        self.assertRegex(p.stderr, r"/etc/ivh-reclaimd/policy.yaml:\d+:1: top level: unknown key 'bogus_key'")
+        self.assertEqual(self.show("ActiveState"), "active")
+        self.assertEqual(int(self.show("MainPID")), new_pid)
+        self.assertIn("NOT restarted after the upgrade", self.sh("journalctl -t ivh-reclaimd --no-pager").stdout)
+        box.put("/etc/ivh-reclaimd/policy.yaml", good)
+        self.sh("systemctl reload ivh-reclaimd")
 
         # 10. Remove: the daemon stops, and closes nothing more.
         self.sh("dpkg -r ivh-reclaimd")

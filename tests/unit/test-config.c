@@ -697,9 +697,25 @@ static void test_loopback_hosts(void **state) {
         assert_false(config_host_is_loopback(NULL));
 }
 
+/* A misspelt kind gets a "did you mean", as a misspelt key does. */
+static void test_kind_did_you_mean(void **state) {
+        char *e;
+
+        (void) state;
+        e = load("gateway: {appkey: k}\n"
+                 "policies:\n"
+                 "  - {name: oops, kind: faild, after: 5m}\n",
+                 NULL);
+        assert_error_at(e, 3, 24,
+                        "policies[0].kind: expected one of failed, not_started, max_age, over_capacity, got "
+                        "'faild', did you mean 'failed'?");
+        free(e);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_example_file_loads),
+                cmocka_unit_test_setup_teardown(test_kind_did_you_mean, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_minimal_defaults, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_syntax_error_position, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_unknown_key_suggestion, setup, teardown),
