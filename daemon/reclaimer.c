@@ -115,6 +115,7 @@ struct reclaimer {
         bool any_list_failed;
         size_t planned;         /* --plan: sessions that would be reclaimed, all accounts */
         bool reload_failed;     /* the last SIGHUP's file was refused; the previous one runs */
+        int metrics_error;      /* the last write of metrics_file failed with this errno; 0: it did not */
         int64_t loaded_wall_ms; /* when the running configuration was loaded (start or reload) */
         bool list_auth_failed;  /* a list call was refused for auth: --once/--plan exit 77 */
         bool unhealthy_logged;
@@ -351,9 +352,12 @@ static void notify_status(struct reclaimer *r, struct runner *u) {
         }
         accounts_where(r, list_failed, failing, sizeof failing);
         accounts_where(r, fuse_tripped, fused, sizeof fused);
-        snprintf(extra, sizeof extra, "%s%s%s", n_fused ? "; share fuse tripped: " : "",
+        snprintf(extra, sizeof extra, "%s%s%s%s%s%s%s", n_fused ? "; share fuse tripped: " : "",
                  n_fused ? fused : "",
-                 r->reload_failed ? "; the last reload failed, the previous policy runs" : "");
+                 r->reload_failed ? "; the last reload failed, the previous policy runs" : "",
+                 r->metrics_error ? "; cannot write the metrics file " : "",
+                 r->metrics_error ? r->metrics_file : "", r->metrics_error ? ": " : "",
+                 r->metrics_error ? strerror(r->metrics_error) : "");
         if (r->n_runners > 1) {
                 account_problems(r, problems, sizeof problems);
                 snprintf(body, sizeof body,
@@ -449,6 +453,7 @@ static void write_metrics(struct reclaimer *r) {
         if (ret < 0)
                 log_warning("Failed to write metrics file %s: %s; retrying after the next cycle",
                             r->metrics_file, strerror(-ret));
+        r->metrics_error = ret < 0 ? -ret : 0;
 }
 
 /* ha_release()'s revoke was answered: nothing is left to do. */

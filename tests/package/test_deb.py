@@ -66,7 +66,8 @@ class Package(unittest.TestCase):
                      "./usr/share/doc/ivh-reclaimd/examples/ivh-reclaimd.rules.yml",
                      "./usr/share/doc/ivh-reclaimd/examples/node-exporter/metrics.conf",
                      "./usr/share/doc/ivh-reclaimd/examples/node-exporter/sysusers.conf",
-                     "./usr/share/doc/ivh-reclaimd/examples/node-exporter/tmpfiles.conf"):
+                     "./usr/share/doc/ivh-reclaimd/examples/node-exporter/tmpfiles.conf",
+                     "./usr/lib/sysusers.d/ivh-reclaimd.conf", "./usr/lib/tmpfiles.d/ivh-reclaimd.conf"):
             self.assertIn(path, files)
         with open(os.path.join(self.control, "conffiles")) as f:
             self.assertEqual(f.read().split(), ["/etc/ivh-reclaimd/policy.yaml"])

@@ -2,10 +2,12 @@
 systemd-nspawn --boot; the freshly built .deb installed in it; the service
 started against the gateway simulator on the host's loopback. Then, in
 turn: not started on install, no restart loop without a token, READY, a
-reclaim in the journal, the node_exporter textfile recipe, reload with a
-good and with a broken file, SIGUSR1, the multi-account credential drop-in,
-an upgrade that restarts the daemon, remove stopping it, and purge leaving
-nothing behind."""
+reclaim in the journal, node_exporter serving the metrics with no manual
+step, the same-boot ages across a restart, reload with a good and with a
+broken file, SIGUSR1, a token file others may read, a missing metrics
+directory, the multi-account credential drop-in, an upgrade that restarts
+the daemon and one that does not (a broken file), remove stopping it, and
+purge leaving nothing behind (issues 13 and 20)."""
 
 import json
 import os
@@ -25,14 +27,6 @@ from gateway_sim import IN_PROGRESS, STREAM_FAILED  # noqa: E402
 APPKEY = "5b0e7c1d9a2f4e6b8c3d1a0f9e8d7c6b"
 TOKEN = "nspawn-test-token-0123456789"
 RECLAIM_ID = "99f9654f605e424185666fe382c90fb6"
-# The node_exporter recipe, as README and examples/node-exporter/metrics.conf write it.
-RECIPE = ("install -D -m 0644 %(examples)s/metrics.conf /etc/systemd/system/ivh-reclaimd.service.d/metrics.conf && "
-          "install -D -m 0644 %(examples)s/sysusers.conf /etc/sysusers.d/ivh-reclaimd-metrics.conf && "
-          "systemd-sysusers && "
-          "install -D -m 0644 %(examples)s/tmpfiles.conf /etc/tmpfiles.d/ivh-reclaimd-metrics.conf && "
-          "systemd-tmpfiles --create /etc/tmpfiles.d/ivh-reclaimd-metrics.conf && "
-          "ln -sfn /run/ivh-reclaimd-metrics/ivh-reclaimd.prom /var/lib/prometheus/node-exporter/ivh-reclaimd.prom && "
-          "systemctl daemon-reload")
 needs = [t for t in ("systemd-nspawn", "debootstrap", "nsenter", "dpkg-buildpackage") if not shutil.which(t)]
 
 
@@ -135,12 +129,9 @@ class UnderSystemd(unittest.TestCase):
         for path in files:
             self.assertTrue(os.path.isfile(box.path(path)), "a broken file: link: " + path)
 
-        # 2. No token: the unit fails once, and does not loop, also with the
-        #    node_exporter recipe's drop-in in place; the journal names the
-        #    missing file and how to install it (exit 78, not systemd's bare
-        #    243/CREDENTIALS: issue 20, item 6).
-        examples = "/usr/share/doc/ivh-reclaimd/examples/node-exporter"
-        self.sh(RECIPE % {"examples": examples})
+        # 2. No token: the unit fails once, and does not loop; the journal
+        #    names the missing file and how to install it (exit 78, not
+        #    systemd's bare 243/CREDENTIALS: issue 20, item 6).
         box.put("/etc/ivh-reclaimd/policy.yaml", self.policy())
         p = self.sh("systemctl start ivh-reclaimd", check=False)
         self.assertNotEqual(p.returncode, 0)
@@ -172,13 +163,18 @@ class UnderSystemd(unittest.TestCase):
         wait_for("STATUS=", lambda: "1 reclaimed" in self.show("StatusText"))
         self.assertNotIn(TOKEN, self.sh("journalctl --no-pager -o verbose").stdout)
 
-        # 5. node_exporter (user prometheus) serves the daemon's metrics.
-        def scraped():
+        # 5. node_exporter (user prometheus) serves the daemon's metrics, with
+        #    no step of the operator's: the package's group, directory and
+        #    link (issue 20, item 4).
+        def scraped_text():
             try:
                 with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % self.exporter_port, timeout=5) as r:
-                    text = r.read().decode()
+                    return r.read().decode()
             except OSError:
-                return None
+                return ""
+
+        def scraped():
+            text = scraped_text()
             return text if "ivh_reclaimd_build_info" in text else None
         try:
             text = wait_for("node_exporter to serve ivh_ metrics", scraped, timeout=60, interval=1)
@@ -277,7 +273,10 @@ class UnderSystemd(unittest.TestCase):
         time.sleep(7)  # RestartSec=5s
         self.assertEqual(self.show("ActiveState"), "active")
         self.assertEqual(self.show("NRestarts"), "0")
-        self.sh("systemd-tmpfiles --create /etc/tmpfiles.d/ivh-reclaimd-metrics.conf && "
+        wait_for("STATUS= naming the metrics file",
+                 lambda: "cannot write the metrics file /run/ivh-reclaimd-metrics/ivh-reclaimd.prom"
+                 in self.show("StatusText"))
+        self.sh("systemd-tmpfiles --create /usr/lib/tmpfiles.d/ivh-reclaimd.conf && "
                 "systemctl restart ivh-reclaimd")
 
         # 8. Several accounts: the README's drop-in, with no
@@ -336,10 +335,13 @@ class UnderSystemd(unittest.TestCase):
         late = self.gw.add_session("app-crash-4", STREAM_FAILED)
         time.sleep(3)
         self.assertFalse(self.closed(late))
+        # node_exporter no longer serves the removed daemon's last metrics.
+        text = scraped_text()
+        self.assertNotIn("ivh_reclaimd_build_info", text)
+        self.assertIn("node_textfile_scrape_error 0", text)
 
-        # 11. Purge (after the operator takes back their own drop-ins): nothing left.
-        self.sh("rm -rf /etc/systemd/system/ivh-reclaimd.service.d /etc/sysusers.d/ivh-reclaimd-metrics.conf "
-                "/etc/tmpfiles.d/ivh-reclaimd-metrics.conf")
+        # 11. Purge (after the operator takes back their own drop-in): nothing left.
+        self.sh("rm -rf /etc/systemd/system/ivh-reclaimd.service.d")
         self.sh("dpkg -P ivh-reclaimd")
         left = self.sh("find / -xdev \\( -path /proc -o -path /sys -o -path /var/tmp \\) -prune -o "
                        "-name '*ivh-reclaimd*' -print; ls -d /run/ivh-reclaimd* 2>/dev/null; true").stdout.split()
