@@ -254,9 +254,22 @@ static size_t utf8_decode(const unsigned char *p, size_t n, uint32_t *ret) {
         return len;
 }
 
+/* The start of a string the list's pre-scan shortened (shorten_string()),
+ * as escaped in the text and as parsed: two control characters, which no
+ * id check accepts, the second saying why. */
+#define SHORT_TOO_LONG      "\\u0001\\u0002"
+#define SHORT_TOO_LONG_TEXT "\x01\x02"
+#define SHORT_CONTROL       "\\u0001\\u0003"
+#define SHORT_CONTROL_TEXT  "\x01\x03"
+
 const char *gateway_id_problem(const char *s, size_t len) {
         const unsigned char *p = (const unsigned char *) s;
 
+        /* Shortened by the list's pre-scan (shorten_string()). */
+        if (len >= 2 && memcmp(s, SHORT_TOO_LONG_TEXT, 2) == 0)
+                return "longer than 256 bytes";
+        if (len >= 2 && memcmp(s, SHORT_CONTROL_TEXT, 2) == 0)
+                return "contains a control character";
         if (len > GATEWAY_ID_MAX)
                 return "longer than 256 bytes";
         for (size_t i = 0; i < len;) {
@@ -272,8 +285,6 @@ const char *gateway_id_problem(const char *s, size_t len) {
         return NULL;
 }
 
-/* Records an entry that is never acted on, with its SessionId escaped (or,
- * without one, its position in the list). */
 static bool status_is_live(int status) {
         return status == SESSION_IN_PROGRESS || status == SESSION_PREPARING;
 }
@@ -395,14 +406,15 @@ static size_t copy_plain(char *dst, const char *src, size_t len, size_t n) {
  * to be an id, as a short one that still tells which it was and that no id
  * check accepts: "\u0001" + its first and last characters, padded with
  * spaces (white space between tokens). */
-static void shorten_string(char *text, size_t start, size_t end) {
+static void shorten_string(char *text, size_t start, size_t end, bool too_long) {
         enum { KEEP = 24 };
-        char label[8 + 2 * KEEP + 2];
+        char label[14 + 2 * KEEP + 2];
         size_t n = 0, body = end - start - 1;
         const char *tail = text + end - (body < KEEP ? body : KEEP);
 
-        memcpy(label, "\"\\u0001", 7);
-        n = 7;
+        /* The marker says why, for gateway_id_problem(). */
+        memcpy(label, too_long ? "\"" SHORT_TOO_LONG : "\"" SHORT_CONTROL, 13);
+        n = 13;
         n += copy_plain(label + n, text + start + 1, body, KEEP);
         label[n++] = '.';
         label[n++] = '.';
@@ -490,7 +502,8 @@ static bool scan_json(const char *text, size_t len, char *patch, struct scan *re
                                     (str_bytes > GATEWAY_ID_MAX || (str_control && i - str_start > 64))) {
                                         found = true;
                                         if (patch)
-                                                shorten_string(patch, str_start, i);
+                                                shorten_string(patch, str_start, i,
+                                                               str_bytes > GATEWAY_ID_MAX);
                                 }
                                 continue;
                         }

@@ -466,6 +466,37 @@ static void test_parse_list_surrogates_and_depth_skip_the_entry(void **state) {
         }
 }
 
+/* Strings too long to be an id are shortened before parsing (a 16 MiB
+ * list of them would otherwise be held whole): the entry is still skipped
+ * with the right reason, and the log can still tell which id it was. */
+static void test_parse_list_long_ids_shortened(void **state) {
+        char json[2048], id[301], ctl[120];
+        struct session_list *l = NULL;
+        struct gateway_error err;
+
+        (void) state;
+        memset(id, 'a', 300);
+        id[0] = 'B', id[299] = 'Z', id[300] = '\0';
+        memset(ctl, 'c', 110);
+        memcpy(ctl + 50, "\\n", 2);
+        ctl[110] = '\0';
+        snprintf(json, sizeof json,
+                 "{\"Header\":{\"Code\":0},\"Payload\":{\"Sessions\":["
+                 "{\"SessionId\":\"%s\",\"UserId\":\"u\",\"SessionStatus\":4},"
+                 "{\"SessionId\":\"%s\",\"UserId\":\"u\",\"SessionStatus\":4},"
+                 "{\"SessionId\":\"ok\",\"UserId\":\"u\",\"SessionStatus\":4}]}}",
+                 id, ctl);
+        assert_int_equal(gateway_parse_list(json, strlen(json), &l, &err), 0);
+        assert_int_equal(l->n, 1);
+        assert_int_equal(l->n_malformed, 2);
+        assert_string_equal(l->malformed[0].reason, "longer than 256 bytes");
+        assert_string_equal(l->malformed[1].reason, "contains a control character");
+        malformed_entry_id(&l->malformed[0], idbuf, sizeof idbuf);
+        assert_non_null(strstr(idbuf, "Baaaa"));
+        assert_non_null(strstr(idbuf, "aaaZ"));
+        session_list_free(l);
+}
+
 static void test_parse_list_value_cap(void **state) {
         size_t n = GATEWAY_LIST_MAX_VALUES + 10, len = 0;
         char *json = malloc(n * 2 + 128);
@@ -515,6 +546,7 @@ int main(void) {
                 cmocka_unit_test(test_id_problem),
                 cmocka_unit_test(test_parse_list_hostile_ids_skipped),
                 cmocka_unit_test(test_parse_list_surrogates_and_depth_skip_the_entry),
+                cmocka_unit_test(test_parse_list_long_ids_shortened),
                 cmocka_unit_test(test_parse_list_value_cap),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
