@@ -166,6 +166,20 @@ cJSON *json_parse_exact(const char *text, size_t len) {
         return root;
 }
 
+/* Whether obj names the key name more than once: cJSON reads the first of
+ * two equal keys, other JSON stacks the last, so the reply has no one
+ * meaning. */
+static bool key_repeats(const cJSON *obj, const char *name) {
+        const cJSON *f;
+        unsigned n = 0;
+
+        cJSON_ArrayForEach(f, obj) {
+                if (f->string && strcmp(f->string, name) == 0 && ++n > 1)
+                        return true;
+        }
+        return false;
+}
+
 /* Checks the envelope. On Code 0 returns 0 and hands over the parsed tree. */
 static int parse_envelope(const char *body, size_t len, cJSON **ret_root, struct gateway_error *err) {
         cJSON *root, *header, *code, *message;
@@ -178,6 +192,12 @@ static int parse_envelope(const char *body, size_t len, cJSON **ret_root, struct
         header = cJSON_GetObjectItemCaseSensitive(root, "Header");
         if (!cJSON_IsObject(root) || !cJSON_IsObject(header)) {
                 r = fail(err, GATEWAY_BAD_RESPONSE, "response has no Header object");
+                goto bad;
+        }
+        if (key_repeats(root, "Header") || key_repeats(root, "Payload") || key_repeats(header, "Code") ||
+            key_repeats(header, "Message")) {
+                r = fail(err, GATEWAY_BAD_RESPONSE,
+                         "the response gives Header, Payload or Header.Code twice");
                 goto bad;
         }
         code = cJSON_GetObjectItemCaseSensitive(header, "Code");
@@ -574,7 +594,28 @@ static bool scan_json(const char *text, size_t len, char *patch, struct scan *re
                                 in_payload = false;
                 } else if (ch == ',')
                         values++;
-                else if (!strchr(" \t\r\n:", ch))
+                else if (ch == '-' || (ch >= '0' && ch <= '9')) {
+                        /* Inside an entry, a number with a fraction or an
+                         * exponent ("4.0", "4e0", "3.9999999999999999") is
+                         * no JSON integer, though it reads as one: it
+                         * becomes a string, which no integer field takes. */
+                        size_t j = i;
+                        bool fraction = false;
+
+                        while (j < len && text[j] && strchr("+-0123456789.eE", text[j])) {
+                                fraction |= text[j] == '.' || text[j] == 'e' || text[j] == 'E';
+                                j++;
+                        }
+                        if (depth >= 4 && fraction && j - i >= 3) {
+                                found = true;
+                                if (patch) {
+                                        memset(patch + i, ' ', j - i);
+                                        memcpy(patch + i, "\"#\"", 3);
+                                }
+                        }
+                        payload_key = sessions_key = false;
+                        i = j - 1;
+                } else if (!strchr(" \t\r\n:", ch))
                         payload_key = sessions_key = false; /* a scalar value */
         }
         ret->values = values;
@@ -686,9 +727,13 @@ static int drop_duplicates(struct session_list *l) {
                 bool conflict = false, hostile = false;
 
                 for (b = a; b < n_keys && strcmp(keys[b].id, keys[a].id) == 0; b++) {
-                        if (keys[b].index >= l->n)
+                        if (keys[b].index >= l->n) {
+                                /* One hostile id listed again and again
+                                 * holds one slot: it counts as live once. */
+                                if (hostile)
+                                        l->malformed[keys[b].index - l->n].live = false;
                                 hostile = true;
-                        else if (!first)
+                        } else if (!first)
                                 first = &l->items[keys[b].index];
                         else if (!same_entry(first, &l->items[keys[b].index]))
                                 conflict = true;
@@ -738,6 +783,28 @@ static int take_entry(struct session_list *l, const cJSON *item) {
 
         if (!why)
                 why = entry_id_problem(&s);
+        if (why && !s.session_id && cJSON_IsObject(item)) {
+                /* A field given twice: every SessionId it names is never
+                 * acted on, nor is a valid entry beside it with the same. */
+                const cJSON *f;
+                bool any = false;
+
+                cJSON_ArrayForEach(f, item) {
+                        if (!f->string || strcmp(f->string, "SessionId") != 0 || !cJSON_IsString(f) ||
+                            !f->valuestring[0])
+                                continue;
+                        if (!(raw = strdup(f->valuestring)))
+                                return -ENOMEM;
+                        r = add_malformed(l, raw, index, why, false);
+                        if (r < 0) {
+                                free(raw);
+                                return r;
+                        }
+                        any = true;
+                }
+                if (any)
+                        return 0;
+        }
         if (!why) {
                 struct session *items = reserve_one(l->items, &l->items_cap, l->n, sizeof *items);
 
@@ -829,6 +896,10 @@ static int parse_list(char *body, size_t len, const struct scan *sc, struct sess
                 goto out;
         }
         sessions = cJSON_GetObjectItemCaseSensitive(payload, "Sessions");
+        if (key_repeats(payload, "Sessions")) {
+                r = fail(err, GATEWAY_BAD_RESPONSE, "the response gives Payload.Sessions twice");
+                goto out;
+        }
         if (sessions && !cJSON_IsNull(sessions) && !cJSON_IsArray(sessions)) {
                 r = fail(err, GATEWAY_BAD_RESPONSE, "Payload.Sessions is not a list");
                 goto out;

@@ -242,6 +242,11 @@ static void schedule_next(struct runner *u, int64_t started_mono_ms, uint64_t re
                 ulog(u, LOG_WARNING,
                      "The cycle took longer than poll_interval (%" PRIu64 " ms); starting the next one now",
                      u->config->poll_interval_ms);
+        /* A list Retry-After shorter than poll_interval still holds back a
+         * sweep (SIGUSR1) and a reload's new schedule. */
+        if (retry_after_ms > 0 &&
+            now + (int64_t) (retry_after_ms > cap ? cap : retry_after_ms) > u->not_before_ms)
+                u->not_before_ms = now + (int64_t) (retry_after_ms > cap ? cap : retry_after_ms);
         if (retry_after_ms > 0 && now + (int64_t) retry_after_ms > next) {
                 char when[32], asked[32], waiting[32];
                 uint64_t wait = retry_after_ms > cap ? cap : retry_after_ms;

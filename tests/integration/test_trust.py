@@ -371,6 +371,26 @@ class RetryAfter(DaemonTest):
         self.assertIn("in 2s", self.next_poll_warning(run.logs)[0]["msg"])
 
 
+    def test_a_sweep_waits_for_a_list_retry_after_shorter_than_poll_interval(self):
+        # Issue 19, second red team: with poll_interval 30s, a list answered
+        # 429 with Retry-After: 3 was listed again at once on SIGUSR1.
+        for status in (429, 503):
+            with self.subTest(status=status):
+                self.gw.calls.clear()
+                self.gw.add_fault("listsessionofuin", "http_status", status=status, retry_after=3)
+                self.write_config([("failed-streams", "failed", "0s")], poll_interval="30s")
+                p = self.start_daemon()
+                wait_for(lambda: len(self.gw.calls_to("listsessionofuin")) >= 1, what="the first list")
+                first = self.gw.calls_to("listsessionofuin")[0]["time"]
+                time.sleep(1.2)
+                p.send_signal(signal.SIGUSR1)
+                wait_for(lambda: len(self.gw.calls_to("listsessionofuin")) >= 2, timeout=10, what="the sweep")
+                second = self.gw.calls_to("listsessionofuin")[1]["time"]
+                run = self.stop_daemon(p)
+                self.assertEqual(run.returncode, 0, run)
+                self.assertGreaterEqual(second - first, 2.9)
+
+
 class Watchdog(DaemonTest):
     def test_a_retry_after_pause_does_not_starve_the_watchdog(self):
         # Item 8: with a Retry-After pause inside a cycle, the old time budget

@@ -497,6 +497,87 @@ static void test_parse_list_long_ids_shortened(void **state) {
         session_list_free(l);
 }
 
+/* What the second red team of issue 19 found in the parser. */
+static void test_parse_list_red_team_2(void **state) {
+        struct session_list *l = NULL;
+        struct gateway_error err;
+        (void) state;
+
+        /* A twin with a field given twice blocks the valid entry beside it. */
+        {
+                static const char json[] = "{\"Header\":{\"Code\":0},\"Payload\":{\"Sessions\":["
+                                           "{\"SessionId\":\"s1\",\"UserId\":\"u\",\"SessionStatus\":4},"
+                                           "{\"SessionId\":\"s1\",\"UserId\":\"u\",\"UserId\":\"vip-1\","
+                                           "\"SessionStatus\":4},"
+                                           "{\"SessionId\":\"s2\",\"SessionId\":\"s3\",\"UserId\":\"u\","
+                                           "\"SessionStatus\":4},"
+                                           "{\"SessionId\":\"s3\",\"UserId\":\"u\",\"SessionStatus\":4},"
+                                           "{\"SessionId\":\"ok\",\"UserId\":\"u\",\"SessionStatus\":4}]}}";
+
+                assert_int_equal(gateway_parse_list(json, strlen(json), &l, &err), 0);
+                assert_int_equal(l->n, 1);
+                assert_string_equal(l->items[0].session_id, "ok");
+                session_list_free(l);
+        }
+        /* A number with a fraction or an exponent is no JSON integer. */
+        {
+                static const char *const forms[] = { "4.0", "4e0", "40e-1", "3.9999999999999999", "4E0" };
+
+                for (size_t i = 0; i < ELEMENTSOF(forms); i++) {
+                        char json[512];
+
+                        snprintf(json, sizeof json,
+                                 "{\"Header\":{\"Code\":0},\"Payload\":{\"Sessions\":["
+                                 "{\"SessionId\":\"s1\",\"UserId\":\"u\",\"SessionStatus\":%s,\"x\":1.5},"
+                                 "{\"SessionId\":\"ok\",\"UserId\":\"u\",\"SessionStatus\":4}]}}",
+                                 forms[i]);
+                        l = NULL;
+                        assert_int_equal(gateway_parse_list(json, strlen(json), &l, &err), 0);
+                        assert_int_equal(l->n, 1);
+                        assert_string_equal(l->items[0].session_id, "ok");
+                        assert_string_equal(l->malformed[0].reason, "SessionStatus is not an integer");
+                        session_list_free(l);
+                }
+        }
+        /* The envelope says one thing: a key given twice refuses the reply. */
+        {
+                static const char *const twice[] = {
+                        "{\"Header\":{\"Code\":0,\"Code\":100005},\"Payload\":{\"Sessions\":[]}}",
+                        "{\"Header\":{\"Code\":0},\"Header\":{\"Code\":100003},\"Payload\":{\"Sessions\":[]}"
+                        "}",
+                        "{\"Header\":{\"Code\":0},\"Payload\":{\"Sessions\":[]},\"Payload\":{\"Sessions\":[]"
+                        "}}",
+                        "{\"Header\":{\"Code\":0},\"Payload\":{\"Sessions\":[{\"SessionId\":\"s\","
+                        "\"UserId\":"
+                        "\"u\",\"SessionStatus\":4}],\"Sessions\":[]}}",
+                };
+
+                for (size_t i = 0; i < ELEMENTSOF(twice); i++) {
+                        l = NULL;
+                        assert_int_equal(gateway_parse_list(twice[i], strlen(twice[i]), &l, &err), -EPROTO);
+                        assert_int_equal(err.kind, GATEWAY_BAD_RESPONSE);
+                        assert_null(l);
+                }
+        }
+        /* One hostile id listed 3 times holds one slot: live once. */
+        {
+                static const char json[] =
+                        "{\"Header\":{\"Code\":0},\"Payload\":{\"Sessions\":["
+                        "{\"SessionId\":\"h\\u0000\",\"UserId\":\"u\",\"SessionStatus\":1},"
+                        "{\"SessionId\":\"h\\u0000\",\"UserId\":\"u\",\"SessionStatus\":1},"
+                        "{\"SessionId\":\"h\\u0000\",\"UserId\":\"u\",\"SessionStatus\":1}]}}";
+                size_t live = 0;
+
+                l = NULL;
+                assert_int_equal(gateway_parse_list(json, strlen(json), &l, &err), 0);
+                assert_int_equal(l->n_malformed, 3);
+                for (size_t i = 0; i < l->n_malformed; i++)
+                        live += l->malformed[i].live;
+                assert_int_equal(live, 1);
+                session_list_free(l);
+        }
+}
+
 static void test_parse_list_value_cap(void **state) {
         size_t n = GATEWAY_LIST_MAX_VALUES + 10, len = 0;
         char *json = malloc(n * 2 + 128);
@@ -547,6 +628,7 @@ int main(void) {
                 cmocka_unit_test(test_parse_list_hostile_ids_skipped),
                 cmocka_unit_test(test_parse_list_surrogates_and_depth_skip_the_entry),
                 cmocka_unit_test(test_parse_list_long_ids_shortened),
+                cmocka_unit_test(test_parse_list_red_team_2),
                 cmocka_unit_test(test_parse_list_value_cap),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
