@@ -142,16 +142,14 @@ static bool kind_from_string(const char *s, enum policy_kind *ret) {
 static void parse_kind(struct yaml_reader *p, const char *where, yaml_node_t *v, void *base) {
         struct policy *pol = base;
         const char *s = yaml_scalar(v);
+        const char *hint;
 
-        static const char *const kinds[] = { "failed", "not_started", "max_age", "over_capacity", NULL };
-        const char *hint = yaml_nearest_word(s, kinds);
-
-        if (!kind_from_string(s, &pol->kind))
-                yaml_error(
-                        p, v,
-                        "%s: expected one of failed, not_started, max_age, over_capacity, got %s%s%s%s%s%s",
-                        where, s ? "'" : yaml_type_name(v), s ? s : "", s ? "'" : "",
-                        hint ? ", did you mean '" : "", hint ? hint : "", hint ? "'?" : "");
+        if (kind_from_string(s, &pol->kind))
+                return;
+        hint = yaml_nearest_word(s, kind_names, ELEMENTSOF(kind_names));
+        yaml_error(p, v, "%s: expected one of failed, not_started, max_age, over_capacity, got %s%s%s%s%s%s",
+                   where, s ? "'" : yaml_type_name(v), s ? s : "", s ? "'" : "",
+                   hint ? ", did you mean '" : "", hint ? hint : "", hint ? "'?" : "");
 }
 
 /* An empty selector would select every user: a template that renders an

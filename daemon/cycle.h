@@ -5,16 +5,15 @@
 #include <ev.h>
 #include <stdbool.h>
 #include <stdint.h>
-#include <stdio.h>
 
 #include "config.h"
 #include "credentials.h"
+#include "decide.h"
 #include "gateway.h"
 #include "ha.h"
 #include "http.h"
 #include "idset.h"
 #include "metrics.h"
-#include "decide.h"
 #include "retry.h"
 #include "state.h"
 #include "throttle.h"

@@ -282,6 +282,11 @@ static size_t utf8_decode(const unsigned char *p, size_t n, uint32_t *ret) {
 #define SHORT_CONTROL       "\\u0001\\u0003"
 #define SHORT_CONTROL_TEXT  "\x01\x03"
 
+/* A control character as ids may not hold one: C0, DEL, C1, U+2028, U+2029. */
+static bool is_control(uint32_t cp) {
+        return cp < 0x20 || cp == 0x7f || (cp >= 0x80 && cp <= 0x9f) || cp == 0x2028 || cp == 0x2029;
+}
+
 const char *gateway_id_problem(const char *s, size_t len) {
         const unsigned char *p = (const unsigned char *) s;
 
@@ -298,7 +303,7 @@ const char *gateway_id_problem(const char *s, size_t len) {
 
                 if (n == 0)
                         return "not valid UTF-8";
-                if (cp < 0x20 || cp == 0x7f || (cp >= 0x80 && cp <= 0x9f) || cp == 0x2028 || cp == 0x2029)
+                if (is_control(cp))
                         return "contains a control character";
                 i += n;
         }
@@ -424,8 +429,9 @@ static size_t copy_plain(char *dst, const char *src, size_t len, size_t n) {
 
 /* Rewrites the string token text[start..end] (quotes included), too long
  * to be an id, as a short one that still tells which it was and that no id
- * check accepts: "\u0001" + its first and last characters, padded with
- * spaces (white space between tokens). */
+ * check accepts: a marker of two control characters (SHORT_TOO_LONG or
+ * SHORT_CONTROL, which gateway_id_problem() tells apart) and its first and
+ * last characters, padded with spaces (white space between tokens). */
 static void shorten_string(char *text, size_t start, size_t end, bool too_long) {
         enum { KEEP = 24 };
         char label[14 + 2 * KEEP + 2];
@@ -444,6 +450,35 @@ static void shorten_string(char *text, size_t start, size_t end, bool too_long) 
         memcpy(text + start, label, n);
 }
 
+/* What scan_json() found. */
+struct scan {
+        size_t values;
+        /* Where Payload.Sessions opens, if it is an array under keys written
+         * without escapes (then cJSON would read the same): its entries are
+         * parsed one at a time. */
+        bool has_sessions;
+        size_t sessions_at;
+};
+
+/* The first character at or after p that is not JSON white space. */
+static const char *skip_space(const char *p, const char *end) {
+        while (p < end && strchr(" \t\r\n", *p) && *p)
+                p++;
+        return p;
+}
+
+/* Whether the string token text[start..end] (quotes included) is the key
+ * name, written plainly, and a key: followed by a colon. */
+static bool is_key(const char *text, size_t len, size_t start, size_t end, const char *name) {
+        size_t n = strlen(name);
+        const char *p;
+
+        if (end - start - 1 != n || memcmp(text + start + 1, name, n) != 0)
+                return false;
+        p = skip_space(text + end + 1, text + len);
+        return p < text + len && *p == ':';
+}
+
 /* One pass over the raw text of a reply finds what cJSON would either
  * misread or refuse as a whole, when one entry alone is at fault:
  *  - NUL, raw or escaped ("\\u0000"): cJSON keeps strings NUL-terminated,
@@ -455,40 +490,21 @@ static void shorten_string(char *text, size_t start, size_t end, bool too_long) 
  *  - containers nested deeper than JSON_DEPTH_MAX;
  *  - inside an entry, a string longer than any id (GATEWAY_ID_MAX bytes),
  *    or a long one with a control character: it is no usable id, so the
- *    parser need not copy it whole.
- * When patch is not NULL (a copy of text), a NUL or a lone surrogate
- * becomes U+0001, a control character that gateway_id_problem() refuses,
- * and a container opened CUT_BACK levels above one that goes too deep
- * becomes CUT_MARKER padded with spaces: the entry is then skipped rather
- * than read as another session or taken for a broken list; a string too
- * long to be an id becomes "\u0001" padded with spaces. The text keeps
- * its length. Also counts the values, an upper bound: commas and opening
- * brackets outside strings, plus one. Returns whether anything needs a
- * patch. */
-struct scan {
-        size_t values;
-        /* Where Payload.Sessions opens, if it is an array under keys written
-         * without escapes (then cJSON would read the same): its entries are
-         * parsed one at a time. */
-        bool has_sessions;
-        size_t sessions_at;
-};
-
-/* Whether the string token text[start..end] (quotes included) is the key
- * name, written plainly, and a key: followed by a colon. */
-static bool is_key(const char *text, size_t len, size_t start, size_t end, const char *name) {
-        size_t n = strlen(name), i = end + 1;
-
-        if (end - start - 1 != n || memcmp(text + start + 1, name, n) != 0)
-                return false;
-        while (i < len && strchr(" \t\r\n", text[i]))
-                i++;
-        return i < len && text[i] == ':';
-}
-
-static bool scan_json(const char *text, size_t len, char *patch, struct scan *ret) {
+ *    parser need not copy it whole;
+ *  - inside an entry, a number with a fraction or an exponent, which is
+ *    no JSON integer though it reads as one.
+ * Each is rewritten in place, the text keeping its length: a NUL or a lone
+ * surrogate becomes U+0001, a control character that gateway_id_problem()
+ * refuses, and a container opened CUT_BACK levels above one that goes too
+ * deep becomes CUT_MARKER padded with spaces, so that the entry is skipped
+ * rather than read as another session or taken for a broken list; a string
+ * that cannot be an id is shortened (shorten_string()); such a number
+ * becomes the string "#". Also counts the values, an upper bound: commas
+ * and opening brackets outside strings, plus one, and finds where
+ * Payload.Sessions opens. */
+static void scan_json(char *text, size_t len, struct scan *ret) {
         size_t opened_at[JSON_DEPTH_MAX + 1];
-        bool in_string = false, found = false;
+        bool in_string = false;
         size_t values = 1, depth = 0, str_start = 0, str_bytes = 0;
         bool str_control = false; /* the string holds a control character: no id */
         /* Payload's key was just read (at depth 1); Payload is open (depth 2);
@@ -501,9 +517,7 @@ static bool scan_json(const char *text, size_t len, char *patch, struct scan *re
                 char ch = text[i];
 
                 if (ch == '\0') {
-                        found = true;
-                        if (patch)
-                                patch[i] = '\x01';
+                        text[i] = '\x01';
                         str_bytes++;
                 } else if (in_string) {
                         int v, w;
@@ -519,16 +533,12 @@ static bool scan_json(const char *text, size_t len, char *patch, struct scan *re
                                  * be is never used: keep the parser from
                                  * copying it. */
                                 if (depth >= 4 &&
-                                    (str_bytes > GATEWAY_ID_MAX || (str_control && i - str_start > 64))) {
-                                        found = true;
-                                        if (patch)
-                                                shorten_string(patch, str_start, i,
-                                                               str_bytes > GATEWAY_ID_MAX);
-                                }
+                                    (str_bytes > GATEWAY_ID_MAX || (str_control && i - str_start > 64)))
+                                        shorten_string(text, str_start, i, str_bytes > GATEWAY_ID_MAX);
                                 continue;
                         }
                         str_bytes++;
-                        if ((unsigned char) ch < 0x20 || ch == 0x7f)
+                        if (is_control((unsigned char) ch))
                                 str_control = true;
                         if (ch != '\\')
                                 continue;
@@ -538,7 +548,7 @@ static bool scan_json(const char *text, size_t len, char *patch, struct scan *re
                                 i++;
                                 continue;
                         }
-                        if (v < 0x20 || (v >= 0x7f && v <= 0x9f) || v == 0x2028 || v == 0x2029)
+                        if (is_control((uint32_t) v))
                                 str_control = true;
                         /* A high surrogate with its low one: a pair, fine. */
                         if (v >= 0xd800 && v <= 0xdbff && i + 11 < len && text[i + 6] == '\\' &&
@@ -547,11 +557,9 @@ static bool scan_json(const char *text, size_t len, char *patch, struct scan *re
                                 i += 11;
                                 continue;
                         }
-                        if (v == 0 || (v >= 0xd800 && v <= 0xdfff)) {
-                                found = true;
-                                if (patch)
-                                        memcpy(patch + i + 2, "0001", 4);
-                        } else
+                        if (v == 0 || (v >= 0xd800 && v <= 0xdfff))
+                                memcpy(text + i + 2, "0001", 4);
+                        else
                                 str_bytes += (v >= 0x80) + (v >= 0x800);
                         i += 5;
                 } else if (ch == '"') {
@@ -574,17 +582,14 @@ static bool scan_json(const char *text, size_t len, char *patch, struct scan *re
                         }
                         /* Too deep: cut out the container opened CUT_BACK
                          * levels up, whose span holds the marker. */
-                        found = true;
                         depth -= CUT_BACK;
                         {
                                 size_t start = opened_at[depth], end = container_end(text, len, start);
 
                                 if (end == len)
                                         break; /* never closes: cJSON refuses the text anyway */
-                                if (patch) {
-                                        memset(patch + start, ' ', end - start + 1);
-                                        memcpy(patch + start, "\"" CUT_MARKER "\"", strlen(CUT_MARKER) + 2);
-                                }
+                                memset(text + start, ' ', end - start + 1);
+                                memcpy(text + start, "\"" CUT_MARKER "\"", strlen(CUT_MARKER) + 2);
                                 i = end;
                         }
                 } else if (ch == ']' || ch == '}') {
@@ -607,11 +612,8 @@ static bool scan_json(const char *text, size_t len, char *patch, struct scan *re
                                 j++;
                         }
                         if (depth >= 4 && fraction && j - i >= 3) {
-                                found = true;
-                                if (patch) {
-                                        memset(patch + i, ' ', j - i);
-                                        memcpy(patch + i, "\"#\"", 3);
-                                }
+                                memset(text + i, ' ', j - i);
+                                memcpy(text + i, "\"#\"", 3);
                         }
                         payload_key = sessions_key = false;
                         i = j - 1;
@@ -619,7 +621,6 @@ static bool scan_json(const char *text, size_t len, char *patch, struct scan *re
                         payload_key = sessions_key = false; /* a scalar value */
         }
         ret->values = values;
-        return found;
 }
 
 /* Whether a value holds a container cut out by scan_json(). */
@@ -829,12 +830,6 @@ static int take_entry(struct session_list *l, const cJSON *item) {
         return r;
 }
 
-static const char *skip_space(const char *p, const char *end) {
-        while (p < end && strchr(" \t\r\n", *p) && *p)
-                p++;
-        return p;
-}
-
 /* Payload.Sessions at body[at] ('['): each entry is parsed by cJSON on its
  * own and taken; then the array becomes "[]" padded with spaces, so that
  * the envelope parses small. */
@@ -928,7 +923,7 @@ int gateway_parse_list_in_place(char *body, size_t len, struct session_list **re
         struct scan sc;
 
         memset(err, 0, sizeof *err);
-        scan_json(body, len, body, &sc);
+        scan_json(body, len, &sc);
         return parse_list(body, len, &sc, ret_list, err);
 }
 

@@ -418,25 +418,22 @@ static int check_restart(struct report *rep, const struct config *c) {
         int r;
 
         if (!rep->reload) {
-                long p;
-
-                if (getenv("STATE_DIRECTORY"))
+                /* By hand: the shipped unit's state directory, if it runs. */
+                if (dirs)
                         return 0;
                 dirs = UNIT_STATE_DIRECTORY;
-                if (!(path = running_policy_path(dirs)))
-                        return -ENOMEM;
-                r = read_file_full(path, CONFIG_MAX_SIZE, &text, &len);
-                p = r >= 0 ? running_daemon_pid(text, len) : 0;
+        } else if (!dirs || !*dirs)
+                return 0;
+        if (!(path = running_policy_path(dirs)))
+                return -ENOMEM;
+        r = read_file_full(path, CONFIG_MAX_SIZE, &text, &len);
+        if (!rep->reload) {
+                long p = r >= 0 ? running_daemon_pid(text, len) : 0;
+
                 if (p == 0)
                         goto out;
                 snprintf(by_hand_pid, sizeof by_hand_pid, "%ld", p);
                 pid = by_hand_pid;
-        } else if (!dirs || !*dirs)
-                return 0;
-        else {
-                if (!(path = running_policy_path(dirs)))
-                        return -ENOMEM;
-                r = read_file_full(path, CONFIG_MAX_SIZE, &text, &len);
         }
         snprintf(head, sizeof head, "# ivh-reclaimd %s\n", pid);
         if (r < 0 || len < strlen(head) || strncmp(text, head, strlen(head)) != 0) {

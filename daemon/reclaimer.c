@@ -236,25 +236,23 @@ static void schedule_next(struct runner *u, int64_t started_mono_ms, uint64_t re
                           bool after_cycle) {
         int64_t now = now_mono_ms(), next = started_mono_ms + (int64_t) u->config->poll_interval_ms;
         uint64_t cap = reply_retry_after_cap_ms(u->config->poll_interval_ms);
+        uint64_t wait = retry_after_ms > cap ? cap : retry_after_ms;
         double delay;
 
         if (next <= now && after_cycle)
                 ulog(u, LOG_WARNING,
                      "The cycle took longer than poll_interval (%" PRIu64 " ms); starting the next one now",
                      u->config->poll_interval_ms);
-        /* A list Retry-After shorter than poll_interval still holds back a
-         * sweep (SIGUSR1) and a reload's new schedule. */
-        if (retry_after_ms > 0 &&
-            now + (int64_t) (retry_after_ms > cap ? cap : retry_after_ms) > u->not_before_ms)
-                u->not_before_ms = now + (int64_t) (retry_after_ms > cap ? cap : retry_after_ms);
+        /* Every list Retry-After, also one shorter than poll_interval, holds
+         * back a sweep (SIGUSR1) and a reload's new schedule. */
+        if (wait > 0 && now + (int64_t) wait > u->not_before_ms)
+                u->not_before_ms = now + (int64_t) wait;
         if (retry_after_ms > 0 && now + (int64_t) retry_after_ms > next) {
                 char when[32], asked[32], waiting[32];
-                uint64_t wait = retry_after_ms > cap ? cap : retry_after_ms;
                 time_t t = time(NULL) + (time_t) ((wait + 999) / 1000);
                 struct tm tm;
 
                 next = now + (int64_t) wait;
-                u->not_before_ms = next;
                 localtime_r(&t, &tm);
                 strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", &tm);
                 duration_format(retry_after_ms, asked, sizeof asked);
@@ -618,6 +616,15 @@ static int64_t sweep_earliest_ms(const struct runner *u) {
         return t > u->not_before_ms ? t : u->not_before_ms;
 }
 
+/* The files reloads handed the cycle just freed (see struct runner). */
+static void free_retired(struct runner *u) {
+        for (size_t i = 0; i < u->n_retired; i++)
+                config_free(u->retired[i]);
+        free(u->retired);
+        u->retired = NULL;
+        u->n_retired = 0;
+}
+
 /* --plan: plan.c renders the decision the cycle handed over. */
 static void render_plan(struct runner *u) {
         struct reclaimer *r = u->r;
@@ -642,11 +649,7 @@ static void finish_cycle(struct runner *u) {
                 render_plan(u);
         cycle_free(u->cycle);
         u->cycle = NULL;
-        for (size_t i = 0; i < u->n_retired; i++)
-                config_free(u->retired[i]);
-        free(u->retired);
-        u->retired = NULL;
-        u->n_retired = 0;
+        free_retired(u);
         r->cycles++;
         r->total_reclaimed += u->last.closed + u->last.already_closed;
         r->planned += u->last.planned;
@@ -1123,9 +1126,7 @@ static void runner_done(struct runner *u) {
         /* Cancels what is still in flight (the grace period ran out); no callback runs. */
         http_free(u->http);
         cycle_free(u->cycle);
-        for (size_t i = 0; i < u->n_retired; i++)
-                config_free(u->retired[i]);
-        free(u->retired);
+        free_retired(u);
         if (u->state)
                 save_state(u);
         state_free(u->state);

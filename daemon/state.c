@@ -491,7 +491,6 @@ struct save {
 static void save_one(const void *node, VISIT which, void *closure) {
         const struct state_entry *e = *(struct state_entry *const *) node;
         struct save *sv = closure;
-
         cJSON *n;
 
         if (which != postorder && which != leaf)

@@ -247,16 +247,16 @@ static const char *nearest_key(const char *key, const struct yaml_key *keys) {
         return best;
 }
 
-const char *yaml_nearest_word(const char *word, const char *const *words) {
+const char *yaml_nearest_word(const char *word, const char *const *words, size_t n) {
         const char *best = NULL;
         size_t best_d = SIZE_MAX, limit;
 
         if (!word)
                 return NULL;
         limit = strlen(word) / 3 + 2;
-        for (; *words; words++)
-                if (closer(word, *words, limit, &best_d))
-                        best = *words;
+        for (size_t i = 0; i < n; i++)
+                if (closer(word, words[i], limit, &best_d))
+                        best = words[i];
         return best;
 }
 

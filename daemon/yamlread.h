@@ -122,6 +122,6 @@ int strindex_init(struct strindex *x, size_t n);
 size_t strindex_add(struct strindex *x, size_t i, const char *s);
 void strindex_free(struct strindex *x);
 
-/* The word of words (NULL-terminated) that word is probably a misspelling
- * of, for a "did you mean"; NULL when none is close. */
-const char *yaml_nearest_word(const char *word, const char *const *words);
+/* The word of words[0..n) that word is probably a misspelling of, for a
+ * "did you mean"; NULL when none is close. */
+const char *yaml_nearest_word(const char *word, const char *const *words, size_t n);

@@ -528,27 +528,38 @@ class Signals(DaemonTest):
         self.assertEqual(p.wait(timeout=10), 0)
 
 
+def one_big_list_then_a_normal_cycle(test, body, poll_interval, timeout, wait_s):
+    """Serves body as the first list, then a normal one that closes a failed
+    stream; returns the stopped run and /proc/PID/status read just before."""
+    test.assertLess(len(body), 16 * 1024 * 1024)
+    test.gw.add_fault("listsessionofuin", "garbage", body=body)
+    sid = test.gw.add_session("u1", STREAM_FAILED)
+    test.write_config([("failed-streams", "failed", "0s")], poll_interval=poll_interval, timeout=timeout)
+    p = test.start_daemon()
+    wait_for(lambda: test.gw.closed_ids() == [sid], timeout=wait_s, what="the next, normal cycle")
+    with open("/proc/%d/status" % p.pid) as f:
+        status = dict(l.split(":", 1) for l in f.read().splitlines())
+    run = test.stop_daemon(p)
+    test.assertEqual(run.returncode, 0, run)
+    return run, status
+
+
+def assert_memory_bounded(test, status):
+    """Peak RSS under 64 MB, and the memory given back (not under ASan)."""
+    sanitized = "asan" in (os.environ.get("ASAN_OPTIONS", "") + os.environ.get("LD_PRELOAD", "")) or \
+        "detect_leaks" in os.environ.get("ASAN_OPTIONS", "")
+    if not sanitized:
+        test.assertLess(int(status["VmHWM"].split()[0]), 64 * 1024, "peak RSS")
+        test.assertLess(int(status["VmRSS"].split()[0]), 24 * 1024, "memory not given back")
+
+
 class HostileSizes(DaemonTest):
     def test_a_16_mib_list_of_tiny_values_is_refused_within_64_mb(self):
         # Item 13: 16 MiB of tiny JSON values drove peak RSS to 668 MB.
         body = b'{"Header":{"Code":0,"Message":""},"Payload":{"Sessions":[],"Padding":[' + \
             b",".join([b"0"] * (8 * 1024 * 1024 - 64)) + b"]}}"
-        self.assertLess(len(body), 16 * 1024 * 1024)
-        self.gw.add_fault("listsessionofuin", "garbage", body=body)
-        sid = self.gw.add_session("u1", STREAM_FAILED)
-        self.write_config([("failed-streams", "failed", "0s")], poll_interval="200ms", timeout="10s")
-        p = self.start_daemon()
-        wait_for(lambda: self.gw.closed_ids() == [sid], timeout=30, what="the next, normal cycle")
-        with open("/proc/%d/status" % p.pid) as f:
-            status = dict(l.split(":", 1) for l in f.read().splitlines())
-        run = self.stop_daemon(p)
-        self.assertEqual(run.returncode, 0, run)
-        hwm_kb = int(status["VmHWM"].split()[0])
-        sanitized = "asan" in (os.environ.get("ASAN_OPTIONS", "") + os.environ.get("LD_PRELOAD", "")) or \
-            "detect_leaks" in os.environ.get("ASAN_OPTIONS", "")
-        if not sanitized:
-            self.assertLess(hwm_kb, 64 * 1024, "peak RSS")
-            self.assertLess(int(status["VmRSS"].split()[0]), 24 * 1024, "memory not given back")
+        run, status = one_big_list_then_a_normal_cycle(self, body, "200ms", "10s", 30)
+        assert_memory_bounded(self, status)
         failed = [l for l in run.logs if l.get("message_id") == "f8e2aad76f6749b7a1433345838414f1"]
         self.assertIn("JSON values", failed[0]["error"])
 
@@ -566,27 +577,14 @@ class HostileLists(DaemonTest):
             size += len(e)
             n += 1
         body = head + b"".join(parts[:-2]) + b'{"SessionId":"live","UserId":"u","SessionStatus":1}]}}'
-        self.assertLess(len(body), 16 * 1024 * 1024)
-        self.gw.add_fault("listsessionofuin", "garbage", body=body)
-        sid = self.gw.add_session("u1", STREAM_FAILED)
-        self.write_config([("failed-streams", "failed", "0s")], poll_interval="300ms", timeout="20s")
-        p = self.start_daemon()
-        wait_for(lambda: self.gw.closed_ids() == [sid], timeout=120, what="the next, normal cycle")
-        with open("/proc/%d/status" % p.pid) as f:
-            status = dict(l.split(":", 1) for l in f.read().splitlines())
-        run = self.stop_daemon(p)
-        self.assertEqual(run.returncode, 0, run)
+        run, status = one_big_list_then_a_normal_cycle(self, body, "300ms", "20s", 120)
         first = run.summaries()[0]
         self.assertEqual(int(first["malformed"]), len(parts) - 2, run.summaries()[:2])
         one_by_one = [l for l in run.logs if l.get("msg", "").startswith("Ignoring listed session")]
         self.assertLessEqual(len(one_by_one), 20)
         counted = [l for l in run.logs if l.get("msg", "").startswith("Ignoring %d more" % (len(parts) - 22))]
         self.assertEqual(len(counted), 1, [l["msg"] for l in run.logs if "Ignoring" in l.get("msg", "")][-3:])
-        hwm_kb = int(status["VmHWM"].split()[0])
-        sanitized = "detect_leaks" in os.environ.get("ASAN_OPTIONS", "")
-        if not sanitized:
-            self.assertLess(hwm_kb, 64 * 1024, "peak RSS")
-            self.assertLess(int(status["VmRSS"].split()[0]), 24 * 1024, "memory not given back")
+        assert_memory_bounded(self, status)
 
 
     def test_a_16_mib_list_of_valid_sessions_with_the_longest_ids_stays_within_64_mb(self):
