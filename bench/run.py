@@ -205,7 +205,8 @@ def steady_bench(args, work, n):
     cfg = write_config(work, sim.url, args.parallel, interval=args.steady_interval)
     log_path = os.path.join(work, "steady.log")
     log = open(log_path, "w")
-    p = subprocess.Popen([args.binary, "--config", cfg, "--log-target", "console"], env=env,
+    # -v: the idle cycles' summaries are debug entries, and each one is counted
+    p = subprocess.Popen([args.binary, "--config", cfg, "--log-target", "console", "-v"], env=env,
                          stdout=subprocess.DEVNULL, stderr=log)
 
     def cycles():

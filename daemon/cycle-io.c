@@ -180,8 +180,25 @@ void cycle_log_reclaim(struct close_job *job, enum outcome outcome, const char *
         }
 }
 
+/* Whether a summary says something a person reading the journal needs:
+ * anything acted on or refused, or a count that differs from the previous
+ * cycle's (the listed count alone is traffic, not news). */
+static bool summary_is_news(const struct cycle_result *res, const struct cycle_result *before) {
+        if (!before || res->list_failed || before->list_failed)
+                return true;
+        if (res->closed || res->already_closed || res->failed || res->skipped || res->dry_run ||
+            res->deferred || res->throttled)
+                return true;
+        return res->due != before->due || res->backing_off != before->backing_off ||
+               res->fused != before->fused || res->protected_due != before->protected_due ||
+               res->malformed != before->malformed || res->standby != before->standby;
+}
+
 void cycle_log_summary(struct cycle *c) {
         const struct cycle_result *res = &c->res;
+        int level = res->list_failed                        ? LOG_WARNING
+                    : summary_is_news(res, c->env.previous) ? LOG_INFO
+                                                            : LOG_DEBUG;
         char f_listed[24], f_due[24], f_closed[24], f_already[24], f_failed[24], f_deferred[24],
                 f_protected[24], f_dry[24], f_dur[24], f_skipped[24], f_backoff[24], f_fused[24],
                 f_malformed[24], f_throttled[24], f_standby[24];
@@ -211,8 +228,7 @@ void cycle_log_summary(struct cycle *c) {
         snprintf(f_malformed, sizeof f_malformed, "%zu", res->malformed);
         snprintf(f_throttled, sizeof f_throttled, "%zu", res->throttled);
         snprintf(f_standby, sizeof f_standby, "%zu", res->standby);
-        cycle_log(c, res->list_failed ? LOG_WARNING : LOG_INFO, MESSAGE_ID_CYCLE, f,
-                  ELEMENTSOF(f) - (c->env.ha ? 0 : 1),
+        cycle_log(c, level, MESSAGE_ID_CYCLE, f, ELEMENTSOF(f) - (c->env.ha ? 0 : 1),
                   "Cycle %s: listed=%s due=%s closed=%s already_closed=%s failed=%s skipped=%s "
                   "deferred=%s backing_off=%s fused=%s protected=%s malformed=%s throttled=%s "
                   "dry_run=%s duration=%sms%s%s",

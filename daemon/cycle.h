@@ -36,6 +36,10 @@ struct cycle_env {
         struct idset *malformed_logged; /* ids already warned about (owned by the runner) */
         bool plan;                      /* --plan: decide, then end; close nothing, record nothing */
         const struct ha *ha; /* ha: a standby closes nothing; a leader only while its lease is fresh */
+        /* The result of the account's previous cycle under the same file, or
+         * NULL (the first cycle after a start or a reload): a summary that
+         * says nothing new against it is logged at debug, not info. */
+        const struct cycle_result *previous;
 };
 
 struct cycle_result {

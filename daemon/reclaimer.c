@@ -99,6 +99,7 @@ struct runner {
         ev_timer poll_timer;
         ev_prepare advance_watcher;
         struct cycle_result last;
+        bool last_comparable; /* last is a cycle under the file in force (not the first one) */
 };
 
 struct reclaimer {
@@ -515,6 +516,7 @@ static void apply_pending(struct runner *u) {
                            now_mono_ms());
         u->pending_config = NULL;
         u->pending_creds = NULL;
+        u->last_comparable = false; /* the first cycle under the new file logs its summary */
         gateway_signer_reset(&u->signer);
         duration_format(u->config->poll_interval_ms, every, sizeof every);
         ulog(u, LOG_INFO, "The reloaded configuration is now in effect: %zu policies, polling every %s%s",
@@ -577,6 +579,7 @@ static void start_cycle(struct runner *u) {
                 .throttle = &u->throttle,
                 .plan = r->opt.mode == RECLAIMER_PLAN,
                 .ha = r->ha,
+                .previous = u->last_comparable ? &u->last : NULL,
         };
         int ret;
 
@@ -595,6 +598,7 @@ static void start_cycle(struct runner *u) {
                 r->any_list_failed = true;
                 u->last =
                         (struct cycle_result){ .list_failed = true, .started_ms = u->last_cycle_started_ms };
+                u->last_comparable = true;
                 if (r->opt.mode != RECLAIMER_DAEMON) {
                         runner_set_state(u, RUNNER_DONE);
                         kick(u);
@@ -645,6 +649,7 @@ static void finish_cycle(struct runner *u) {
         struct reclaimer *r = u->r;
 
         u->last = *cycle_result(u->cycle);
+        u->last_comparable = true;
         if (r->opt.mode == RECLAIMER_PLAN)
                 render_plan(u);
         cycle_free(u->cycle);

@@ -95,6 +95,64 @@ class Metrics(DaemonTest):
         self.assertGreaterEqual(get(m, "ivh_api_calls_total", endpoint="listsessionofuin", result="throttled"), 3)
 
 
+class QuietCycles(DaemonTest):
+    """A cycle that changes nothing is counted in the metrics, not logged at
+    info: the journal gets a summary when something was decided or changed."""
+
+    CYCLE = "e28e9acd311d441a9e1e0a1a36189eb0"
+
+    def test_quiet_cycles_are_counted_not_logged(self):
+        self.gw.add_session("live", 1, started=True)
+        path = os.path.join(self.dir, "ivh.prom")
+        self.write_config([("failed-streams", "failed", "0s")], extra="metrics_file: %s\n" % path,
+                          poll_interval="100ms")
+        p = self.start_daemon()
+
+        def cycles():
+            try:
+                return get(parse_prometheus(open(path).read()), "ivh_cycles_total", result="ok")
+            except FileNotFoundError:
+                return 0
+        wait_for(lambda: cycles() >= 6, what="six cycles")
+        leaked = self.gw.add_session("crash", STREAM_FAILED)
+        wait_for(lambda: self.gw.closed_ids() == [leaked], what="the failed stream to be closed")
+        n = len([l for l in self.daemon_log(p) if l.get("message_id") == self.CYCLE])
+        wait_for(lambda: cycles() >= 12, what="six more cycles")
+        run = self.stop_daemon(p)
+        self.assertEqual(run.returncode, 0, run)
+        summaries = run.summaries()
+        # The first cycle, the one that closed, and the one after it (due went
+        # from 1 to 0); every other cycle was quiet.
+        self.assertEqual([(s["level"], s["listed"], s["closed"]) for s in summaries],
+                         [("info", "1", "0"), ("info", "2", "1"), ("info", "1", "0")], run)
+        self.assertLessEqual(n, 3)
+        self.assertEqual(summaries[1]["due"], "1")
+
+    def test_verbose_logs_every_summary_quiet_ones_at_debug(self):
+        self.gw.add_session("live", 1, started=True)
+        self.write_config([("failed-streams", "failed", "0s")], poll_interval="100ms")
+        p = self.start_daemon("-v")
+        wait_for(lambda: len([l for l in self.daemon_log(p) if l.get("message_id") == self.CYCLE]) >= 4,
+                 what="four cycle summaries")
+        run = self.stop_daemon(p)
+        levels = [s["level"] for s in run.summaries()]
+        self.assertEqual(levels[0], "info")
+        self.assertEqual(set(levels[1:]), {"debug"}, run)
+
+    def test_a_reload_logs_the_next_summary(self):
+        self.gw.add_session("live", 1, started=True)
+        self.write_config([("failed-streams", "failed", "0s")], poll_interval="100ms")
+        p = self.start_daemon()
+        wait_for(lambda: len(self.gw.calls_to("listsessionofuin")) >= 4, what="four cycles")
+        p.send_signal(signal.SIGHUP)
+        wait_for(lambda: any("now in effect" in l.get("msg", "") for l in self.daemon_log(p)),
+                 what="the reload")
+        n = len(self.gw.calls_to("listsessionofuin"))
+        wait_for(lambda: len(self.gw.calls_to("listsessionofuin")) >= n + 3, what="three more cycles")
+        run = self.stop_daemon(p)
+        self.assertEqual(len(run.summaries()), 2, run)
+
+
 class Sweep(DaemonTest):
     def test_sigusr1_runs_a_cycle_now(self):
         self.write_config([("failed-streams", "failed", "0s")], poll_interval="1h")
