@@ -13,9 +13,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "decide.h"
 #include "fileio.h"
 #include "util.h"
+#include "config-internal.h"
+#include "strmap.h"
 #include "yamlread.h"
 
 #define MAX_PARALLEL_LIMIT   256
@@ -31,6 +32,17 @@ static const char *const kind_names[] = {
 
 const char *config_account_name(const struct config *c) {
         return c->account ? c->account : "default";
+}
+
+bool config_is_plan_word(const char *s) {
+        /* decide_outcome_to_string() of every outcome but DECIDE_CLOSE and
+         * DECIDE_SENT (test-config checks that the two lists agree). */
+        static const char *const words[] = { "keep", "protected", "fused", "backing_off", "deferred" };
+
+        for (size_t i = 0; i < ELEMENTSOF(words); i++)
+                if (strcmp(s, words[i]) == 0)
+                        return true;
+        return false;
 }
 
 const char *policy_kind_to_string(enum policy_kind k) {
@@ -121,7 +133,7 @@ static void check_policy_name(struct yaml_reader *p, const char *where, yaml_nod
 
         if (!yaml_only_name_chars(s, "-_."))
                 yaml_error(p, v, "%s: may contain only letters, digits, '-', '_' and '.'", where);
-        else if (decide_is_plan_word(s))
+        else if (config_is_plan_word(s))
                 yaml_error(p, v, "%s: '%s' is reserved for --plan output; choose another name", where, s);
 }
 
@@ -158,15 +170,15 @@ static void parse_selector(struct yaml_reader *p, const char *where, yaml_node_t
         struct policy *pol = base;
 
         if (yaml_is_null(v))
-                yaml_error(p, v,
-                           "%s: is empty (null), which would select every user; omit user_ids to match "
-                           "every user",
-                           where);
+                yaml_error(
+                        p, v,
+                        "%s: is empty (null), which would select every user; omit user_ids to match every user",
+                        where);
         else if (v->type == YAML_SEQUENCE_NODE && v->data.sequence.items.top == v->data.sequence.items.start)
-                yaml_error(p, v,
-                           "%s: is an empty list, which would select every user; omit user_ids to match "
-                           "every user",
-                           where);
+                yaml_error(
+                        p, v,
+                        "%s: is an empty list, which would select every user; omit user_ids to match every user",
+                        where);
         else
                 yaml_read_globs(p, where, v, &pol->user_ids);
 }
@@ -537,24 +549,9 @@ static void parse_policies(struct yaml_reader *p, const char *where, yaml_node_t
                         yaml_error(p, item, "%s: policy name '%s' is already used by policies[%zu]", at,
                                    pol->name, j);
         }
+        if (names.oom)
+                p->oom = true;
         strindex_free(&names);
-}
-
-static int glob_list_append(struct glob_list *dst, const struct glob_list *more) {
-        char **items;
-
-        if (more->n == 0)
-                return 0;
-        items = realloc(dst->items, (dst->n + more->n) * sizeof(char *));
-        if (!items)
-                return -ENOMEM;
-        dst->items = items;
-        for (size_t i = 0; i < more->n; i++)
-                if (!(dst->items[dst->n] = strdup(more->items[i])))
-                        return -ENOMEM;
-                else
-                        dst->n++;
-        return 0;
 }
 
 /* An account's protect: adds to the top level's lists. */
@@ -645,184 +642,41 @@ static void parse_accounts(struct yaml_reader *p, yaml_node_t *n, struct config 
                 if (!a->state_file)
                         p->oom = true;
         }
+        if (names.oom)
+                p->oom = true;
         strindex_free(&names);
 }
 
-/* The file a path names, for comparing two paths: realpath() when the file
- * exists; a symbolic link that points nowhere yet is followed to where it
- * points (a later write goes there); else the real path of its directory
- * with the last component appended, else the path as written. NULL when
- * memory runs out. */
-static char *normalize_path(const char *path) {
-        const char *slash = strrchr(path, '/'), *base = slash ? slash + 1 : path;
-        char *r = realpath(path, NULL), *dir, *rdir;
-        char target[PATH_MAX];
-        static unsigned depth;
-        ssize_t n;
-
-        if (r || errno == ENOMEM)
-                return r;
-        n = readlink(path, target, sizeof target - 1);
-        if (n > 0 && depth < 40) {
-                char *next = NULL;
-
-                target[n] = '\0';
-                if (target[0] == '/' || !slash)
-                        next = strdup(target);
-                else if (asprintf(&next, "%.*s/%s", (int) (slash - path), path, target) < 0)
-                        next = NULL;
-                if (!next)
-                        return NULL;
-                depth++;
-                r = normalize_path(next);
-                depth--;
-                free(next);
-                return r;
-        }
-        if (*base == '\0' || strcmp(base, ".") == 0 || strcmp(base, "..") == 0)
-                return strdup(path);
-        dir = slash ? strndup(path, slash == path ? 1 : (size_t) (slash - path)) : strdup(".");
-        if (!dir)
-                return NULL;
-        rdir = realpath(dir, NULL);
-        free(dir);
-        if (!rdir)
-                return strdup(path);
-        if (asprintf(&r, "%s%s%s", rdir, strcmp(rdir, "/") == 0 ? "" : "/", base) < 0)
-                r = NULL;
-        free(rdir);
-        return r;
-}
-
-/* Whether paths a and b name the same file (see normalize_path). */
-static bool same_file(struct yaml_reader *p, const char *a, const char *b) {
-        char *na = normalize_path(a), *nb = normalize_path(b);
-        struct stat sa, sb;
-        /* Two names of one file (a hard link) are one file too. */
-        bool same = na && nb &&
-                    (strcmp(na, nb) == 0 || (stat(na, &sa) == 0 && stat(nb, &sb) == 0 &&
-                                             sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino));
-
-        if (!na || !nb)
-                p->oom = true;
-        free(na);
-        free(nb);
-        return same;
-}
-
-/* The key node of a top-level key, for its position; else the root. */
-static yaml_node_t *top_key_node(struct yaml_reader *p, yaml_node_t *root, const char *name) {
-        for (yaml_node_pair_t *pair = root->data.mapping.pairs.start; pair < root->data.mapping.pairs.top;
-             pair++) {
-                yaml_node_t *k = yaml_node(p, pair->key);
-                const char *key = k ? yaml_scalar(k) : NULL;
-
-                if (key && strcmp(key, name) == 0)
-                        return k;
-        }
-        return root;
-}
-
-/* Whether path is named as the daemon's copy of its running policy, which
- * it writes in its state directory (preflight.h). */
-static bool is_running_policy_name(const char *path) {
-        const char *slash = strrchr(path, '/');
-
-        return strcmp(slash ? slash + 1 : path, RUNNING_POLICY_NAME) == 0;
-}
-
-/* Whether path names state_file's lock file (beside the file, or beside
- * its target when it is a link). */
-static bool is_lock_of(struct yaml_reader *p, const char *path, const char *state_file) {
-        char *target = normalize_path(state_file), *lock = NULL;
-        bool same = false;
-
-        if (target && asprintf(&lock, "%s.lock", target) >= 0)
-                same = same_file(p, path, lock);
-        else
-                p->oom = true;
-        free(target);
-        free(lock);
-        return same;
-}
-
-/* A token file named in the file (the top level's or an account's) that
- * path would overwrite. */
-static const char *token_file_at(struct yaml_reader *p, const struct config *c, const char *path) {
-        if (c->gateway.accesstoken_file && same_file(p, path, c->gateway.accesstoken_file))
-                return c->gateway.accesstoken_file;
-        for (size_t i = 0; i < c->n_accounts; i++)
-                if (c->accounts[i]->gateway.accesstoken_file &&
-                    same_file(p, path, c->accounts[i]->gateway.accesstoken_file))
-                        return c->accounts[i]->gateway.accesstoken_file;
-        return NULL;
-}
-
-/* The state and metrics files are replaced while the daemon runs: neither
- * may be the policy file itself or a token file, nor may the metrics file be
- * a state file (of any account) or its lock. */
-static void check_distinct_files(struct yaml_reader *p, yaml_node_t *root, const struct config *c) {
-        yaml_node_t *state_at, *metrics_at;
-        const char *token;
+/* The single-gateway form is one account, named "default" (its `account`
+ * stays NULL: the file does not name it, and no message or credential
+ * name changes). What only an account has moves to it from the top level;
+ * the rest it inherits, as a listed account does. From here on the code
+ * knows one shape: the global settings and accounts[n >= 1]. */
+static void single_account(struct yaml_reader *p, struct config *top) {
+        struct config *a;
 
         if (p->stop)
                 return;
-        state_at = top_key_node(p, root, "state_file");
-        metrics_at = c->metrics_file ? top_key_node(p, root, "metrics_file") : NULL;
-        if (metrics_at && same_file(p, c->metrics_file, c->path))
-                yaml_error(p, metrics_at, "metrics_file: '%s' is the same file as the policy file",
-                           c->metrics_file);
-        if (metrics_at && is_running_policy_name(c->metrics_file))
-                yaml_error(p, metrics_at,
-                           "metrics_file: '%s' has the name of the daemon's copy of its running policy "
-                           "(" RUNNING_POLICY_NAME ")",
-                           c->metrics_file);
-        if (metrics_at && (token = token_file_at(p, c, c->metrics_file)))
-                yaml_error(p, metrics_at, "metrics_file: '%s' is the access token file %s", c->metrics_file,
-                           token);
-        /* Each state file: the top level's (the single form's), then each account's. */
-        for (size_t i = 0; i <= c->n_accounts; i++) {
-                const char *state = i == 0 ? c->state_file : c->accounts[i - 1]->state_file;
-
-                if (!state)
-                        continue;
-                if (same_file(p, state, c->path)) {
-                        if (i == 0)
-                                yaml_error(p, state_at,
-                                           "state_file: '%s' is the same file as the policy file", state);
-                        else
-                                yaml_error(p, state_at,
-                                           "state_file: the state file of accounts[%zu] (%s) is the same "
-                                           "file as "
-                                           "the policy file",
-                                           i - 1, state);
-                }
-                if ((token = token_file_at(p, c, state)))
-                        yaml_error(p, state_at, "state_file: '%s' is the access token file %s", state,
-                                   token);
-                if (is_running_policy_name(state))
-                        yaml_error(
-                                p, state_at,
-                                "state_file: '%s' has the name of the daemon's copy of its running policy "
-                                "(" RUNNING_POLICY_NAME ")",
-                                state);
-                if (!metrics_at)
-                        continue;
-                if (same_file(p, c->metrics_file, state)) {
-                        if (i == 0)
-                                yaml_error(p, metrics_at,
-                                           "metrics_file: '%s' is the same file as state_file",
-                                           c->metrics_file);
-                        else
-                                yaml_error(p, metrics_at,
-                                           "metrics_file: '%s' is the same file as the state file of "
-                                           "accounts[%zu] (%s)",
-                                           c->metrics_file, i - 1, state);
-                }
-                if (is_lock_of(p, c->metrics_file, state))
-                        yaml_error(p, metrics_at, "metrics_file: '%s' is the lock file of the state file %s",
-                                   c->metrics_file, state);
+        top->accounts = calloc(1, sizeof *top->accounts);
+        if (!top->accounts || !(a = account_new(p, top))) {
+                p->oom = true;
+                return;
         }
+        top->accounts[top->n_accounts++] = a;
+        a->gateway.appkey = top->gateway.appkey;
+        a->gateway.appkey_line = top->gateway.appkey_line;
+        a->gateway.appkey_column = top->gateway.appkey_column;
+        a->gateway.accesstoken_file = top->gateway.accesstoken_file;
+        a->gateway.project_ids = top->gateway.project_ids;
+        a->gateway.asset_vks = top->gateway.asset_vks;
+        a->policies = top->policies;
+        a->n_policies = top->n_policies;
+        top->gateway.appkey = top->gateway.accesstoken_file = NULL;
+        top->gateway.project_ids = top->gateway.asset_vks = (struct glob_list){ 0 };
+        top->policies = NULL;
+        top->n_policies = 0;
+        if (top->state_file && !(a->state_file = strdup(top->state_file)))
+                p->oom = true;
 }
 
 static void parse_document(struct yaml_reader *p, yaml_node_t *root, void *userdata) {
@@ -849,7 +703,8 @@ static void parse_document(struct yaml_reader *p, yaml_node_t *root, void *userd
                         yaml_require(p, "gateway", gateway, required_gateway);
                         note_appkey_position(p, gateway, &c->gateway);
                 }
-                check_distinct_files(p, root, c);
+                single_account(p, c);
+                config_check_distinct_files(p, root, c);
                 return;
         }
         /* With accounts, what is per account cannot also be global. */
@@ -862,7 +717,7 @@ static void parse_document(struct yaml_reader *p, yaml_node_t *root, void *userd
                         yaml_error(p, yaml_find(p, gateway, *k),
                                    "gateway.%s: belongs in each account when 'accounts' is used", *k);
         parse_accounts(p, accounts, c);
-        check_distinct_files(p, root, c);
+        config_check_distinct_files(p, root, c);
 }
 
 int config_load(const char *path, struct config **ret_config, struct error *err) {

@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "error.h"
+#include "globlist.h"
 
 #define CONFIG_DEFAULT_PATH       "/etc/ivh-reclaimd/policy.yaml"
 #define CONFIG_DEFAULT_URL        "https://gw-sg.tvs.qq.com"
@@ -19,11 +20,6 @@
 #define RUNNING_POLICY_NAME "running-policy.yaml"
 /* The appkey of the signature example in Tencent's documentation. */
 #define CONFIG_SAMPLE_APPKEY "e38267c0e86411ebb02aed82acb0ed99"
-
-struct glob_list {
-        char **items;
-        size_t n;
-};
 
 enum policy_kind {
         POLICY_FAILED,        /* SessionStatus 4 */
@@ -73,7 +69,7 @@ struct config {
         char *path;
         char *text; /* the top level: the file's bytes as loaded */
         size_t text_len;
-        char *account; /* the account's name; NULL for the single-gateway form */
+        char *account; /* the account's name; NULL for the single-gateway form's one account */
         struct gateway_config gateway;
         uint64_t poll_interval_ms;
         char *state_file;
@@ -87,10 +83,14 @@ struct config {
         struct policy *policies;
         size_t n_policies;
         struct ha_config ha; /* top level only; accounts share the process's role */
-        /* With `accounts:`, one complete configuration per account (its own
-         * gateway, token source, policies, protect lists and state file; the
-         * rest inherited from the top level). The top level then has no
-         * policies of its own. Each entry is owned here until taken. */
+        /* Always at least one: one complete configuration per account (its
+         * own gateway, token source, policies, protect lists and state file;
+         * the rest inherited from the top level). The single-gateway form is
+         * loaded as one account named "default" (its `account` is NULL);
+         * with `accounts:`, one per entry. The top level has no policies,
+         * appkey or token file of its own: code past config_load() reads
+         * them from an account, and never asks which form the file had.
+         * Each entry is owned here until taken. */
         struct config **accounts;
         size_t n_accounts;
 };
@@ -108,6 +108,11 @@ void config_free(struct config *c);
 const char *config_restart_needed(const struct config *a, const struct config *b);
 
 const char *policy_kind_to_string(enum policy_kind k);
+
+/* Whether s is a word --plan prints in place of a policy name (its
+ * DECISION column: keep, protected, fused, backing_off, deferred): such a
+ * word cannot name a policy. */
+bool config_is_plan_word(const char *s);
 
 /* The account's name for logs and metrics: "default" for the single form. */
 const char *config_account_name(const struct config *c);

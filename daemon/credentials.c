@@ -107,10 +107,10 @@ static int load_file(const char *path, struct credentials *c, struct error *err)
                 goto out;
         }
         if (st.st_mode & S_IROTH) {
-                (void) error_set(err, 0,
-                                 "access token file %s is readable by others (mode %04o); refusing it: "
-                                 "run 'chmod o-r %s'",
-                                 path, (unsigned) (st.st_mode & 07777), path);
+                (void) error_set(
+                        err, 0,
+                        "access token file %s is readable by others (mode %04o); refusing it: run 'chmod o-r %s'",
+                        path, (unsigned) (st.st_mode & 07777), path);
                 r = -EPERM;
                 goto out;
         }
@@ -203,11 +203,11 @@ int credentials_load(const struct gateway_config *g, const struct credentials *p
                 memcpy(c->source, previous->source, sizeof c->source);
                 c->from_env = true;
         } else {
-                (void) error_set(err, 0,
-                                 "no access token%s%s: set %saccesstoken_file, provide the credential '%s' "
-                                 "(LoadCredential=), or set %s",
-                                 account ? " for account " : "", account ? account : "",
-                                 account ? "the account's " : "gateway.", cred_name, env_name);
+                (void) error_set(
+                        err, 0,
+                        "no access token%s%s: set %saccesstoken_file, provide the credential '%s' (LoadCredential=), or set %s",
+                        account ? " for account " : "", account ? account : "",
+                        account ? "the account's " : "gateway.", cred_name, env_name);
                 r = -ENOKEY;
         }
         /* Keep the token out of /proc/PID/environ (which shows the original

@@ -68,10 +68,10 @@ static void report_malformed(struct cycle *c) {
                         (void) idset_mark(warned, key);
                 malformed_entry_id(m, id, sizeof id);
                 logged++;
-                cycle_log(c, LOG_WARNING, NULL, f, ELEMENTSOF(f),
-                          "Ignoring listed session \"%s\": %s; it is never acted on, and counts as live for "
-                          "the fuses",
-                          id, m->reason);
+                cycle_log(
+                        c, LOG_WARNING, NULL, f, ELEMENTSOF(f),
+                        "Ignoring listed session \"%s\": %s; it is never acted on, and counts as live for the fuses",
+                        id, m->reason);
         }
         if (unlogged > 0) {
                 char count[24];
@@ -80,8 +80,7 @@ static void report_malformed(struct cycle *c) {
                 snprintf(count, sizeof count, "%zu", unlogged);
                 cycle_log(
                         c, LOG_WARNING, NULL, f, ELEMENTSOF(f),
-                        "Ignoring %zu more listed session(s) whose entries cannot be acted on; at most %d a "
-                        "cycle are logged one by one; they count as live for the fuses",
+                        "Ignoring %zu more listed session(s) whose entries cannot be acted on; at most %d a cycle are logged one by one; they count as live for the fuses",
                         unlogged, MALFORMED_LOGGED_PER_CYCLE);
         }
         if (warned)
@@ -107,9 +106,7 @@ static void log_decisions(struct cycle *c, const struct decide_result *r) {
                 snprintf(f_min, sizeof f_min, "%u", cfg->fuse.min_sessions);
                 cycle_log(
                         c, LOG_WARNING, MESSAGE_ID_SHARE_FUSE, f, ELEMENTSOF(f),
-                        "Not closing any of %zu due live sessions: that is more than fuse.max_share (%s) of "
-                        "the %zu live sessions and more than fuse.min_sessions (%u); check the policies and "
-                        "the gateway",
+                        "Not closing any of %zu due live sessions: that is more than fuse.max_share (%s) of the %zu live sessions and more than fuse.min_sessions (%u); check the policies and the gateway",
                         r->due_live, f_share, r->live, cfg->fuse.min_sessions);
         }
         for (size_t i = 0; r->backing_off > 0 && i < c->list->n; i++)
@@ -124,10 +121,10 @@ static void log_decisions(struct cycle *c, const struct decide_result *r) {
 
                 snprintf(due, sizeof due, "%zu", ready);
                 snprintf(limit, sizeof limit, "%u", cfg->max_closes_per_cycle);
-                cycle_log(c, LOG_WARNING, MESSAGE_ID_FUSE, f, 2,
-                          "%zu sessions are due but max_closes_per_cycle is %u: closing the %u oldest, "
-                          "deferring %zu to later cycles",
-                          ready, cfg->max_closes_per_cycle, cfg->max_closes_per_cycle, r->deferred);
+                cycle_log(
+                        c, LOG_WARNING, MESSAGE_ID_FUSE, f, 2,
+                        "%zu sessions are due but max_closes_per_cycle is %u: closing the %u oldest, deferring %zu to later cycles",
+                        ready, cfg->max_closes_per_cycle, cfg->max_closes_per_cycle, r->deferred);
         }
 }
 
@@ -180,15 +177,15 @@ int cycle_decide(struct cycle *c) {
          * window: ages from before a reboot can be trusted now. */
         anchored = state_anchor(c->env.state, now_wall_ms(), now_mono_ms());
         if (anchored > 0 && !c->env.plan) /* --plan restarted nothing */
-                cycle_log(c, LOG_INFO, NULL, NULL, 0,
-                          "The gateway accepted our clock; %zu first-seen time(s) from before the restart "
-                          "now count from the wall clock",
-                          anchored);
+                cycle_log(
+                        c, LOG_INFO, NULL, NULL, 0,
+                        "The gateway accepted our clock; %zu first-seen time(s) from before the restart now count from the wall clock",
+                        anchored);
         if (l->n_duplicates > 0)
-                cycle_log(c, LOG_WARNING, NULL, NULL, 0,
-                          "The session list named %zu session(s) more than once; using the first entry of "
-                          "each",
-                          l->n_duplicates);
+                cycle_log(
+                        c, LOG_WARNING, NULL, NULL, 0,
+                        "The session list named %zu session(s) more than once; using the first entry of each",
+                        l->n_duplicates);
 
         c->ages = malloc(n * sizeof *c->ages);
         c->sent = calloc(n, sizeof *c->sent);
@@ -248,8 +245,7 @@ const char *cycle_refusal(const struct cycle *c, const struct close_job *job, ch
         if (job->rechecked)
                 snprintf(
                         buf, n,
-                        "statsession now reports SessionStatus %d, IsSessionStarted %s: policy %s no longer "
-                        "applies (%s)",
+                        "statsession now reports SessionStatus %d, IsSessionStarted %s: policy %s no longer applies (%s)",
                         s->status,
                         s->started == TRISTATE_TRUE    ? "true"
                         : s->started == TRISTATE_FALSE ? "false"

@@ -113,8 +113,7 @@ void cycle_auth_refused(struct cycle *c, const char *endpoint, const char *detai
         c->auth_logged = true;
         cycle_log(
                 c, LOG_ERR, MESSAGE_ID_AUTH, f, ELEMENTSOF(f),
-                "The gateway refused our credentials on %s (%s): check the appkey, the access token and the "
-                "system clock; nothing is closed until it accepts them",
+                "The gateway refused our credentials on %s (%s): check the appkey, the access token and the system clock; nothing is closed until it accepts them",
                 endpoint, detail);
 }
 
@@ -228,13 +227,12 @@ void cycle_log_summary(struct cycle *c) {
         snprintf(f_malformed, sizeof f_malformed, "%zu", res->malformed);
         snprintf(f_throttled, sizeof f_throttled, "%zu", res->throttled);
         snprintf(f_standby, sizeof f_standby, "%zu", res->standby);
-        cycle_log(c, level, MESSAGE_ID_CYCLE, f, ELEMENTSOF(f) - (c->env.ha ? 0 : 1),
-                  "Cycle %s: listed=%s due=%s closed=%s already_closed=%s failed=%s skipped=%s "
-                  "deferred=%s backing_off=%s fused=%s protected=%s malformed=%s throttled=%s "
-                  "dry_run=%s duration=%sms%s%s",
-                  res->list_failed ? "failed" : "done", f_listed, f_due, f_closed, f_already, f_failed,
-                  f_skipped, f_deferred, f_backoff, f_fused, f_protected, f_malformed, f_throttled, f_dry,
-                  f_dur, c->env.ha ? " standby=" : "", c->env.ha ? f_standby : "");
+        cycle_log(
+                c, level, MESSAGE_ID_CYCLE, f, ELEMENTSOF(f) - (c->env.ha ? 0 : 1),
+                "Cycle %s: listed=%s due=%s closed=%s already_closed=%s failed=%s skipped=%s deferred=%s backing_off=%s fused=%s protected=%s malformed=%s throttled=%s dry_run=%s duration=%sms%s%s",
+                res->list_failed ? "failed" : "done", f_listed, f_due, f_closed, f_already, f_failed,
+                f_skipped, f_deferred, f_backoff, f_fused, f_protected, f_malformed, f_throttled, f_dry,
+                f_dur, c->env.ha ? " standby=" : "", c->env.ha ? f_standby : "");
 }
 
 void cycle_list_failed(struct cycle *c, const char *what, long code, long retry_after_s) {

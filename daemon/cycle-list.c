@@ -46,7 +46,7 @@ static int read_list(struct cycle *c, const char *endpoint, const struct http_re
         return r < 0 ? r : -EIO;
 }
 
-static void list_done(const struct http_response *resp, void *userdata) {
+static void on_list_reply(const struct http_response *resp, void *userdata) {
         struct cycle *c = userdata;
         char buf[512];
         long code;
@@ -58,7 +58,7 @@ static void list_done(const struct http_response *resp, void *userdata) {
 
 /* One project's list arrived. The cycle goes on once all have; if any
  * failed, it decides nothing, like a failed listsessionofuin. */
-static void project_list_done(const struct http_response *resp, void *userdata) {
+static void on_project_list_reply(const struct http_response *resp, void *userdata) {
         struct project_list *pl = userdata;
         struct cycle *c = pl->cycle;
         char buf[512];
@@ -106,7 +106,7 @@ int cycle_list_start(struct cycle *c, cycle_listed_fn done) {
 
         c->listed = done;
         if (n == 0)
-                return cycle_post(c, "listsessionofuin", NULL, NULL, list_done, c);
+                return cycle_post(c, "listsessionofuin", NULL, NULL, on_list_reply, c);
         c->projects = calloc(n, sizeof *c->projects);
         if (!c->projects)
                 return -ENOMEM;
@@ -122,7 +122,7 @@ int cycle_list_start(struct cycle *c, cycle_listed_fn done) {
                         .project_id = asset ? assets->items[i - projects->n] : projects->items[i],
                 };
                 r = cycle_post(c, pl->endpoint, asset ? "AssetVirtualmanKey" : "VirtualmanProjectId",
-                               pl->project_id, project_list_done, pl);
+                               pl->project_id, on_project_list_reply, pl);
                 if (r < 0)
                         break;
                 c->projects_pending++;

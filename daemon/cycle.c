@@ -29,7 +29,7 @@
 
 static void cycle_dispatch(struct cycle *c);
 static void cycle_end(struct cycle *c);
-static void job_done(struct close_job *job, enum outcome outcome, const char *detail, long retry_after_s);
+static void job_finish(struct close_job *job, enum outcome outcome, const char *detail, long retry_after_s);
 
 /* The one place a job's state changes: keeps c->in_flight right. */
 static void job_set_state(struct close_job *job, enum job_state to) {
@@ -84,8 +84,7 @@ static bool check_fence(struct cycle *c) {
         c->res.standby += left;
         cycle_log(
                 c, LOG_WARNING, NULL, NULL, 0,
-                "HA: this instance (role %s) no longer holds a confirmed etcd lease; %zu close(s) not sent "
-                "are left to the leader",
+                "HA: this instance (role %s) no longer holds a confirmed etcd lease; %zu close(s) not sent are left to the leader",
                 ha_role_to_string(ha_role(c->env.ha)), left);
         return true;
 }
@@ -113,7 +112,7 @@ static void skip_refused(struct cycle *c) {
                         continue;
                 why = cycle_refusal(c, job, buf, sizeof buf);
                 if (why)
-                        job_done(job, OUTCOME_SKIPPED, why, 0);
+                        job_finish(job, OUTCOME_SKIPPED, why, 0);
                 else
                         job->policy = c->decision.rows[job->index].policy;
         }
@@ -122,11 +121,11 @@ static void skip_refused(struct cycle *c) {
                 cycle_dispatch(c);
 }
 
-/* Just before a request for the job goes out: not after a stop or a fence,
- * and only while decide() (asked again if the file or the list changed)
- * still closes its session. Otherwise the job is finished here and false
- * is returned. */
-static bool job_may_send(struct close_job *job) {
+/* Just before a request for the job goes out: it may go, and true is
+ * returned, only if no stop or fence came and decide() (asked again if the
+ * file or the list changed) still closes its session. Otherwise the job is
+ * finished here (left, or skipped and logged) and false is returned. */
+static bool job_prepare_send(struct close_job *job) {
         struct cycle *c = job->cycle;
         char buf[400];
         const char *why;
@@ -141,14 +140,14 @@ static bool job_may_send(struct close_job *job) {
         }
         if (c->decision_stale) {
                 if (cycle_redecide(c) < 0) {
-                        job_done(job, OUTCOME_SKIPPED, "out of memory while checking the decision", 0);
+                        job_finish(job, OUTCOME_SKIPPED, "out of memory while checking the decision", 0);
                         return false;
                 }
                 skip_refused(c);
         }
         why = cycle_refusal(c, job, buf, sizeof buf);
         if (why) {
-                job_done(job, OUTCOME_SKIPPED, why, 0);
+                job_finish(job, OUTCOME_SKIPPED, why, 0);
                 return false;
         }
         job->policy = c->decision.rows[job->index].policy;
@@ -178,6 +177,7 @@ static bool outlasts_cycle(const struct cycle *c, uint64_t wait_ms) {
                (int64_t) c->env.config->poll_interval_ms;
 }
 
+/* Whether a job is still to be sent: queued, or requeued after a throttle. */
 static bool jobs_left(const struct cycle *c) {
         return c->n_requeued > 0 || c->next_job < c->n_jobs;
 }
@@ -197,11 +197,11 @@ static void pause_dispatch(struct cycle *c, uint64_t pause_ms, const char *why) 
         if (c->halt != HALT_NONE)
                 return;
         if (outlasts_cycle(c, pause_ms)) {
-                cycle_log(c, LOG_WARNING, NULL, NULL, 0,
-                          "%s: pausing %" PRIu64
-                          " ms, longer than poll_interval; the closes left wait for the next cycle, "
-                          "after the pause",
-                          why, pause_ms);
+                cycle_log(
+                        c, LOG_WARNING, NULL, NULL, 0,
+                        "%s: pausing %" PRIu64
+                        " ms, longer than poll_interval; the closes left wait for the next cycle, after the pause",
+                        why, pause_ms);
                 give_up(c);
                 return;
         }
@@ -215,7 +215,7 @@ static void pause_dispatch(struct cycle *c, uint64_t pause_ms, const char *why) 
         ev_timer_start(c->env.loop, &c->resume_timer);
 }
 
-static void job_done(struct close_job *job, enum outcome outcome, const char *detail, long retry_after_s) {
+static void job_finish(struct close_job *job, enum outcome outcome, const char *detail, long retry_after_s) {
         struct cycle *c = job->cycle;
         const struct config *cfg = c->env.config;
         const char *id = job->session->session_id;
@@ -264,7 +264,7 @@ static void close_failed(struct close_job *job, const char *what, const char *de
         char msg[640];
 
         snprintf(msg, sizeof msg, "%s: %s", what, detail);
-        job_done(job, OUTCOME_FAILED, msg, retry_after_s);
+        job_finish(job, OUTCOME_FAILED, msg, retry_after_s);
 }
 
 /* The gateway said "too frequent" (100012, HTTP 429 or 503) to this close
@@ -309,8 +309,7 @@ static void job_throttled(struct close_job *job, const struct http_response *res
                 if (c->halt == HALT_NONE)
                         cycle_log(
                                 c, LOG_WARNING, NULL, NULL, 0,
-                                "Session %s was refused as too frequent %u times in a row; it waits for the "
-                                "next cycle",
+                                "Session %s was refused as too frequent %u times in a row; it waits for the next cycle",
                                 job->session->session_id, MAX_REQUEUES + 1);
         } else
                 c->requeued[c->n_requeued++] = job;
@@ -342,7 +341,7 @@ static void job_auth(struct close_job *job, const char *endpoint, const char *de
         cycle_auth_refused(c, endpoint, detail);
         c->res.deferred += finish_queued(c);
         snprintf(msg, sizeof msg, "%s: unauthorized (%s)", endpoint, detail);
-        job_done(job, OUTCOME_FAILED, msg, -1);
+        job_finish(job, OUTCOME_FAILED, msg, -1);
 }
 
 /* A call of the job was throttled or refused for auth: a problem of the
@@ -400,7 +399,7 @@ static void on_postcheck_reply(const struct http_response *resp, void *userdata)
         }
         if ((r >= 0 && st.status == SESSION_CLOSED) ||
             (r < 0 && err.kind == GATEWAY_API_ERROR && err.code == CODE_NO_SESSION)) {
-                job_done(job, OUTCOME_ALREADY_CLOSED, NULL, 0);
+                job_finish(job, OUTCOME_ALREADY_CLOSED, NULL, 0);
                 return;
         }
         snprintf(buf, sizeof buf, "API error %ld: %s", job->close_err.code, job->close_err.message);
@@ -423,10 +422,10 @@ static void on_close_reply(const struct http_response *resp, void *userdata) {
         cycle_record_call(c, "closesession", resp, parsed, &job->close_err);
         switch (v) {
         case VERDICT_OK:
-                job_done(job, OUTCOME_CLOSED, NULL, 0);
+                job_finish(job, OUTCOME_CLOSED, NULL, 0);
                 return;
         case VERDICT_GONE: /* 110013 or 110018: nothing left to close */
-                job_done(job, OUTCOME_ALREADY_CLOSED, NULL, 0);
+                job_finish(job, OUTCOME_ALREADY_CLOSED, NULL, 0);
                 return;
         case VERDICT_THROTTLED:
         case VERDICT_AUTH:
@@ -461,7 +460,7 @@ static void start_close(struct close_job *job) {
         struct cycle *c = job->cycle;
         int ret;
 
-        if (!job_may_send(job))
+        if (!job_prepare_send(job))
                 return;
         job->sent_ms = now_mono_ms();
         ret = cycle_post(c, "closesession", "SessionId", job->session->session_id, on_close_reply, job);
@@ -497,7 +496,7 @@ static void on_precheck_reply(const struct http_response *resp, void *userdata) 
         case VERDICT_OK:
                 break;
         case VERDICT_GONE: /* 110018: the session does not exist any more */
-                job_done(job, OUTCOME_ALREADY_CLOSED, NULL, 0);
+                job_finish(job, OUTCOME_ALREADY_CLOSED, NULL, 0);
                 return;
         case VERDICT_THROTTLED:
         case VERDICT_AUTH:
@@ -511,7 +510,7 @@ static void on_precheck_reply(const struct http_response *resp, void *userdata) 
         }
         note_stream(job, &st);
         if (st.status == SESSION_CLOSED) {
-                job_done(job, OUTCOME_ALREADY_CLOSED, NULL, 0);
+                job_finish(job, OUTCOME_ALREADY_CLOSED, NULL, 0);
                 return;
         }
         if (s->status != st.status || s->started != st.started) {
@@ -530,7 +529,7 @@ static bool needs_precheck(const struct cycle *c, const struct close_job *job) {
 
 /* Starts jobs up to the account's window (gateway.max_parallel, narrowed
  * while the gateway throttles) and as its pace allows. Never recursive: a
- * job that fails at once calls job_done(), whose cycle_dispatch() returns
+ * job that fails at once calls job_finish(), whose cycle_dispatch() returns
  * at once, and this loop carries on. Ends the cycle when nothing is left. */
 static void cycle_dispatch(struct cycle *c) {
         size_t window = c->env.config->gateway.max_parallel;
@@ -551,10 +550,10 @@ static void cycle_dispatch(struct cycle *c) {
                          * poll_interval: then the closes left wait for the
                          * next cycle. --once has no next cycle: it waits. */
                         if (c->env.next_cycle && outlasts_cycle(c, wait)) {
-                                cycle_log(c, LOG_WARNING, NULL, NULL, 0,
-                                          "The account's pace (%.1f calls/s) leaves closes for longer than "
-                                          "poll_interval; the closes left wait for the next cycle",
-                                          throttle_rate(c->env.throttle));
+                                cycle_log(
+                                        c, LOG_WARNING, NULL, NULL, 0,
+                                        "The account's pace (%.1f calls/s) leaves closes for longer than poll_interval; the closes left wait for the next cycle",
+                                        throttle_rate(c->env.throttle));
                                 give_up(c);
                                 break;
                         }
@@ -568,7 +567,7 @@ static void cycle_dispatch(struct cycle *c) {
                 job_set_state(job, JOB_IN_FLIGHT);
                 if (!needs_precheck(c, job))
                         start_close(job);
-                else if (job_may_send(job)) {
+                else if (job_prepare_send(job)) {
                         int ret;
 
                         job->sent_ms = now_mono_ms();

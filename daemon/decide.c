@@ -28,17 +28,6 @@ const char *decide_outcome_to_string(enum decide_outcome o) {
         return "?";
 }
 
-bool decide_is_plan_word(const char *s) {
-        static const enum decide_outcome words[] = { DECIDE_KEEP, DECIDE_PROTECTED, DECIDE_FUSED,
-                                                     DECIDE_BACKING_OFF, DECIDE_DEFERRED };
-
-        assert(s);
-        for (size_t i = 0; i < ELEMENTSOF(words); i++)
-                if (strcmp(s, decide_outcome_to_string(words[i])) == 0)
-                        return true;
-        return false;
-}
-
 static bool has_capacity_policy(const struct config *cfg) {
         for (size_t i = 0; i < cfg->n_policies; i++)
                 if (cfg->policies[i].kind == POLICY_OVER_CAPACITY)

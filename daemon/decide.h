@@ -77,7 +77,3 @@ int decide(const struct decide_input *in, struct decide_result *ret);
 void decide_result_done(struct decide_result *r);
 
 const char *decide_outcome_to_string(enum decide_outcome o);
-
-/* Whether s is a word --plan prints in place of a policy name (every
- * outcome but DECIDE_CLOSE): such a word cannot name a policy. */
-bool decide_is_plan_word(const char *s);

@@ -105,6 +105,3 @@ void session_list_free(struct session_list *l);
  * SessionIds that appear more than once. The inputs are consumed, also on
  * failure. Returns 0 or -ENOMEM. */
 int session_list_merge(struct session_list **lists, size_t n, struct session_list **ret);
-
-/* cJSON_ParseWithLength() that also refuses anything after the value. */
-struct cJSON *json_parse_exact(const char *text, size_t len);

@@ -12,7 +12,7 @@
 #include "http.h"
 #include "log.h"
 #include "util.h"
-#include "yamlread.h"
+#include "globlist.h"
 
 #define HA_MAX_RESPONSE (1024 * 1024)
 
@@ -323,8 +323,7 @@ static void on_reply(struct ha *h, enum step step, int64_t sent_ms, const cJSON 
                 if (!kv || !json_id(v, id, sizeof id) || strcmp(id, h->lease) != 0) {
                         note_leader(h, kv);
                         log_warning(
-                                "HA: the election key is no longer held by this instance's lease; stepping "
-                                "down");
+                                "HA: the election key is no longer held by this instance's lease; stepping down");
                         set_role(h, HA_STANDBY);
                 }
                 break;

@@ -18,8 +18,7 @@ bool health_ok(const struct health_input *in, uint64_t progress_budget_ms, const
         if (in->cycle_running) {
                 if (!in->paused && in->now_ms - in->last_progress_ms > (int64_t) progress_budget_ms)
                         reason =
-                                "no request of the running cycle has finished for longer than a request may "
-                                "take";
+                                "no request of the running cycle has finished for longer than a request may take";
         } else if (!in->next_cycle_scheduled) {
                 reason = "no cycle is running and none is scheduled";
         }

@@ -2,24 +2,25 @@
 
 #include <assert.h>
 #include <errno.h>
-#include <search.h>
 #include <stdlib.h>
-#include <string.h>
+
+#include "strmap.h"
 
 struct idset {
-        void *previous, *current; /* tsearch trees of strdup()ed strings */
+        struct strmap *previous, *current; /* the ids of the two rounds; the values are unused */
 };
 
-static int compare(const void *a, const void *b) {
-        return strcmp(a, b);
-}
+/* The value of every id: the map needs one that is not NULL. */
+static char present;
 
 int idset_new(struct idset **ret) {
         struct idset *s = calloc(1, sizeof *s);
 
         assert(ret);
-        if (!s)
+        if (!s || strmap_new(&s->previous) < 0 || strmap_new(&s->current) < 0) {
+                idset_free(s);
                 return -ENOMEM;
+        }
         *ret = s;
         return 0;
 }
@@ -27,47 +28,29 @@ int idset_new(struct idset **ret) {
 void idset_free(struct idset *s) {
         if (!s)
                 return;
-        tdestroy(s->previous, free);
-        tdestroy(s->current, free);
+        strmap_free(s->previous, NULL);
+        strmap_free(s->current, NULL);
         free(s);
 }
 
 int idset_keep(struct idset *s, const char *id) {
-        char **found;
-        char *copy;
-
         assert(s && id);
-        if (tfind(id, &s->current, compare))
+        if (strmap_get(s->current, id))
                 return 1;
-        found = tfind(id, &s->previous, compare);
-        if (!found)
-                return 0;
-        copy = *found;
-        tdelete(copy, &s->previous, compare);
-        if (!tsearch(copy, &s->current, compare)) {
-                free(copy);
-                return -ENOMEM;
-        }
-        return 1;
+        return strmap_move(s->current, s->previous, id);
 }
 
 int idset_mark(struct idset *s, const char *id) {
-        char *copy;
         int r = idset_keep(s, id);
 
         if (r != 0)
                 return r < 0 ? r : 0;
-        copy = strdup(id);
-        if (!copy || !tsearch(copy, &s->current, compare)) {
-                free(copy);
-                return -ENOMEM;
-        }
-        return 1;
+        r = strmap_put(s->current, id, &present);
+        return r < 0 ? r : 1;
 }
 
 void idset_round_end(struct idset *s) {
         assert(s);
-        tdestroy(s->previous, free);
-        s->previous = s->current;
-        s->current = NULL;
+        strmap_clear(s->previous, NULL);
+        strmap_swap(s->previous, s->current);
 }

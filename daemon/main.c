@@ -28,35 +28,32 @@ enum {
 };
 
 static void help(FILE *out) {
-        fprintf(out, "Usage: ivh-reclaimd [OPTION]...\n"
-                     "Reclaims leaked Tencent Cloud IVH interactive sessions according to YAML policies.\n"
-                     "\n"
-                     "  -c, --config FILE        policy file (default " CONFIG_DEFAULT_PATH ")\n"
-                     "      --once               run one cycle, wait for its closes, and exit\n"
-                     "      --dry-run            decide and log everything, never call closesession\n"
-                     "      --plan               list sessions once, print what would happen to each, close "
-                     "nothing\n"
-                     "      --output FORMAT      with --plan: table (default) or json (one object per "
-                     "session)\n"
-                     "      --detailed-exitcode  with --plan: exit 0 if nothing would be reclaimed, 2 if "
-                     "something\n"
-                     "                           would, 1 on any error\n"
-                     "      --check-config       validate the policy file, token, appkey and "
-                     "directories, and exit\n"
-                     "      --log-target TARGET  auto, journal or console (default auto)\n"
-                     "  -v, --verbose            also log debug messages\n"
-                     "  -h, --help               show this help\n"
-                     "      --version            show the version\n"
-                     "\n"
-                     "The access token is read from gateway.accesstoken_file, else\n"
-                     "$CREDENTIALS_DIRECTORY/accesstoken, else $IVH_ACCESS_TOKEN, else (run by hand)\n"
-                     "the file accesstoken beside the policy file, which the unit hands over.\n"
-                     "\n"
-                     "Exit status: 0 success; 1 the session list could not be fetched (--once, --plan)\n"
-                     "or a runtime error; 2 --plan --detailed-exitcode found sessions to reclaim;\n"
-                     "64 usage error; 75 another instance uses the same state file; 77 the gateway\n"
-                     "refused the credentials (--once, --plan); 78 invalid configuration or missing\n"
-                     "credentials.\n");
+        fprintf(out,
+                "Usage: ivh-reclaimd [OPTION]...\n"
+                "Reclaims leaked Tencent Cloud IVH interactive sessions according to YAML policies.\n"
+                "\n"
+                "  -c, --config FILE        policy file (default " CONFIG_DEFAULT_PATH ")\n"
+                "      --once               run one cycle, wait for its closes, and exit\n"
+                "      --dry-run            decide and log everything, never call closesession\n"
+                "      --plan               list sessions once, print what would happen to each, close nothing\n"
+                "      --output FORMAT      with --plan: table (default) or json (one object per session)\n"
+                "      --detailed-exitcode  with --plan: exit 0 if nothing would be reclaimed, 2 if something\n"
+                "                           would, 1 on any error\n"
+                "      --check-config       validate the policy file, token, appkey and directories, and exit\n"
+                "      --log-target TARGET  auto, journal or console (default auto)\n"
+                "  -v, --verbose            also log debug messages\n"
+                "  -h, --help               show this help\n"
+                "      --version            show the version\n"
+                "\n"
+                "The access token is read from gateway.accesstoken_file, else\n"
+                "$CREDENTIALS_DIRECTORY/accesstoken, else $IVH_ACCESS_TOKEN, else (run by hand)\n"
+                "the file accesstoken beside the policy file, which the unit hands over.\n"
+                "\n"
+                "Exit status: 0 success; 1 the session list could not be fetched (--once, --plan)\n"
+                "or a runtime error; 2 --plan --detailed-exitcode found sessions to reclaim;\n"
+                "64 usage error; 75 another instance uses the same state file; 77 the gateway\n"
+                "refused the credentials (--once, --plan); 78 invalid configuration or missing\n"
+                "credentials.\n");
 }
 
 /* A usage error: one line saying what is wrong (getopt_long() prints its
@@ -130,12 +127,13 @@ static int check_config(const char *path, struct config *config) {
                 tell_daemon_reload_failed();
                 return EXIT_CONFIG;
         }
-        if (config->n_accounts > 0) {
-                for (size_t i = 0; i < config->n_accounts; i++)
-                        n += config->accounts[i]->n_policies;
+        for (size_t i = 0; i < config->n_accounts; i++)
+                n += config->accounts[i]->n_policies;
+        /* The single-gateway form's one account has no name in the file. */
+        if (config->accounts[0]->account)
                 printf("%s: OK (%zu accounts, %zu policies)\n", path, config->n_accounts, n);
-        } else
-                printf("%s: OK (%zu policies)\n", path, config->n_policies);
+        else
+                printf("%s: OK (%zu policies)\n", path, n);
         return EXIT_OK;
 }
 

@@ -195,15 +195,12 @@ static void render_process(FILE *f, const struct metrics_process *proc) {
                 "ivh_reclaimd_build_info{version=\"%s\"} 1\n",
                 proc->version);
         fprintf(f,
-                "# HELP ivh_config_last_reload_successful Whether the last load of the policy file (at "
-                "start "
-                "or on reload) succeeded.\n"
+                "# HELP ivh_config_last_reload_successful Whether the last load of the policy file (at start or on reload) succeeded.\n"
                 "# TYPE ivh_config_last_reload_successful gauge\n"
                 "ivh_config_last_reload_successful %d\n",
                 proc->reload_ok ? 1 : 0);
         fprintf(f,
-                "# HELP ivh_config_last_reload_success_timestamp_seconds When the policy file was last "
-                "loaded successfully, Unix time.\n"
+                "# HELP ivh_config_last_reload_success_timestamp_seconds When the policy file was last loaded successfully, Unix time.\n"
                 "# TYPE ivh_config_last_reload_success_timestamp_seconds gauge\n"
                 "ivh_config_last_reload_success_timestamp_seconds %.3f\n",
                 proc->reload_success_s);
@@ -221,8 +218,7 @@ int metrics_render(const struct metrics_process *proc, const struct metrics *con
                 render_process(f, proc);
         if (proc && proc->leader >= 0) {
                 fprintf(f,
-                        "# HELP ivh_leader Whether this instance is its etcd group's leader (ha:), the only "
-                        "one that closes sessions.\n"
+                        "# HELP ivh_leader Whether this instance is its etcd group's leader (ha:), the only one that closes sessions.\n"
                         "# TYPE ivh_leader gauge\n");
                 for (size_t a = 0; a < n; a++)
                         fprintf(f, "ivh_leader{account=\"%s\"} %d\n", accounts[a], proc->leader);
@@ -240,8 +236,7 @@ int metrics_render(const struct metrics_process *proc, const struct metrics *con
                                         accounts[a], status_names[s], (unsigned long long) ms[a]->listed[s]);
 
         fprintf(f,
-                "# HELP ivh_sessions_malformed Entries of the last successful list that are never acted on "
-                "(hostile ids, wrong shape, conflicting duplicates).\n"
+                "# HELP ivh_sessions_malformed Entries of the last successful list that are never acted on (hostile ids, wrong shape, conflicting duplicates).\n"
                 "# TYPE ivh_sessions_malformed gauge\n");
         for (size_t a = 0; a < n; a++)
                 if (ms[a]->listed_known)
@@ -250,10 +245,10 @@ int metrics_render(const struct metrics_process *proc, const struct metrics *con
 
         render_held(f, "ivh_sessions_fused", "Due live sessions the share fuse held back in the last cycle.",
                     ms, accounts, n, offsetof(struct metrics, fused));
-        render_held(f, "ivh_sessions_deferred",
-                    "Due sessions the last cycle left for later cycles (max_closes_per_cycle, a "
-                    "Retry-After, a stop).",
-                    ms, accounts, n, offsetof(struct metrics, deferred));
+        render_held(
+                f, "ivh_sessions_deferred",
+                "Due sessions the last cycle left for later cycles (max_closes_per_cycle, a Retry-After, a stop).",
+                ms, accounts, n, offsetof(struct metrics, deferred));
 
         fprintf(f, "# HELP ivh_reclaims_total Reclaim decisions, by policy and outcome.\n"
                    "# TYPE ivh_reclaims_total counter\n");
@@ -270,8 +265,7 @@ int metrics_render(const struct metrics_process *proc, const struct metrics *con
                         for (size_t r = 0; r < _METRICS_RESULT_MAX; r++)
                                 if (ms[a]->calls[e][r])
                                         fprintf(f,
-                                                "ivh_api_calls_total{account=\"%s\",endpoint=\"%s\",result="
-                                                "\"%s\"} %llu\n",
+                                                "ivh_api_calls_total{account=\"%s\",endpoint=\"%s\",result=\"%s\"} %llu\n",
                                                 accounts[a], endpoints[e], result_names[r],
                                                 (unsigned long long) ms[a]->calls[e][r]);
 
@@ -287,14 +281,12 @@ int metrics_render(const struct metrics_process *proc, const struct metrics *con
                         for (size_t b = 0; b < N_BUCKETS; b++) {
                                 cumulative += m->latency_buckets[e][b];
                                 fprintf(f,
-                                        "ivh_api_latency_seconds_bucket{account=\"%s\",endpoint=\"%s\",le="
-                                        "\"%g\"} %llu\n",
+                                        "ivh_api_latency_seconds_bucket{account=\"%s\",endpoint=\"%s\",le=\"%g\"} %llu\n",
                                         accounts[a], endpoints[e], buckets[b],
                                         (unsigned long long) cumulative);
                         }
                         fprintf(f,
-                                "ivh_api_latency_seconds_bucket{account=\"%s\",endpoint=\"%s\",le=\"+Inf\"} "
-                                "%llu\n",
+                                "ivh_api_latency_seconds_bucket{account=\"%s\",endpoint=\"%s\",le=\"+Inf\"} %llu\n",
                                 accounts[a], endpoints[e], (unsigned long long) m->latency_count[e]);
                         fprintf(f, "ivh_api_latency_seconds_sum{account=\"%s\",endpoint=\"%s\"} %.6f\n",
                                 accounts[a], endpoints[e], m->latency_sum[e]);
@@ -308,8 +300,7 @@ int metrics_render(const struct metrics_process *proc, const struct metrics *con
                 render_ok_failed(f, "ivh_cycles_total", accounts[a], "list_failed", ms[a]->cycles_ok,
                                  ms[a]->cycles_failed);
         fprintf(f,
-                "# HELP ivh_last_successful_poll_timestamp_seconds When the session list was last fetched, "
-                "Unix time; 0 before the first success.\n"
+                "# HELP ivh_last_successful_poll_timestamp_seconds When the session list was last fetched, Unix time; 0 before the first success.\n"
                 "# TYPE ivh_last_successful_poll_timestamp_seconds gauge\n");
         for (size_t a = 0; a < n; a++)
                 fprintf(f, "ivh_last_successful_poll_timestamp_seconds{account=\"%s\"} %.3f\n", accounts[a],

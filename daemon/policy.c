@@ -1,18 +1,10 @@
 #include "policy.h"
 
 #include <assert.h>
-#include <fnmatch.h>
 #include <stdbool.h>
 #include <errno.h>
 #include <stddef.h>
 #include <stdlib.h>
-
-static bool glob_match_any(const struct glob_list *l, const char *s) {
-        for (size_t i = 0; i < l->n; i++)
-                if (fnmatch(l->items[i], s, 0) == 0)
-                        return true;
-        return false;
-}
 
 static bool is_live(int status) {
         return status == SESSION_IN_PROGRESS || status == SESSION_PREPARING;
@@ -20,7 +12,7 @@ static bool is_live(int status) {
 
 /* Whether the policy's kind and selector describe the session, whatever its age. */
 static bool policy_matches(const struct policy *p, const struct session *s) {
-        if (p->user_ids.n > 0 && !glob_match_any(&p->user_ids, s->user_id))
+        if (p->user_ids.n > 0 && !glob_list_match(&p->user_ids, s->user_id))
                 return false;
         switch (p->kind) {
         case POLICY_FAILED:
@@ -50,8 +42,8 @@ void policy_decide(const struct config *c, const struct session *s, uint64_t age
                                 break;
                         }
 
-        if (glob_match_any(&c->protect_session_ids, s->session_id) ||
-            glob_match_any(&c->protect_user_ids, s->user_id))
+        if (glob_list_match(&c->protect_session_ids, s->session_id) ||
+            glob_list_match(&c->protect_user_ids, s->user_id))
                 d.kind = DECISION_PROTECTED;
         else if (d.policy && age_ms >= d.policy->after_ms)
                 d.kind = DECISION_CLOSE;
@@ -60,7 +52,7 @@ void policy_decide(const struct config *c, const struct session *s, uint64_t age
 
 bool policy_selects_user(const struct policy *p, const char *user_id) {
         assert(p);
-        return p->user_ids.n == 0 || glob_match_any(&p->user_ids, user_id);
+        return p->user_ids.n == 0 || glob_list_match(&p->user_ids, user_id);
 }
 
 bool policy_session_is_live(const struct session *s) {
@@ -71,17 +63,6 @@ bool policy_session_is_live(const struct session *s) {
 bool policy_share_fuse_trips(const struct fuse_config *fuse, size_t live_total, size_t due_live) {
         assert(fuse);
         return due_live > fuse->min_sessions && (double) due_live > fuse->max_share * (double) live_total;
-}
-
-const char *decision_to_string(const struct decision *d) {
-        switch (d->kind) {
-        case DECISION_CLOSE:
-                return d->policy->name;
-        case DECISION_PROTECTED:
-                return "protected";
-        default:
-                return "keep";
-        }
 }
 
 struct candidate {
@@ -101,8 +82,8 @@ static int compare_candidates(const void *a, const void *b) {
 }
 
 static bool is_protected(const struct config *c, const struct session *s) {
-        return glob_match_any(&c->protect_session_ids, s->session_id) ||
-               glob_match_any(&c->protect_user_ids, s->user_id);
+        return glob_list_match(&c->protect_session_ids, s->session_id) ||
+               glob_list_match(&c->protect_user_ids, s->user_id);
 }
 
 int policy_capacity_victims(const struct config *c, const struct session_list *l, const uint64_t *ages,
@@ -135,7 +116,7 @@ int policy_capacity_victims(const struct config *c, const struct session_list *l
 
                         if (closing[i] || (!is_live(s->status) && s->status != SESSION_STREAM_FAILED) ||
                             ages[i] < pol->after_ms || is_protected(c, s) ||
-                            (pol->user_ids.n > 0 && !glob_match_any(&pol->user_ids, s->user_id)))
+                            (pol->user_ids.n > 0 && !glob_list_match(&pol->user_ids, s->user_id)))
                                 continue;
                         cand[n_cand++] = (struct candidate){
                                 .index = i,

@@ -28,8 +28,6 @@ struct decision {
 /* age_ms is the time since the daemon first saw the session. */
 void policy_decide(const struct config *c, const struct session *s, uint64_t age_ms, struct decision *ret);
 
-const char *decision_to_string(const struct decision *d);
-
 /* Whether the policy's user_ids selector (none: every user) matches. */
 bool policy_selects_user(const struct policy *p, const char *user_id);
 

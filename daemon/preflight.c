@@ -92,8 +92,7 @@ static void check_appkey(struct report *rep, const struct config *top, const str
                 return;
         if (a->gateway.appkey_line > 0)
                 problem(rep,
-                        "%s:%u:%u: %sgateway.appkey is the sample appkey from Tencent's documentation; set "
-                        "your account's own appkey",
+                        "%s:%u:%u: %sgateway.appkey is the sample appkey from Tencent's documentation; set your account's own appkey",
                         top->path, a->gateway.appkey_line, a->gateway.appkey_column,
                         prefix(a, pre, sizeof pre));
         else
@@ -162,9 +161,7 @@ int preflight_unit_credential(const struct config *a, struct error *err) {
                  * nothing to hand over. */
                 (void) error_set(
                         err, 0,
-                        "no access token%s%s: %s does not exist, so the unit hands the service no token "
-                        "as its credential '%s'; install it with 'install -m 0600 /dev/stdin %s' "
-                        "(paste the token, then Ctrl-D) and start the service again",
+                        "no access token%s%s: %s does not exist, so the unit hands the service no token as its credential '%s'; install it with 'install -m 0600 /dev/stdin %s' (paste the token, then Ctrl-D) and start the service again",
                         a->account ? " for account " : "", a->account ? a->account : "", source, name,
                         source);
                 r = -ENOKEY;
@@ -172,9 +169,7 @@ int preflight_unit_credential(const struct config *a, struct error *err) {
                 /* systemd's copy is private; the file it copied is not. */
                 (void) error_set(
                         err, 0,
-                        "access token file %s gives its group or others access (mode %04o); refusing "
-                        "it: run 'chmod 0600 %s' (systemd hands the service a private copy, but the "
-                        "file itself can be read)",
+                        "access token file %s gives its group or others access (mode %04o); refusing it: run 'chmod 0600 %s' (systemd hands the service a private copy, but the file itself can be read)",
                         source, (unsigned) (st.st_mode & 07777), source);
                 r = -EPERM;
         }
@@ -208,9 +203,7 @@ static void check_token_file(struct report *rep, const struct config *a, const c
         }
         if (st.st_mode & 077)
                 problem(rep,
-                        "%saccess token file %s gives its group or others access (mode %04o); run 'chmod "
-                        "0600 "
-                        "%s'",
+                        "%saccess token file %s gives its group or others access (mode %04o); run 'chmod 0600 %s'",
                         prefix(a, pre, sizeof pre), path, (unsigned) (st.st_mode & 07777), path);
         /* A systemd credential belongs to the service's user by design. */
         if (st.st_uid != 0 && st.st_uid != geteuid() && !in_credentials_directory(path))
@@ -236,8 +229,7 @@ static int check_token(struct report *rep, const struct config *top, const struc
 
         if (!a->gateway.accesstoken_file && credentials_hidden(rep)) {
                 note(rep,
-                     "%stoken: not checked: %s cannot be read by this reload command; the daemon keeps the "
-                     "credential it was started with (a reload cannot change it)",
+                     "%stoken: not checked: %s cannot be read by this reload command; the daemon keeps the credential it was started with (a reload cannot change it)",
                      prefix(a, pre, sizeof pre), getenv("CREDENTIALS_DIRECTORY"));
                 return 0;
         }
@@ -257,8 +249,7 @@ static int check_token(struct report *rep, const struct config *top, const struc
                         r = credentials_load(&g, NULL, a->account, &creds, &err);
                         if (r >= 0)
                                 note(rep,
-                                     "%stoken: %s, which the shipped unit hands over as a credential "
-                                     "(LoadCredential=)",
+                                     "%stoken: %s, which the shipped unit hands over as a credential (LoadCredential=)",
                                      prefix(a, pre, sizeof pre), path);
                 } else {
                         char *m = NULL;
@@ -279,9 +270,7 @@ static int check_token(struct report *rep, const struct config *top, const struc
                 check_token_file(rep, a, creds->path);
         if (r >= 0 && a->gateway.accesstoken_file && !getenv("CREDENTIALS_DIRECTORY") && geteuid() == 0)
                 note(rep,
-                     "%snote: under the shipped unit the service runs as a dynamic user, which cannot read "
-                     "%s; "
-                     "leave accesstoken_file unset there and use LoadCredential=",
+                     "%snote: under the shipped unit the service runs as a dynamic user, which cannot read %s; leave accesstoken_file unset there and use LoadCredential=",
                      prefix(a, pre, sizeof pre), a->gateway.accesstoken_file);
         error_done(&err);
         credentials_free(creds);
@@ -313,9 +302,7 @@ static int check_dir_of(struct report *rep, const char *key, const char *file) {
                                   strerror(errno), (unsigned) geteuid());
                 else if (!rep->reload && !getenv("INVOCATION_ID") && !unit_writable(dir))
                         note(rep,
-                             "%s: note: the shipped unit (ProtectSystem=strict) can write only %s and what "
-                             "a drop-in "
-                             "adds with ReadWritePaths=, not %s",
+                             "%s: note: the shipped unit (ProtectSystem=strict) can write only %s and what a drop-in adds with ReadWritePaths=, not %s",
                              key, UNIT_STATE_DIRECTORY, dir);
                 free(copy);
                 return 0;
@@ -438,8 +425,7 @@ static int check_restart(struct report *rep, const struct config *c) {
         snprintf(head, sizeof head, "# ivh-reclaimd %s\n", pid);
         if (r < 0 || len < strlen(head) || strncmp(text, head, strlen(head)) != 0) {
                 note(rep,
-                     "note: no copy of the running policy from PID %s in %s; keys that need a restart are "
-                     "checked by the daemon itself",
+                     "note: no copy of the running policy from PID %s in %s; keys that need a restart are checked by the daemon itself",
                      pid, path);
                 goto out;
         }
@@ -455,14 +441,11 @@ static int check_restart(struct report *rep, const struct config *c) {
                         what = config_restart_needed(c->accounts[i], running->accounts[i]);
         if (what && rep->reload)
                 problem(rep,
-                        "%s: %s differs from the running daemon's, which needs a restart (systemctl restart "
-                        "ivh-reclaimd); the running policy stays",
+                        "%s: %s differs from the running daemon's, which needs a restart (systemctl restart ivh-reclaimd); the running policy stays",
                         c->path, what);
         else if (what)
                 note(rep,
-                     "note: %s differs from the running daemon's (PID %s): 'systemctl reload ivh-reclaimd' "
-                     "will be refused and the running policy stays; 'systemctl restart ivh-reclaimd' takes "
-                     "this file",
+                     "note: %s differs from the running daemon's (PID %s): 'systemctl reload ivh-reclaimd' will be refused and the running policy stays; 'systemctl restart ivh-reclaimd' takes this file",
                      what, pid);
 out:
         config_free(running);
@@ -475,14 +458,11 @@ out:
 int preflight_check(const struct config *c, struct error *err, char **notes) {
         struct report rep = { 0 };
         const struct config *const *accounts = (const struct config *const *) c->accounts;
-        const struct config *single[] = { c };
         size_t n = c->n_accounts;
         int r = 0;
 
         assert(c);
         rep.reload = preflight_run_by_reload();
-        if (n == 0)
-                accounts = single, n = 1;
         *notes = NULL;
         rep.problems = open_memstream(&rep.problems_buf, &rep.problems_len);
         rep.notes = open_memstream(&rep.notes_buf, &rep.notes_len);

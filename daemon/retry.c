@@ -2,39 +2,27 @@
 
 #include <assert.h>
 #include <errno.h>
-#include <search.h>
 #include <stdlib.h>
-#include <string.h>
+
+#include "strmap.h"
 
 struct retry_entry {
-        char *session_id;
         unsigned failures;
         int64_t not_before_ms;
 };
 
 struct retry_table {
-        void *root; /* tsearch tree of struct retry_entry */
-        size_t n;
+        struct strmap *entries; /* struct retry_entry by session id */
 };
-
-static int compare(const void *a, const void *b) {
-        return strcmp(((const struct retry_entry *) a)->session_id,
-                      ((const struct retry_entry *) b)->session_id);
-}
-
-static void entry_free(void *p) {
-        struct retry_entry *e = p;
-
-        free(e->session_id);
-        free(e);
-}
 
 int retry_table_new(struct retry_table **ret) {
         struct retry_table *t = calloc(1, sizeof *t);
 
         assert(ret);
-        if (!t)
+        if (!t || strmap_new(&t->entries) < 0) {
+                free(t);
                 return -ENOMEM;
+        }
         *ret = t;
         return 0;
 }
@@ -42,7 +30,7 @@ int retry_table_new(struct retry_table **ret) {
 void retry_table_free(struct retry_table *t) {
         if (!t)
                 return;
-        tdestroy(t->root, entry_free);
+        strmap_free(t->entries, free);
         free(t);
 }
 
@@ -65,10 +53,7 @@ uint64_t retry_delay_ms(unsigned failures, uint64_t base_ms, uint64_t cap_ms, ui
 }
 
 static struct retry_entry *lookup(const struct retry_table *t, const char *session_id) {
-        struct retry_entry key = { .session_id = (char *) (uintptr_t) session_id }, **found;
-
-        found = tfind(&key, &t->root, compare);
-        return found ? *found : NULL;
+        return strmap_get(t->entries, session_id);
 }
 
 bool retry_blocked(const struct retry_table *t, const char *session_id, int64_t now_ms,
@@ -87,19 +72,11 @@ int retry_failed(struct retry_table *t, const char *session_id, int64_t now_ms, 
         struct retry_entry *e = lookup(t, session_id);
 
         if (!e) {
-                struct retry_entry **slot;
-
                 e = calloc(1, sizeof *e);
-                if (!e || !(e->session_id = strdup(session_id))) {
+                if (!e || strmap_put(t->entries, session_id, e) < 0) {
                         free(e);
                         return -ENOMEM;
                 }
-                slot = tsearch(e, &t->root, compare);
-                if (!slot) {
-                        entry_free(e);
-                        return -ENOMEM;
-                }
-                t->n++;
         }
         e->failures++;
         e->not_before_ms =
@@ -108,42 +85,25 @@ int retry_failed(struct retry_table *t, const char *session_id, int64_t now_ms, 
 }
 
 void retry_forget(struct retry_table *t, const char *session_id) {
-        struct retry_entry *e = lookup(t, session_id);
-
         assert(t && session_id);
-        if (!e)
-                return;
-        tdelete(e, &t->root, compare);
-        entry_free(e);
-        t->n--;
+        free(strmap_remove(t->entries, session_id));
 }
 
 void retry_prune(struct retry_table *t, const struct session_list *l) {
-        void *keep = NULL;
-        size_t n = 0;
+        struct strmap *keep;
 
         assert(t && l);
-        if (t->n == 0)
-                return;
-        /* Move the listed entries into a new tree; what remains is dropped. */
-        for (size_t i = 0; i < l->n; i++) {
-                struct retry_entry *e = lookup(t, l->items[i].session_id);
-
-                if (!e)
-                        continue;
-                tdelete(e, &t->root, compare);
-                if (!tsearch(e, &keep, compare)) {
-                        entry_free(e); /* out of memory: forgetting only makes a retry earlier */
-                        continue;
-                }
-                n++;
-        }
-        tdestroy(t->root, entry_free);
-        t->root = keep;
-        t->n = n;
+        if (strmap_size(t->entries) == 0 || strmap_new(&keep) < 0)
+                return; /* out of memory: the entries are kept, and pruned next time */
+        /* Move the listed entries into a new map; what remains is dropped. */
+        for (size_t i = 0; i < l->n; i++)
+                if (strmap_move(keep, t->entries, l->items[i].session_id) == -ENOMEM)
+                        free(strmap_remove(t->entries, l->items[i].session_id)); /* a retry comes earlier */
+        strmap_swap(keep, t->entries);
+        strmap_free(keep, free);
 }
 
 size_t retry_size(const struct retry_table *t) {
         assert(t);
-        return t->n;
+        return strmap_size(t->entries);
 }

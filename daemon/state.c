@@ -8,7 +8,6 @@
 #include <libgen.h>
 #include <limits.h>
 #include <math.h>
-#include <search.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,7 +15,8 @@
 #include <unistd.h>
 
 #include "fileio.h"
-#include "gateway.h"
+#include "json.h"
+#include "strmap.h"
 #include "util.h"
 
 #define STATE_VERSION       2
@@ -27,7 +27,6 @@
 #define STATE_EARLIEST_MS 1577836800000LL
 
 struct state_entry {
-        char *session_id;
         int64_t first_seen_mono_ms; /* when anchored */
         int64_t first_seen_wall_ms; /* when not: from a file of another boot */
         int64_t last_listed_mono_ms;
@@ -37,8 +36,8 @@ struct state_entry {
 
 struct state {
         char *path;
-        void *root; /* tsearch tree of struct state_entry, keyed by session_id */
-        size_t n, n_unanchored;
+        struct strmap *entries; /* struct state_entry by session id */
+        size_t n_unanchored;
         uint64_t generation;
         bool dirty;
         bool wall_trusted; /* the gateway accepted our clock since the last step */
@@ -48,18 +47,6 @@ struct state {
         int lock_fd;
 };
 
-static int compare_entry(const void *a, const void *b) {
-        return strcmp(((const struct state_entry *) a)->session_id,
-                      ((const struct state_entry *) b)->session_id);
-}
-
-static void entry_free(void *p) {
-        struct state_entry *e = p;
-
-        free(e->session_id);
-        free(e);
-}
-
 int state_new(const char *path, struct state **ret) {
         struct state *s = calloc(1, sizeof *s);
 
@@ -68,7 +55,8 @@ int state_new(const char *path, struct state **ret) {
                 return -ENOMEM;
         s->lock_fd = -1;
         s->path = strdup(path);
-        if (!s->path) {
+        if (!s->path || strmap_new(&s->entries) < 0) {
+                free(s->path);
                 free(s);
                 return -ENOMEM;
         }
@@ -81,7 +69,7 @@ int state_new(const char *path, struct state **ret) {
 void state_free(struct state *s) {
         if (!s)
                 return;
-        tdestroy(s->root, entry_free);
+        strmap_free(s->entries, free);
         if (s->lock_fd >= 0)
                 close(s->lock_fd);
         free(s->path);
@@ -122,27 +110,17 @@ int state_lock(struct state *s) {
 }
 
 /* Inserts a new entry; returns 1 if added, 0 if the id was there, <0 on ENOMEM. */
-static int insert(void **root, const struct state_entry *proto) {
-        struct state_entry *e = malloc(sizeof *e), **found;
+static int insert(struct strmap *m, const char *session_id, const struct state_entry *proto) {
+        struct state_entry *e = malloc(sizeof *e);
+        int r;
 
         if (!e)
                 return -ENOMEM;
         *e = *proto;
-        e->session_id = strdup(proto->session_id);
-        if (!e->session_id) {
+        r = strmap_put(m, session_id, e);
+        if (r < 0)
                 free(e);
-                return -ENOMEM;
-        }
-        found = tsearch(e, root, compare_entry);
-        if (!found) {
-                entry_free(e);
-                return -ENOMEM;
-        }
-        if (*found != e) {
-                entry_free(e);
-                return 0;
-        }
-        return 1;
+        return r == -EEXIST ? 0 : r < 0 ? r : 1;
 }
 
 static int parse_state(struct state *s, const char *data, size_t size, int64_t now_wall_ms,
@@ -151,12 +129,16 @@ static int parse_state(struct state *s, const char *data, size_t size, int64_t n
               *it;
         bool same_boot = false, file_trusted = true;
         int64_t file_offset = 0, saved_wall = INT64_MAX - CLOCK_STEP_LIMIT_MS;
-        void *tree = NULL;
-        size_t n = 0, n_unanchored = 0, dropped = 0;
+        struct strmap *tree = NULL;
+        size_t n_unanchored = 0, dropped = 0;
         int r = -EBADMSG;
 
         if (!cJSON_IsObject(root))
                 goto out;
+        if (strmap_new(&tree) < 0) {
+                r = -ENOMEM;
+                goto out;
+        }
         version = cJSON_GetObjectItemCaseSensitive(root, "version");
         sessions = cJSON_GetObjectItemCaseSensitive(root, "first_seen");
         if (!cJSON_IsNumber(version) ||
@@ -181,7 +163,7 @@ static int parse_state(struct state *s, const char *data, size_t size, int64_t n
          * and were written only after a list the gateway accepted. */
         cJSON_ArrayForEach(it, sessions) {
                 double wall = it->valuedouble;
-                struct state_entry e = { .session_id = it->string, .last_listed_mono_ms = now_mono_ms };
+                struct state_entry e = { .last_listed_mono_ms = now_mono_ms };
 
                 /* One bad entry makes the whole file suspect: a time before
                  * 2020, or after the file was written, cannot be true. */
@@ -201,30 +183,26 @@ static int parse_state(struct state *s, const char *data, size_t size, int64_t n
                         dropped++;
                         continue;
                 }
-                r = insert(&tree, &e);
+                r = insert(tree, it->string, &e);
                 if (r < 0)
                         goto out;
-                n += (size_t) r;
                 if (r > 0 && !e.anchored)
                         n_unanchored++;
         }
-        tdestroy(s->root, entry_free);
-        s->root = tree;
-        s->n = n;
+        strmap_swap(s->entries, tree); /* tree now holds the old entries, freed below */
         s->n_unanchored = n_unanchored;
         s->dirty = dropped > 0;
         s->offset_known = true;
         s->offset_ms = now_wall_ms - now_mono_ms;
-        tree = NULL;
         r = 0;
         if (dropped > 0 &&
-            asprintf(ret_notice,
-                     "state file %s was written in another boot while the wall clock was unconfirmed; "
-                     "the ages of its %zu session(s) restart from zero",
-                     s->path, dropped) < 0)
+            asprintf(
+                    ret_notice,
+                    "state file %s was written in another boot while the wall clock was unconfirmed; the ages of its %zu session(s) restart from zero",
+                    s->path, dropped) < 0)
                 *ret_notice = NULL;
 out:
-        tdestroy(tree, entry_free);
+        strmap_free(tree, free);
         cJSON_Delete(root);
         return r;
 }
@@ -281,15 +259,15 @@ static int load(struct state *s, int64_t now_wall_ms, int64_t now_mono_ms, bool 
         }
         snprintf(aside, sizeof aside, "%s.corrupt-%lld", s->path, (long long) (now_wall_ms / 1000));
         if (rename(s->path, aside) < 0)
-                r = asprintf(ret_warning,
-                             "state file %s is not valid and could not be set aside (%s); "
-                             "starting with an empty state, ages restart from zero",
-                             s->path, strerror(errno));
+                r = asprintf(
+                        ret_warning,
+                        "state file %s is not valid and could not be set aside (%s); starting with an empty state, ages restart from zero",
+                        s->path, strerror(errno));
         else
-                r = asprintf(ret_warning,
-                             "state file %s is not valid; moved it to %s and started with "
-                             "an empty state, ages restart from zero",
-                             s->path, aside);
+                r = asprintf(
+                        ret_warning,
+                        "state file %s is not valid; moved it to %s and started with an empty state, ages restart from zero",
+                        s->path, aside);
         if (r < 0)
                 *ret_warning = NULL;
         s->dirty = true;
@@ -308,12 +286,13 @@ int state_load(struct state *s, int64_t now_wall_ms, int64_t now_mono_ms, bool r
         return r;
 }
 
-static void anchor_one(const void *node, VISIT which, void *closure) {
-        struct state_entry *e = *(struct state_entry *const *) node;
-        const int64_t *now = closure; /* { wall, mono } */
+static void anchor_one(const char *session_id, void *value, void *userdata) {
+        struct state_entry *e = value;
+        const int64_t *now = userdata; /* { wall, mono } */
         int64_t age;
 
-        if ((which != postorder && which != leaf) || e->anchored)
+        (void) session_id;
+        if (e->anchored)
                 return;
         /* A time in the future means a clock went back: count from now. */
         age = now[0] - e->first_seen_wall_ms;
@@ -332,7 +311,7 @@ size_t state_anchor(struct state *s, int64_t now_wall_ms, int64_t now_mono_ms) {
          * here would swallow a step that came since the last check. */
         if (n == 0)
                 return 0;
-        twalk_r(s->root, anchor_one, now);
+        strmap_foreach(s->entries, anchor_one, now);
         s->n_unanchored = 0;
         s->dirty = true;
         return n;
@@ -360,10 +339,7 @@ static uint64_t age_at(int64_t first_seen_mono_ms, int64_t now_mono_ms) {
 }
 
 static struct state_entry *lookup(const struct state *s, const char *session_id) {
-        struct state_entry key = { .session_id = (char *) (uintptr_t) session_id }, **found;
-
-        found = tfind(&key, &s->root, compare_entry);
-        return found ? *found : NULL;
+        return strmap_get(s->entries, session_id);
 }
 
 bool state_first_seen(const struct state *s, const char *session_id, int64_t *ret_first_seen_mono_ms) {
@@ -387,19 +363,19 @@ uint64_t state_age_ms(const struct state *s, const char *session_id, int64_t now
 struct sweep {
         uint64_t generation;
         int64_t forget_before_ms; /* last listed before this: forgotten */
-        struct state_entry **stale;
+        const char **stale;       /* the map's own keys, valid until removed */
         size_t n_stale, n_unlisted;
 };
 
-static void collect_stale(const void *node, VISIT which, void *closure) {
-        struct state_entry *e = *(struct state_entry *const *) node;
-        struct sweep *sw = closure;
+static void collect_stale(const char *session_id, void *value, void *userdata) {
+        const struct state_entry *e = value;
+        struct sweep *sw = userdata;
 
-        if ((which != postorder && which != leaf) || e->seen_generation == sw->generation)
+        if (e->seen_generation == sw->generation)
                 return;
         sw->n_unlisted++;
         if (e->last_listed_mono_ms < sw->forget_before_ms)
-                sw->stale[sw->n_stale++] = e;
+                sw->stale[sw->n_stale++] = session_id;
 }
 
 int state_sync(struct state *s, const struct session_list *l, int64_t now_mono_ms, uint64_t grace_ms,
@@ -432,41 +408,37 @@ int state_sync(struct state *s, const struct session_list *l, int64_t now_mono_m
                         continue;
                 }
                 struct state_entry proto = {
-                        .session_id = l->items[i].session_id,
                         .first_seen_mono_ms = now_mono_ms,
                         .last_listed_mono_ms = now_mono_ms,
                         .seen_generation = s->generation,
                         .anchored = true,
                 };
-                int r = insert(&s->root, &proto);
+                int r = insert(s->entries, l->items[i].session_id, &proto);
                 if (r < 0)
                         return r; /* the rest is recorded next cycle; nothing is swept */
-                s->n++;
                 marked++;
                 s->dirty = true;
                 if (ret_ages)
                         ret_ages[i] = 0;
         }
-        if (s->n > marked) {
+        if (strmap_size(s->entries) > marked) {
                 /* Some entries were not listed: collect those past their grace, then delete. */
                 struct sweep sw = {
                         .generation = s->generation,
                         .forget_before_ms = now_mono_ms - (int64_t) grace_ms,
-                        .stale = malloc(s->n * sizeof *sw.stale),
+                        .stale = malloc(strmap_size(s->entries) * sizeof *sw.stale),
                 };
 
                 if (!sw.stale)
                         return -ENOMEM;
-                twalk_r(s->root, collect_stale, &sw);
+                strmap_foreach(s->entries, collect_stale, &sw);
                 for (size_t i = 0; i < sw.n_stale; i++) {
-                        struct state_entry *e = sw.stale[i];
+                        struct state_entry *e = strmap_remove(s->entries, sw.stale[i]);
 
                         if (!e->anchored)
                                 s->n_unanchored--;
-                        tdelete(e, &s->root, compare_entry);
-                        entry_free(e);
+                        free(e);
                 }
-                s->n -= sw.n_stale;
                 if (sw.n_stale > 0)
                         s->dirty = true;
                 free(sw.stale);
@@ -475,7 +447,7 @@ int state_sync(struct state *s, const struct session_list *l, int64_t now_mono_m
 }
 
 size_t state_size(const struct state *s) {
-        return s->n;
+        return strmap_size(s->entries);
 }
 
 bool state_dirty(const struct state *s) {
@@ -488,18 +460,16 @@ struct save {
         bool oom;
 };
 
-static void save_one(const void *node, VISIT which, void *closure) {
-        const struct state_entry *e = *(struct state_entry *const *) node;
-        struct save *sv = closure;
+static void save_one(const char *session_id, void *value, void *userdata) {
+        const struct state_entry *e = value;
+        struct save *sv = userdata;
         cJSON *n;
 
-        if (which != postorder && which != leaf)
-                return;
         /* The key is the entry's own id, not a copy (the "CS" form: cJSON
          * does not free it): a state of many long ids is not held twice
          * while it is written. */
         n = cJSON_CreateNumber((double) (e->first_seen_mono_ms + sv->offset_ms));
-        if (!n || !cJSON_AddItemToObjectCS(sv->obj, e->session_id, n)) {
+        if (!n || !cJSON_AddItemToObjectCS(sv->obj, session_id, n)) {
                 cJSON_Delete(n);
                 sv->oom = true;
         }
@@ -523,7 +493,7 @@ int state_save(struct state *s, int64_t now_wall_ms, int64_t now_mono_ms) {
                 cJSON_Delete(root);
                 return -ENOMEM;
         }
-        twalk_r(s->root, save_one, &sv);
+        strmap_foreach(s->entries, save_one, &sv);
         text = sv.oom ? NULL : cJSON_PrintUnformatted(root);
         cJSON_Delete(root);
         if (!text)

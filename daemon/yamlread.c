@@ -10,6 +10,7 @@
 #include <strings.h>
 
 #include "duration.h"
+#include "strmap.h"
 #include "util.h"
 
 /* Bounds on the shape of the policy file, so that any file under
@@ -77,59 +78,6 @@ bool yaml_spend(struct yaml_reader *p, const yaml_node_t *at, size_t n) {
         }
         p->n_visited += n;
         return true;
-}
-
-void strindex_free(struct strindex *x) {
-        free(x->keys);
-        free(x->next);
-        free(x->tail);
-        free(x->slots);
-        *x = (struct strindex){ 0 };
-}
-
-/* Room for up to n strings. */
-int strindex_init(struct strindex *x, size_t n) {
-        size_t cap = 16;
-
-        *x = (struct strindex){ 0 };
-        while (cap < 2 * n)
-                cap *= 2;
-        x->keys = calloc(n ? n : 1, sizeof *x->keys);
-        x->next = calloc(n ? n : 1, sizeof *x->next);
-        x->tail = calloc(n ? n : 1, sizeof *x->tail);
-        x->slots = malloc(cap * sizeof *x->slots);
-        if (!x->keys || !x->next || !x->tail || !x->slots) {
-                strindex_free(x);
-                return -ENOMEM;
-        }
-        memset(x->slots, 0xff, cap * sizeof *x->slots);
-        x->mask = cap - 1;
-        return 0;
-}
-
-/* Adds s as number i (numbers added in increasing order, each below the n
- * given to strindex_init) and returns the first number with an equal
- * string: i itself if s is new. The earlier numbers with the same string are
- * then, in increasing order, first, x->next[first], ..., up to i. */
-size_t strindex_add(struct strindex *x, size_t i, const char *s) {
-        size_t h = 2166136261u;
-
-        for (const unsigned char *c = (const unsigned char *) s; *c; c++)
-                h = (h ^ *c) * 16777619u;
-        x->keys[i] = s;
-        x->next[i] = SIZE_MAX;
-        for (h &= x->mask; x->slots[h] != SIZE_MAX; h = (h + 1) & x->mask) {
-                size_t first = x->slots[h];
-
-                if (strcmp(x->keys[first], s) == 0) {
-                        x->next[x->tail[first]] = i;
-                        x->tail[first] = i;
-                        return first;
-                }
-        }
-        x->slots[h] = i;
-        x->tail[i] = i;
-        return i;
 }
 
 yaml_node_t *yaml_node(struct yaml_reader *p, int id) {
@@ -367,14 +315,6 @@ static void get_bool(struct yaml_reader *p, const char *where, yaml_node_t *n, b
                    s && !yaml_is_null(n) ? "'" : "");
 }
 
-void glob_list_free(struct glob_list *l) {
-        for (size_t i = 0; i < l->n; i++)
-                free(l->items[i]);
-        free(l->items);
-        l->items = NULL;
-        l->n = 0;
-}
-
 /* Why a glob pattern would not mean what it seems to, or NULL. fnmatch()
  * reads an unbalanced '[' literally, which quietly narrows a protect list. */
 static const char *glob_problem(const char *s) {
@@ -460,6 +400,8 @@ static void get_id_list(struct yaml_reader *p, const char *where, yaml_node_t *v
         for (size_t i = 0; i < dst->n && !p->stop; i++)
                 for (size_t j = strindex_add(&seen, i, dst->items[i]); j != i && !p->stop; j = seen.next[j])
                         yaml_error(p, v, "%s: '%s' is listed twice", where, dst->items[i]);
+        if (seen.oom)
+                p->oom = true;
         strindex_free(&seen);
 }
 
@@ -505,18 +447,6 @@ static void get_share(struct yaml_reader *p, const char *where, yaml_node_t *n, 
                 return;
         }
         *dst = v;
-}
-
-int glob_list_copy(struct glob_list *dst, const struct glob_list *src) {
-        if (src->n == 0)
-                return 0;
-        dst->items = calloc(src->n, sizeof(char *));
-        if (!dst->items)
-                return -ENOMEM;
-        for (; dst->n < src->n; dst->n++)
-                if (!(dst->items[dst->n] = strdup(src->items[dst->n])))
-                        return -ENOMEM;
-        return 0;
 }
 
 #define FIELD(base, k)  ((void *) ((char *) (base) + (k)->offset))
@@ -645,6 +575,8 @@ void yaml_walk(struct yaml_reader *p, const char *where, yaml_node_t *map, const
                         snprintf(value_where, sizeof value_where, "%s", key);
                 (void) read_value(p, value_where, v, known, base);
         }
+        if (seen.oom)
+                p->oom = true;
         strindex_free(&seen);
 }
 

@@ -105,22 +105,6 @@ yaml_node_t *yaml_find(struct yaml_reader *p, yaml_node_t *map, const char *key)
 void yaml_require(struct yaml_reader *p, const char *where, yaml_node_t *map, const char *const *required);
 bool yaml_only_name_chars(const char *s, const char *extra);
 void yaml_read_globs(struct yaml_reader *p, const char *where, yaml_node_t *n, struct glob_list *dst);
-void glob_list_free(struct glob_list *l);
-int glob_list_copy(struct glob_list *dst, const struct glob_list *src);
-
-/* Strings numbered 0, 1, 2, ... in the order they are added, grouped by
- * equality in a hash table, so that duplicates are found in linear time.
- * The strings are borrowed and must outlive the index. */
-struct strindex {
-        const char **keys; /* by number */
-        size_t *next;      /* the next number with the same string; SIZE_MAX at the end */
-        size_t *tail;      /* by a group's first number: its last */
-        size_t *slots;     /* the first number of each group; SIZE_MAX when free */
-        size_t mask;
-};
-int strindex_init(struct strindex *x, size_t n);
-size_t strindex_add(struct strindex *x, size_t i, const char *s);
-void strindex_free(struct strindex *x);
 
 /* The word of words[0..n) that word is probably a misspelling of, for a
  * "did you mean"; NULL when none is close. */

@@ -11,6 +11,7 @@
 #include <cmocka.h>
 
 #include "config.h"
+#include "decide.h"
 #include "util.h"
 
 static char path[64];
@@ -85,6 +86,14 @@ static size_t count_lines(const char *s) {
         return n;
 }
 
+/* The one account of the single-gateway form, where its gateway.appkey,
+ * token file and policies are. */
+static const struct config *one(const struct config *c) {
+        assert_int_equal(c->n_accounts, 1);
+        assert_null(c->accounts[0]->account);
+        return c->accounts[0];
+}
+
 static void test_example_file_loads(void **state) {
         struct config *c = NULL;
         struct error err = { 0 };
@@ -93,7 +102,7 @@ static void test_example_file_loads(void **state) {
         assert_int_equal(config_load(IVH_SOURCE_DIR "/config/policy.yaml", &c, &err), 0);
         assert_null(err.message);
         assert_string_equal(c->gateway.url, "https://gw-sg.tvs.qq.com");
-        assert_string_equal(c->gateway.appkey, "e38267c0e86411ebb02aed82acb0ed99");
+        assert_string_equal(one(c)->gateway.appkey, "e38267c0e86411ebb02aed82acb0ed99");
         assert_int_equal(c->gateway.timeout_ms, 10000);
         assert_int_equal(c->gateway.max_parallel, 16);
         assert_int_equal(c->poll_interval_ms, 30000);
@@ -101,14 +110,14 @@ static void test_example_file_loads(void **state) {
         assert_int_equal(c->max_closes_per_cycle, 100);
         assert_int_equal(c->protect_user_ids.n, 1);
         assert_string_equal(c->protect_user_ids.items[0], "vip-*");
-        assert_int_equal(c->n_policies, 3);
-        assert_string_equal(c->policies[0].name, "failed-streams");
-        assert_int_equal(c->policies[0].kind, POLICY_FAILED);
-        assert_int_equal(c->policies[0].after_ms, 60000);
-        assert_int_equal(c->policies[1].kind, POLICY_NOT_STARTED);
-        assert_int_equal(c->policies[2].kind, POLICY_MAX_AGE);
-        assert_int_equal(c->policies[2].after_ms, 7200000);
-        assert_string_equal(c->policies[2].user_ids.items[0], "booth-*");
+        assert_int_equal(one(c)->n_policies, 3);
+        assert_string_equal(one(c)->policies[0].name, "failed-streams");
+        assert_int_equal(one(c)->policies[0].kind, POLICY_FAILED);
+        assert_int_equal(one(c)->policies[0].after_ms, 60000);
+        assert_int_equal(one(c)->policies[1].kind, POLICY_NOT_STARTED);
+        assert_int_equal(one(c)->policies[2].kind, POLICY_MAX_AGE);
+        assert_int_equal(one(c)->policies[2].after_ms, 7200000);
+        assert_string_equal(one(c)->policies[2].user_ids.items[0], "booth-*");
         config_free(c);
 }
 
@@ -119,9 +128,9 @@ static void test_minimal_defaults(void **state) {
         assert_null(load("gateway:\n  appkey: k\npolicies: []\n", &c));
         assert_string_equal(c->gateway.url, CONFIG_DEFAULT_URL);
         assert_string_equal(c->state_file, CONFIG_DEFAULT_STATE_FILE);
-        assert_null(c->gateway.accesstoken_file);
+        assert_null(one(c)->gateway.accesstoken_file);
         assert_null(c->gateway.ca_file);
-        assert_int_equal(c->n_policies, 0);
+        assert_int_equal(one(c)->n_policies, 0);
         config_free(c);
 
         assert_null(load("gateway: {appkey: k, url: 'http://127.0.0.1:8080/', ca_file: ~}\n"
@@ -240,10 +249,10 @@ static void test_over_capacity(void **state) {
                          "  - {name: kiosks, kind: over_capacity, capacity: 20, keep_free: 2, user_ids: "
                          "[\"kiosk-*\"]}\n",
                          &c));
-        assert_int_equal(c->policies[0].kind, POLICY_OVER_CAPACITY);
-        assert_int_equal(c->policies[0].capacity, 20);
-        assert_int_equal(c->policies[0].keep_free, 2);
-        assert_int_equal(c->policies[0].after_ms, 0); /* optional for this kind */
+        assert_int_equal(one(c)->policies[0].kind, POLICY_OVER_CAPACITY);
+        assert_int_equal(one(c)->policies[0].capacity, 20);
+        assert_int_equal(one(c)->policies[0].keep_free, 2);
+        assert_int_equal(one(c)->policies[0].after_ms, 0); /* optional for this kind */
         config_free(c);
 
         e = load("gateway: {appkey: k}\npolicies:\n"
@@ -424,7 +433,7 @@ static void test_empty_selector(void **state) {
                          "policies: [{name: a, kind: failed, after: 1m, user_ids: [x]}]\n",
                          &c));
         assert_int_equal(c->protect_user_ids.n, 0);
-        assert_int_equal(c->policies[0].user_ids.n, 1);
+        assert_int_equal(one(c)->policies[0].user_ids.n, 1);
         config_free(c);
 }
 
@@ -685,6 +694,18 @@ static void test_plan_words_nul_prefixes_and_restart(void **state) {
         config_free(b);
 }
 
+/* The words config.c reserves are the outcomes --plan prints (decide.c). */
+static void test_plan_words_are_decide_outcomes(void **state) {
+        static const enum decide_outcome printed[] = { DECIDE_KEEP, DECIDE_PROTECTED, DECIDE_FUSED,
+                                                       DECIDE_BACKING_OFF, DECIDE_DEFERRED };
+
+        (void) state;
+        for (size_t i = 0; i < sizeof printed / sizeof printed[0]; i++)
+                assert_true(config_is_plan_word(decide_outcome_to_string(printed[i])));
+        assert_false(config_is_plan_word(decide_outcome_to_string(DECIDE_CLOSE)));
+        assert_false(config_is_plan_word("failed-streams"));
+}
+
 static void test_loopback_hosts(void **state) {
         (void) state;
         assert_true(config_host_is_loopback("localhost"));
@@ -732,6 +753,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_duplicates, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_metrics_file, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_plan_words_nul_prefixes_and_restart, setup, teardown),
+                cmocka_unit_test(test_plan_words_are_decide_outcomes),
                 cmocka_unit_test(test_loopback_hosts),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);

@@ -12,6 +12,19 @@
 #define MIN  (60 * 1000ULL)
 #define HOUR (60 * MIN)
 
+/* What a decision reads as in the table below: the closing policy's name,
+ * "protected" or "keep". */
+static const char *decision_to_string(const struct decision *d) {
+        switch (d->kind) {
+        case DECISION_CLOSE:
+                return d->policy->name;
+        case DECISION_PROTECTED:
+                return "protected";
+        default:
+                return "keep";
+        }
+}
+
 static char *vip[] = { "vip-*" }, *pinned[] = { "pinned-?" }, *booth[] = { "booth-*" },
             *kiosk[] = { "kiosk-*" };
 
