@@ -76,6 +76,56 @@ static bool has_repeated_field(const cJSON *item) {
 
 /* Reads one entry of Sessions[]. Returns NULL, or why the entry does not
  * have the documented shape (static text). */
+/* An optional string field: absent or null is NULL; another type, or a
+ * string no id may be (it would select or protect), makes the entry
+ * malformed. Borrowed from the parsed document. */
+static const char *optional_id(const cJSON *item, const char *name, char **ret) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(item, name);
+
+        *ret = NULL;
+        if (!v || cJSON_IsNull(v))
+                return NULL;
+        if (!cJSON_IsString(v))
+                return "is not a string";
+        if (gateway_id_problem(v->valuestring, strlen(v->valuestring)))
+                return "is not a usable id";
+        *ret = v->valuestring;
+        return NULL;
+}
+
+/* The five fields that say which project or asset a session belongs to
+ * (see struct session): each may be missing, none may be of another type. */
+static const char *parse_owner(const cJSON *item, struct session *s) {
+        static const struct {
+                const char *name, *not_string, *not_usable;
+                size_t offset;
+        } fields[] = {
+                { "VirtualmanType", "VirtualmanType is not a string", "VirtualmanType is not a usable id",
+                  offsetof(struct session, virtualman_type) },
+                { "VirtualmanKey", "VirtualmanKey is not a string", "VirtualmanKey is not a usable id",
+                  offsetof(struct session, virtualman_key) },
+                { "AssetVirtualmanKey", "AssetVirtualmanKey is not a string",
+                  "AssetVirtualmanKey is not a usable id", offsetof(struct session, asset_vk) },
+                { "VirtualmanProjectId", "VirtualmanProjectId is not a string",
+                  "VirtualmanProjectId is not a usable id", offsetof(struct session, project_id) },
+        };
+        const cJSON *type = cJSON_GetObjectItemCaseSensitive(item, "CreateType");
+
+        for (size_t i = 0; i < ELEMENTSOF(fields); i++) {
+                const char *why = optional_id(item, fields[i].name,
+                                              (char **) (void *) ((char *) s + fields[i].offset));
+
+                if (why)
+                        return strcmp(why, "is not a string") == 0 ? fields[i].not_string
+                                                                   : fields[i].not_usable;
+        }
+        s->create_type = -1;
+        if (type && !cJSON_IsNull(type) &&
+            (gateway_get_int(type, &s->create_type) < 0 || s->create_type < 0))
+                return "CreateType is not an integer";
+        return NULL;
+}
+
 static const char *parse_session(const cJSON *item, struct session *s) {
         const cJSON *id, *user, *status;
 
@@ -103,7 +153,7 @@ static const char *parse_session(const cJSON *item, struct session *s) {
         if (gateway_get_tristate(cJSON_GetObjectItemCaseSensitive(item, "IsSessionStarted"), &s->started) <
             0)
                 return "IsSessionStarted is not a boolean";
-        return NULL;
+        return parse_owner(item, s);
 }
 
 struct dedup_key {
@@ -118,8 +168,15 @@ static int compare_dedup(const void *a, const void *b) {
         return c ? c : (x->index > y->index) - (x->index < y->index);
 }
 
+static bool same_string(const char *a, const char *b) {
+        return a == b || (a && b && strcmp(a, b) == 0);
+}
+
 static bool same_entry(const struct session *a, const struct session *b) {
-        return strcmp(a->user_id, b->user_id) == 0 && a->status == b->status && a->started == b->started;
+        return strcmp(a->user_id, b->user_id) == 0 && a->status == b->status && a->started == b->started &&
+               a->create_type == b->create_type && same_string(a->virtualman_type, b->virtualman_type) &&
+               same_string(a->virtualman_key, b->virtualman_key) && same_string(a->asset_vk, b->asset_vk) &&
+               same_string(a->project_id, b->project_id);
 }
 
 /* A SessionId listed more than once: identical entries are reduced to the
@@ -187,13 +244,32 @@ static int drop_duplicates(struct session_list *l) {
                 if (!drop[i])
                         l->items[kept++] = l->items[i];
                 else {
-                        free(l->items[i].session_id);
-                        free(l->items[i].user_id);
+                        session_done(&l->items[i]);
                 }
         l->n = kept;
         free(keys);
         free(drop);
         return r;
+}
+
+/* Replaces the strings s borrows from the parsed document with copies of
+ * its own; on failure, s owns nothing. */
+static int session_own_strings(struct session *s) {
+        char **fields[] = { &s->session_id,     &s->user_id,  &s->virtualman_type,
+                            &s->virtualman_key, &s->asset_vk, &s->project_id };
+
+        for (size_t i = 0; i < ELEMENTSOF(fields); i++) {
+                if (!*fields[i] || (*fields[i] = strdup(*fields[i])))
+                        continue;
+                /* The copies made so far are freed; none is borrowed any more. */
+                for (size_t j = 0; j < ELEMENTSOF(fields); j++) {
+                        if (j < i)
+                                free(*fields[j]);
+                        *fields[j] = NULL;
+                }
+                return -ENOMEM;
+        }
+        return 0;
 }
 
 /* Adds one entry of Sessions[] to the list, with strings of its own: the
@@ -238,13 +314,8 @@ static int take_entry(struct session_list *l, const cJSON *item) {
                 if (!items)
                         return -ENOMEM;
                 l->items = items;
-                s.session_id = strdup(s.session_id);
-                s.user_id = strdup(s.user_id);
-                if (!s.session_id || !s.user_id) {
-                        free(s.session_id);
-                        free(s.user_id);
+                if (session_own_strings(&s) < 0)
                         return -ENOMEM;
-                }
                 l->items[l->n++] = s;
                 return 0;
         }
@@ -372,8 +443,7 @@ void session_list_free(struct session_list *l) {
         if (!l)
                 return;
         for (size_t i = 0; i < l->n; i++) {
-                free(l->items[i].session_id);
-                free(l->items[i].user_id);
+                session_done(&l->items[i]);
         }
         for (size_t i = 0; i < l->n_malformed; i++)
                 free(l->malformed[i].raw_id);

@@ -45,4 +45,8 @@ bool reply_transport_failed(const struct http_response *resp, char *buf, size_t 
 uint64_t reply_retry_after_cap_ms(uint64_t poll_interval_ms);
 
 /* Describes what a gateway_parse_*() failure r means. */
+/* The published name of a Header.Code ("avatar expired" for 100015), or
+ * NULL for a code Tencent does not publish. */
+const char *reply_code_name(long code);
+
 void reply_describe_parse_error(int r, const struct gateway_error *err, char *buf, size_t n);

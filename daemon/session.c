@@ -1,5 +1,7 @@
 #include "session.h"
 
+#include <stdlib.h>
+
 const char *session_status_to_string(int status) {
         switch (status) {
         case SESSION_IN_PROGRESS:
@@ -13,4 +15,13 @@ const char *session_status_to_string(int status) {
         default:
                 return "unknown";
         }
+}
+
+void session_done(struct session *s) {
+        free(s->session_id);
+        free(s->user_id);
+        free(s->virtualman_type);
+        free(s->virtualman_key);
+        free(s->asset_vk);
+        free(s->project_id);
 }

@@ -21,7 +21,19 @@ struct session {
         char *user_id;
         int status;            /* SessionStatus as sent; other values are kept and never acted on */
         enum tristate started; /* IsSessionStarted; unknown when absent */
+        /* The five fields of the Chinese listsessionofuin page (product 1240,
+         * page 100393), each optional: NULL (or -1) when the entry does not
+         * carry it. A session listed by listsessionofprojectid has the
+         * project of the call when its entry does not say. */
+        char *virtualman_type; /* VirtualmanType */
+        int create_type;       /* CreateType: 0 made from a project, 1 from a personal asset; -1 unknown */
+        char *virtualman_key;  /* VirtualmanKey */
+        char *asset_vk;        /* AssetVirtualmanKey */
+        char *project_id;      /* VirtualmanProjectId */
 };
+
+/* Frees what the session owns (its strings), not the session itself. */
+void session_done(struct session *s);
 
 /* A listed entry that is never acted on: its SessionId or UserId is not a
  * usable id (see gateway_id_problem()). */

@@ -179,7 +179,11 @@ static void listed_fill(struct listed *ls, const struct scenario *sc) {
 
                 snprintf(ls->ids[i], sizeof ls->ids[i], "%s", e->id);
                 snprintf(ls->users[i], sizeof ls->users[i], "%s", e->user);
-                ls->items[i] = (struct session){ ls->ids[i], ls->users[i], e->status, e->started };
+                ls->items[i] = (struct session){ .session_id = ls->ids[i],
+                                                 .user_id = ls->users[i],
+                                                 .status = e->status,
+                                                 .started = e->started,
+                                                 .create_type = -1 };
                 ls->ages[i] = e->age_ms;
         }
 }

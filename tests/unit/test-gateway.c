@@ -13,6 +13,7 @@
 
 /* The escaped id of a malformed entry, for the assertions. */
 static char idbuf[1100];
+#include "reply.h"
 #include "util.h"
 
 /* The known-answer vector from the API documentation. */
@@ -26,6 +27,36 @@ static void test_signature_vector(void **state) {
         (void) state;
         assert_int_equal(gateway_signature(KAT_APPKEY, KAT_TOKEN, "1646636485", sig), 0);
         assert_string_equal(sig, "BfWuaC9kmaicCggXc693uK+sZQ8qe88O4HVQNTdwZuo=");
+}
+
+/* The second published vector (product 1240, page 107197). */
+static void test_signature_second_vector(void **state) {
+        char sig[GATEWAY_SIGNATURE_LEN + 1], *url = NULL;
+
+        (void) state;
+        assert_int_equal(gateway_signature("example_appkey", "example_accesstoken", "1717639699", sig), 0);
+        assert_string_equal(sig, "aCNWYzZdplxWVo+JsqzZc9+J9XrwWWITfX3eQpsLVno=");
+        assert_int_equal(gateway_build_url("https://gw.example", "listsessionofuin", "example_appkey",
+                                           "example_accesstoken", 1717639699, NULL, &url),
+                         0);
+        assert_string_equal(url, "https://gw.example/v2/ivh/sessionmanager/sessionmanagerservice/"
+                                 "listsessionofuin?appkey=example_appkey&timestamp=1717639699"
+                                 "&signature=aCNWYzZdplxWVo%2BJsqzZc9%2BJ9XrwWWITfX3eQpsLVno%3D");
+        free(url);
+}
+
+/* Each published code has its name, sign included; others have none. */
+static void test_code_names(void **state) {
+        (void) state;
+        assert_string_equal(reply_code_name(100015), "avatar expired");
+        assert_string_equal(reply_code_name(110015), "drive command sent at the wrong time");
+        assert_string_equal(reply_code_name(110016), "drive command on a session that has not started");
+        assert_string_equal(reply_code_name(110021), "TRTC account in arrears");
+        assert_string_equal(reply_code_name(-101002), "image download failed");
+        assert_string_equal(reply_code_name(100014), "concurrency quota insufficient or expired");
+        assert_null(reply_code_name(101002)); /* the published one is negative */
+        assert_null(reply_code_name(0));
+        assert_null(reply_code_name(123456));
 }
 
 static void test_build_url(void **state) {
@@ -611,6 +642,8 @@ static void test_parse_not_nul_terminated(void **state) {
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_signature_vector),
+                cmocka_unit_test(test_signature_second_vector),
+                cmocka_unit_test(test_code_names),
                 cmocka_unit_test(test_build_url),
                 cmocka_unit_test(test_signer_cache),
                 cmocka_unit_test(test_reqid),

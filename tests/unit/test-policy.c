@@ -131,21 +131,62 @@ static void test_capacity_victims(void **state) {
         struct config c = { .protect_user_ids = { vip, 1 }, .policies = pols, .n_policies = 2 };
         /* 12 live sessions: limit 10 - 2 = 8, so 4 must go. */
         struct session items[] = {
-                { "a", "kiosk-1", 1, TRISTATE_TRUE }, /* 0: live, 1h old */
-                { "b", "kiosk-2", 1, TRISTATE_TRUE }, /* 1: live, 5h: the oldest started */
-                { "c", "kiosk-3", 3,
-                  TRISTATE_FALSE }, /* 2: never started, 1m (not yet due by never-started) */
-                { "d", "kiosk-4", 4, TRISTATE_FALSE },  /* 3: failed: first, does not count as live */
-                { "e", "vip-1", 1, TRISTATE_TRUE },     /* 4: protected, 9h */
-                { "f", "desk-1", 1, TRISTATE_TRUE },    /* 5: not selected, 9h */
-                { "g", "kiosk-5", 1, TRISTATE_FALSE },  /* 6: never started, 20m: due by never-started */
-                { "h", "kiosk-6", 1, TRISTATE_TRUE },   /* 7: live, 3h */
-                { "i", "kiosk-7", 1, TRISTATE_TRUE },   /* 8: live, 2h */
-                { "j", "kiosk-8", 1, TRISTATE_TRUE },   /* 9: live, 4m */
-                { "k", "kiosk-9", 1, TRISTATE_TRUE },   /* 10: live, 3m */
-                { "l", "desk-2", 1, TRISTATE_TRUE },    /* 11: not selected */
-                { "m", "desk-3", 3, TRISTATE_TRUE },    /* 12: not selected */
-                { "n", "kiosk-10", 2, TRISTATE_FALSE }, /* 13: closed: never */
+                { .session_id = "a",
+                  .user_id = "kiosk-1",
+                  .status = 1,
+                  .started = TRISTATE_TRUE }, /* 0: live, 1h old */
+                { .session_id = "b",
+                  .user_id = "kiosk-2",
+                  .status = 1,
+                  .started = TRISTATE_TRUE }, /* 1: live, 5h: the oldest started */
+                { .session_id = "c",
+                  .user_id = "kiosk-3",
+                  .status = 3,
+                  .started = TRISTATE_FALSE }, /* 2: never started, 1m (not yet due by never-started) */
+                { .session_id = "d",
+                  .user_id = "kiosk-4",
+                  .status = 4,
+                  .started = TRISTATE_FALSE }, /* 3: failed: first, does not count as live */
+                { .session_id = "e",
+                  .user_id = "vip-1",
+                  .status = 1,
+                  .started = TRISTATE_TRUE }, /* 4: protected, 9h */
+                { .session_id = "f",
+                  .user_id = "desk-1",
+                  .status = 1,
+                  .started = TRISTATE_TRUE }, /* 5: not selected, 9h */
+                { .session_id = "g",
+                  .user_id = "kiosk-5",
+                  .status = 1,
+                  .started = TRISTATE_FALSE }, /* 6: never started, 20m: due by never-started */
+                { .session_id = "h",
+                  .user_id = "kiosk-6",
+                  .status = 1,
+                  .started = TRISTATE_TRUE }, /* 7: live, 3h */
+                { .session_id = "i",
+                  .user_id = "kiosk-7",
+                  .status = 1,
+                  .started = TRISTATE_TRUE }, /* 8: live, 2h */
+                { .session_id = "j",
+                  .user_id = "kiosk-8",
+                  .status = 1,
+                  .started = TRISTATE_TRUE }, /* 9: live, 4m */
+                { .session_id = "k",
+                  .user_id = "kiosk-9",
+                  .status = 1,
+                  .started = TRISTATE_TRUE }, /* 10: live, 3m */
+                { .session_id = "l",
+                  .user_id = "desk-2",
+                  .status = 1,
+                  .started = TRISTATE_TRUE }, /* 11: not selected */
+                { .session_id = "m",
+                  .user_id = "desk-3",
+                  .status = 3,
+                  .started = TRISTATE_TRUE }, /* 12: not selected */
+                { .session_id = "n",
+                  .user_id = "kiosk-10",
+                  .status = 2,
+                  .started = TRISTATE_FALSE }, /* 13: closed: never */
         };
         uint64_t ages[] = { 1 * HOUR, 5 * HOUR, 1 * MIN, 1 * MIN, 9 * HOUR, 9 * HOUR, 20 * MIN,
                             3 * HOUR, 2 * HOUR, 4 * MIN, 3 * MIN, 1 * MIN,  1 * MIN,  9 * HOUR };
