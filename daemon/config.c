@@ -164,23 +164,32 @@ static void parse_kind(struct yaml_reader *p, const char *where, yaml_node_t *v,
                    hint ? ", did you mean '" : "", hint ? hint : "", hint ? "'?" : "");
 }
 
-/* An empty selector would select every user: a template that renders an
- * empty list must not widen the policy. */
-static void parse_selector(struct yaml_reader *p, const char *where, yaml_node_t *v, void *base) {
-        struct policy *pol = base;
-
+/* An empty selector would select every user (project, asset): a template
+ * that renders an empty list must not widen the policy. */
+static void read_selector(struct yaml_reader *p, const char *where, yaml_node_t *v, struct glob_list *dst,
+                          const char *key, const char *what) {
         if (yaml_is_null(v))
-                yaml_error(
-                        p, v,
-                        "%s: is empty (null), which would select every user; omit user_ids to match every user",
-                        where);
+                yaml_error(p, v,
+                           "%s: is empty (null), which would select every %s; omit %s to match every %s",
+                           where, what, key, what);
         else if (v->type == YAML_SEQUENCE_NODE && v->data.sequence.items.top == v->data.sequence.items.start)
-                yaml_error(
-                        p, v,
-                        "%s: is an empty list, which would select every user; omit user_ids to match every user",
-                        where);
+                yaml_error(p, v,
+                           "%s: is an empty list, which would select every %s; omit %s to match every %s",
+                           where, what, key, what);
         else
-                yaml_read_globs(p, where, v, &pol->user_ids);
+                yaml_read_globs(p, where, v, dst);
+}
+
+static void parse_selector(struct yaml_reader *p, const char *where, yaml_node_t *v, void *base) {
+        read_selector(p, where, v, &((struct policy *) base)->user_ids, "user_ids", "user");
+}
+
+static void parse_project_selector(struct yaml_reader *p, const char *where, yaml_node_t *v, void *base) {
+        read_selector(p, where, v, &((struct policy *) base)->project_ids, "project_ids", "project");
+}
+
+static void parse_asset_selector(struct yaml_reader *p, const char *where, yaml_node_t *v, void *base) {
+        read_selector(p, where, v, &((struct policy *) base)->asset_vks, "asset_vks", "asset");
 }
 
 static void parse_policies(struct yaml_reader *p, const char *where, yaml_node_t *n, void *base);
@@ -204,7 +213,8 @@ static void note_appkey_position(struct yaml_reader *p, yaml_node_t *map, struct
 
 /* The schema of the policy file: one row per key. Adding a key is a row here
  * (and, for an account-level override, a row in account_keys) plus its
- * documentation in the README. Messages about a value name it as
+ * documentation in doc/ivh-reclaimd.yaml.5.scd (tests/check-docs.py checks
+ * that it is there). Messages about a value name it as
  * PREFIX.KEY; defaults are written as in the file and read by the same
  * code. */
 
@@ -271,6 +281,10 @@ static const struct yaml_key protect_keys[] = {
         { .name = "session_ids",
           .type = YAML_T_GLOBS,
           .offset = offsetof(struct config, protect_session_ids) },
+        { .name = "project_ids",
+          .type = YAML_T_GLOBS,
+          .offset = offsetof(struct config, protect_project_ids) },
+        { .name = "asset_vks", .type = YAML_T_GLOBS, .offset = offsetof(struct config, protect_asset_vks) },
         {},
 };
 
@@ -430,6 +444,8 @@ static const struct yaml_key policy_keys[] = {
         { .name = "kind", .type = YAML_T_CUSTOM, .parse = parse_kind },
         { .name = "after", .type = YAML_T_DURATION, .offset = offsetof(struct policy, after_ms) },
         { .name = "user_ids", .type = YAML_T_CUSTOM, .parse = parse_selector },
+        { .name = "project_ids", .type = YAML_T_CUSTOM, .parse = parse_project_selector },
+        { .name = "asset_vks", .type = YAML_T_CUSTOM, .parse = parse_asset_selector },
         { .name = "capacity",
           .type = YAML_T_UINT,
           .offset = offsetof(struct policy, capacity),
@@ -561,10 +577,14 @@ static void parse_account_protect(struct yaml_reader *p, const char *where, yaml
         if (!yaml_is_null(v))
                 yaml_walk(p, where, v, protect_keys, &extra, "protect");
         if (glob_list_append(&a->protect_user_ids, &extra.protect_user_ids) < 0 ||
-            glob_list_append(&a->protect_session_ids, &extra.protect_session_ids) < 0)
+            glob_list_append(&a->protect_session_ids, &extra.protect_session_ids) < 0 ||
+            glob_list_append(&a->protect_project_ids, &extra.protect_project_ids) < 0 ||
+            glob_list_append(&a->protect_asset_vks, &extra.protect_asset_vks) < 0)
                 p->oom = true;
         glob_list_free(&extra.protect_user_ids);
         glob_list_free(&extra.protect_session_ids);
+        glob_list_free(&extra.protect_project_ids);
+        glob_list_free(&extra.protect_asset_vks);
 }
 
 /* "state.json" + "prod" -> "state.prod.json"; "state" -> "state.prod". */
@@ -622,7 +642,9 @@ static void parse_accounts(struct yaml_reader *p, yaml_node_t *n, struct config 
                 if (!item)
                         continue;
                 /* Each account gets its own copy of the global protect lists. */
-                if (!yaml_spend(p, item, top->protect_user_ids.n + top->protect_session_ids.n))
+                if (!yaml_spend(p, item,
+                                top->protect_user_ids.n + top->protect_session_ids.n +
+                                        top->protect_project_ids.n + top->protect_asset_vks.n))
                         break;
                 if (!(a = account_new(p, top)))
                         continue;
@@ -784,7 +806,10 @@ void config_free(struct config *c) {
         yaml_free_fields(ha_keys, &c->ha);
         for (size_t i = 0; i < c->n_policies; i++) {
                 yaml_free_fields(policy_keys, &c->policies[i]);
-                glob_list_free(&c->policies[i].user_ids); /* read by parse_selector() */
+                /* read by read_selector() */
+                glob_list_free(&c->policies[i].user_ids);
+                glob_list_free(&c->policies[i].project_ids);
+                glob_list_free(&c->policies[i].asset_vks);
         }
         free(c->policies);
         free(c);

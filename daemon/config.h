@@ -33,8 +33,11 @@ struct policy {
         enum policy_kind kind;
         uint64_t after_ms;         /* over_capacity: the minimum age of a victim (default 0) */
         struct glob_list user_ids; /* empty: every user (user_ids omitted; an empty list is refused) */
-        unsigned capacity;         /* over_capacity only: purchased concurrency */
-        unsigned keep_free;        /* over_capacity only: slots to keep free */
+        /* Empty: any project or asset. Given: the session's project (asset)
+         * must be known and match (struct session's project_id, asset_vk). */
+        struct glob_list project_ids, asset_vks;
+        unsigned capacity;  /* over_capacity only: purchased concurrency */
+        unsigned keep_free; /* over_capacity only: slots to keep free */
 };
 
 struct gateway_config {
@@ -80,6 +83,10 @@ struct config {
         struct fuse_config fuse;
         struct glob_list protect_user_ids;
         struct glob_list protect_session_ids;
+        /* A session whose project (asset) is unknown is protected too while
+         * this list is not empty: nobody can prove it is outside. */
+        struct glob_list protect_project_ids;
+        struct glob_list protect_asset_vks;
         struct policy *policies;
         size_t n_policies;
         struct ha_config ha; /* top level only; accounts share the process's role */

@@ -128,6 +128,33 @@ static void log_decisions(struct cycle *c, const struct decide_result *r) {
         }
 }
 
+/* The fail-safe rule, said once per cycle: sessions a policy selects that
+ * a protect list by project (asset) keeps only because the list does not
+ * say their project (asset). */
+static void log_unknown_owners(struct cycle *c, const struct decide_result *r) {
+        const struct config *cfg = c->in_force;
+        size_t projects = 0, assets = 0;
+
+        for (size_t i = 0; i < c->list->n; i++) {
+                const struct session *s = &c->list->items[i];
+
+                if (r->rows[i].outcome != DECIDE_PROTECTED || !r->rows[i].policy)
+                        continue;
+                projects += cfg->protect_project_ids.n > 0 && !session_project_known(s);
+                assets += cfg->protect_asset_vks.n > 0 && !session_asset_known(s);
+        }
+        if (projects > 0)
+                cycle_log(
+                        c, LOG_WARNING, NULL, NULL, 0,
+                        "protect.project_ids is set but the list does not say the project of %zu sessions; they are kept",
+                        projects);
+        if (assets > 0)
+                cycle_log(
+                        c, LOG_WARNING, NULL, NULL, 0,
+                        "protect.asset_vks is set but the list does not say the asset of %zu sessions; they are kept",
+                        assets);
+}
+
 static int run_decide(struct cycle *c, struct decide_result *ret) {
         struct decide_input in = {
                 .config = c->in_force,
@@ -217,6 +244,7 @@ int cycle_decide(struct cycle *c) {
         c->res.backing_off += c->decision.backing_off;
         c->res.deferred += c->decision.deferred;
         log_decisions(c, &c->decision);
+        log_unknown_owners(c, &c->decision);
         return make_jobs(c);
 }
 

@@ -120,8 +120,8 @@ void cycle_auth_refused(struct cycle *c, const char *endpoint, const char *detai
 void cycle_log_reclaim(struct close_job *job, enum outcome outcome, const char *detail) {
         struct cycle *c = job->cycle;
         const struct session *s = job->session;
-        char age[32], status[16], age_h[32], code[32], id[96], user[96], scode[32];
-        struct log_field f[12];
+        char age[32], status[16], age_h[32], code[32], id[96], user[96], scode[32], ctype[16];
+        struct log_field f[15];
         size_t n = 0;
 
         snprintf(age, sizeof age, "%" PRIu64, job->age_ms / 1000);
@@ -134,6 +134,15 @@ void cycle_log_reclaim(struct close_job *job, enum outcome outcome, const char *
         f[n++] = (struct log_field){ "IVH_AGE_SEC", age };
         f[n++] = (struct log_field){ "IVH_SESSION_STATUS", status };
         f[n++] = (struct log_field){ "IVH_OUTCOME", outcome_names[outcome] };
+        /* Which project or asset the session belongs to, when known. */
+        if (session_project(s))
+                f[n++] = (struct log_field){ "IVH_PROJECT_ID", session_project(s) };
+        if (session_asset(s))
+                f[n++] = (struct log_field){ "IVH_ASSET_VK", session_asset(s) };
+        if (s->create_type >= 0) {
+                snprintf(ctype, sizeof ctype, "%d", s->create_type);
+                f[n++] = (struct log_field){ "IVH_CREATE_TYPE", ctype };
+        }
         if (detail && *detail)
                 f[n++] = (struct log_field){ outcome == OUTCOME_SKIPPED ? "IVH_REASON" : "IVH_ERROR",
                                              detail };

@@ -66,6 +66,14 @@ static void on_project_list_reply(const struct http_response *resp, void *userda
         int ret;
 
         ret = read_list(c, pl->endpoint, resp, &pl->list, buf, sizeof buf, &code);
+        /* The project (asset) of every session this call listed is known
+         * from the call, whatever its entry says or omits. */
+        for (size_t i = 0; ret >= 0 && i < pl->list->n; i++) {
+                if (strcmp(pl->what, "asset") == 0)
+                        pl->list->items[i].listed_asset_vk = pl->project_id;
+                else
+                        pl->list->items[i].listed_project_id = pl->project_id;
+        }
         if (ret < 0 && !c->projects_failed) {
                 c->projects_failed = true;
                 snprintf(c->projects_error, sizeof c->projects_error, "%s %s: %s", pl->what, pl->project_id,

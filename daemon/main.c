@@ -154,7 +154,7 @@ static const char *mode_name(int opt) {
 
 /* Before anything else: SIGHUP, SIGUSR1 and SIGUSR2 would kill a process
  * that has not installed its handlers yet (--once, --plan, a daemon still
- * loading its state), and the README suggests `kill -USR1 $(pidof
+ * loading its state), and ivh-reclaimd(8) suggests `kill -USR1 $(pidof
  * ivh-reclaimd)`.
  * They are ignored until the daemon's signal watchers take them over. A
  * closed stderr pipe must not kill the daemon either: SIGPIPE is ignored,

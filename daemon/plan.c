@@ -43,6 +43,15 @@ static const char *decision_word(const struct decide_row *d) {
         return d->outcome == DECIDE_CLOSE ? d->policy->name : decide_outcome_to_string(d->outcome);
 }
 
+/* The fail-safe rule, when it is what keeps the session (see policy.h). */
+static const char *unknown_owner_note(const struct config *c, const struct session *s) {
+        if (c->protect_project_ids.n > 0 && !session_project_known(s))
+                return "the list does not say its project and protect.project_ids is set: kept";
+        if (c->protect_asset_vks.n > 0 && !session_asset_known(s))
+                return "the list does not say its asset and protect.asset_vks is set: kept";
+        return NULL;
+}
+
 static void fill_row(struct row *row, const struct config *c, const struct session *s, bool known,
                      const struct decide_row *d) {
         char buf[32];
@@ -64,6 +73,8 @@ static void fill_row(struct row *row, const struct config *c, const struct sessi
         row->note[0] = '\0';
         if (s->status == SESSION_CLOSED)
                 snprintf(row->note, sizeof row->note, "already closed");
+        else if (d->outcome == DECIDE_PROTECTED && unknown_owner_note(c, s))
+                snprintf(row->note, sizeof row->note, "%s", unknown_owner_note(c, s));
         else if (!d->policy && d->outcome == DECIDE_PROTECTED)
                 snprintf(row->note, sizeof row->note, "a protect rule matches (no policy selects it)");
         else if (!d->policy)
@@ -147,6 +158,11 @@ static void print_table(FILE *out, const struct config *c, const struct session_
         print_summary(out, c, l, r);
 }
 
+static bool add_string_or_null(cJSON *o, const char *name, const char *value) {
+        return value ? cJSON_AddStringToObject(o, name, value) != NULL
+                     : cJSON_AddNullToObject(o, name) != NULL;
+}
+
 /* One JSON object per session and line, with the journal's field names.
  * cJSON does the encoding; the ids are printed as listed (they passed the
  * hostile-id checks), not shortened as in the table. */
@@ -178,6 +194,11 @@ static int print_json(FILE *out, const struct config *c, const struct session_li
                                                   NULL
                                 : cJSON_AddNullToObject(o, "IVH_POLICY") != NULL &&
                                           cJSON_AddNullToObject(o, "IVH_POLICY_KIND") != NULL) &&
+                     add_string_or_null(o, "IVH_PROJECT_ID", session_project(s)) &&
+                     add_string_or_null(o, "IVH_ASSET_VK", session_asset(s)) &&
+                     (s->create_type >= 0
+                              ? cJSON_AddNumberToObject(o, "IVH_CREATE_TYPE", s->create_type) != NULL
+                              : cJSON_AddNullToObject(o, "IVH_CREATE_TYPE") != NULL) &&
                      cJSON_AddStringToObject(o, "IVH_DECISION", decision_word(d)) &&
                      cJSON_AddStringToObject(o, "IVH_REASON", row.note);
                 text = ok ? cJSON_PrintUnformatted(o) : NULL;

@@ -10,9 +10,42 @@ static bool is_live(int status) {
         return status == SESSION_IN_PROGRESS || status == SESSION_PREPARING;
 }
 
-/* Whether the policy's kind and selector describe the session, whatever its age. */
+/* A selector that is given: the value must be known and match one glob.
+ * A session whose list entry does not say its project is never selected
+ * by project_ids (likewise asset_vks). */
+static bool selector_matches(const struct glob_list *l, const char *value) {
+        return l->n == 0 || (value && glob_list_match(l, value));
+}
+
+/* Whether every selector of the policy given matches the session. */
+static bool policy_selects(const struct policy *p, const struct session *s) {
+        return selector_matches(&p->user_ids, s->user_id) &&
+               selector_matches(&p->project_ids, session_project(s)) &&
+               selector_matches(&p->asset_vks, session_asset(s));
+}
+
+/* A protect list by project (asset) keeps the sessions it names, and,
+ * fail safe, every session whose project (asset) the list does not say:
+ * nobody can prove it is not in the protected project. */
+static bool owner_protected(const struct glob_list *l, const char *value, bool known) {
+        return l->n > 0 && (!known || (value && glob_list_match(l, value)));
+}
+
+static bool is_protected(const struct config *c, const struct session *s) {
+        return glob_list_match(&c->protect_session_ids, s->session_id) ||
+               glob_list_match(&c->protect_user_ids, s->user_id) ||
+               owner_protected(&c->protect_project_ids, session_project(s), session_project_known(s)) ||
+               owner_protected(&c->protect_asset_vks, session_asset(s), session_asset_known(s));
+}
+
+bool policy_owner_unknown_protects(const struct config *c, const struct session *s) {
+        return (c->protect_project_ids.n > 0 && !session_project_known(s)) ||
+               (c->protect_asset_vks.n > 0 && !session_asset_known(s));
+}
+
+/* Whether the policy's kind and selectors describe the session, whatever its age. */
 static bool policy_matches(const struct policy *p, const struct session *s) {
-        if (p->user_ids.n > 0 && !glob_list_match(&p->user_ids, s->user_id))
+        if (!policy_selects(p, s))
                 return false;
         switch (p->kind) {
         case POLICY_FAILED:
@@ -42,17 +75,11 @@ void policy_decide(const struct config *c, const struct session *s, uint64_t age
                                 break;
                         }
 
-        if (glob_list_match(&c->protect_session_ids, s->session_id) ||
-            glob_list_match(&c->protect_user_ids, s->user_id))
+        if (is_protected(c, s))
                 d.kind = DECISION_PROTECTED;
         else if (d.policy && age_ms >= d.policy->after_ms)
                 d.kind = DECISION_CLOSE;
         *ret = d;
-}
-
-bool policy_selects_user(const struct policy *p, const char *user_id) {
-        assert(p);
-        return p->user_ids.n == 0 || glob_list_match(&p->user_ids, user_id);
 }
 
 bool policy_session_is_live(const struct session *s) {
@@ -79,11 +106,6 @@ static int compare_candidates(const void *a, const void *b) {
         if (x->age_ms != y->age_ms)
                 return x->age_ms > y->age_ms ? -1 : 1; /* oldest first */
         return x->index < y->index ? -1 : x->index > y->index;
-}
-
-static bool is_protected(const struct config *c, const struct session *s) {
-        return glob_list_match(&c->protect_session_ids, s->session_id) ||
-               glob_list_match(&c->protect_user_ids, s->user_id);
 }
 
 int policy_capacity_victims(const struct config *c, const struct session_list *l, const uint64_t *ages,
@@ -115,8 +137,7 @@ int policy_capacity_victims(const struct config *c, const struct session_list *l
                         const struct session *s = &l->items[i];
 
                         if (closing[i] || (!is_live(s->status) && s->status != SESSION_STREAM_FAILED) ||
-                            ages[i] < pol->after_ms || is_protected(c, s) ||
-                            (pol->user_ids.n > 0 && !glob_list_match(&pol->user_ids, s->user_id)))
+                            ages[i] < pol->after_ms || is_protected(c, s) || !policy_selects(pol, s))
                                 continue;
                         cand[n_cand++] = (struct candidate){
                                 .index = i,

@@ -28,8 +28,10 @@ struct decision {
 /* age_ms is the time since the daemon first saw the session. */
 void policy_decide(const struct config *c, const struct session *s, uint64_t age_ms, struct decision *ret);
 
-/* Whether the policy's user_ids selector (none: every user) matches. */
-bool policy_selects_user(const struct policy *p, const char *user_id);
+/* Whether the session is protected only because protect.project_ids
+ * (protect.asset_vks) is set and the list does not say its project
+ * (asset): the fail-safe rule, which the cycle reports. */
+bool policy_owner_unknown_protects(const struct config *c, const struct session *s);
 
 /* Whether a session counts as live for the share fuse: status 1 or 3. */
 bool policy_session_is_live(const struct session *s);

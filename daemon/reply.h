@@ -1,5 +1,5 @@
-/* What a gateway reply means, by Tencent's published codes (README,
- * "Gateway codes"), and how to describe a failed one. Pure. */
+/* What a gateway reply means, by Tencent's published codes (the gateway
+ * code table of ivh-reclaimd(8)), and how to describe a failed one. Pure. */
 #pragma once
 
 #include <stdbool.h>
@@ -9,13 +9,14 @@
 #include "gateway.h"
 #include "http.h"
 
-/* The published Header.Code values the daemon acts on (see README). */
+/* The published Header.Code values the daemon acts on (see ivh-reclaimd(8), FAILED CLOSES, THROTTLING AND
+ * CREDENTIALS). */
 #define CODE_UNAUTHORIZED   100005
 #define CODE_TOO_FREQUENT   100012
 #define CODE_ALREADY_CLOSED 110013
 #define CODE_NO_SESSION     110018
 
-/* What a reply means, by the published codes (README, "Gateway codes"). */
+/* What a reply means, by the published codes (ivh-reclaimd(8)). */
 enum verdict {
         VERDICT_OK,
         VERDICT_GONE,      /* 110013 already closed, 110018 does not exist */

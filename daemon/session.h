@@ -30,7 +30,27 @@ struct session {
         char *virtualman_key;  /* VirtualmanKey */
         char *asset_vk;        /* AssetVirtualmanKey */
         char *project_id;      /* VirtualmanProjectId */
+        /* The project or asset of the list call that listed the session
+         * (gateway.project_ids, gateway.asset_vks): borrowed from the
+         * configuration the cycle runs with; NULL for listsessionofuin. */
+        const char *listed_project_id, *listed_asset_vk;
 };
+
+/* The session's project: as its entry says, else as the list call that
+ * listed it says; NULL when unknown. */
+const char *session_project(const struct session *s);
+
+/* The session's personal asset (AssetVirtualmanKey), likewise. */
+const char *session_asset(const struct session *s);
+
+/* Whether the list says which project the session is in: it names one, or
+ * CreateType 1 says the session was made from a personal asset, which is
+ * in none. */
+bool session_project_known(const struct session *s);
+
+/* Whether the list says which asset the session was made from: it names
+ * one, or CreateType 0 says it was made from a project. */
+bool session_asset_known(const struct session *s);
 
 /* Frees what the session owns (its strings), not the session itself. */
 void session_done(struct session *s);

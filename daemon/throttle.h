@@ -11,9 +11,10 @@
  *    gateway had saved up), 90 % of it later, and never more than that share
  *    of the pace refused. It then grows by one call per second for each
  *    second's worth of accepted calls (1/pace per call). HTTP
- *    503 (overloaded) and throttled list calls pause the account and shrink
- *    the window but teach no pace: they say nothing about the rate of the
- *    account's closes;
+ *    503 (overloaded) pauses the account and shrinks the window but
+ *    teaches no pace: it says nothing about the rate of the account's
+ *    closes. A throttled list call does not touch the pace either: it
+ *    fails its cycle, and the next list waits for its Retry-After;
  *  - gateway.max_rate, a ceiling for operators who know their limit; the
  *    pace starts there, without the gentle start.
  * The account shares its limit with the operator's own application, so the

@@ -44,6 +44,14 @@ E_NOT_READY = 110014        # session not ready (status must be 1)
 E_NO_SESSION = 110018       # session does not exist
 E_INTERNAL = -101000        # internal system error
 E_STREAM_TIMEOUT = -111004  # stream creation timed out (an ErrorCode in statsession)
+E_QUOTA = 100014            # concurrency quota insufficient or expired
+E_AVATAR_EXPIRED = 100015   # avatar (image) expired
+E_DRIVE_TIMING = 110015     # drive command sent at the wrong time
+E_DRIVE_NOT_STARTED = 110016  # drive command on a session that has not started
+E_TRTC_ARREARS = 110021     # TRTC account in arrears
+E_REPLACED = 110022         # closed because another session was created with the same UserId
+E_RESOURCES = -101001       # digital human compute resources insufficient
+E_IMAGE_DOWNLOAD = -101002  # image download failed
 
 # No code is published for a bad signature or an expired timestamp: the
 # simulator answers "unauthorized operation" for both, and for a malformed
@@ -97,6 +105,18 @@ class Gateway:
         self.clock_offset = 0.0           # seconds added to the simulator's clock (skew)
         self.due_check = None             # callable(session) -> bool, see closes_of_undue()
         self.undue_closes = []            # closes of sessions due_check refused
+        # The five fields of the Chinese listsessionofuin page (product 1240,
+        # page 100393); the English page omits them, and so does a gateway
+        # with owner_fields False.
+        self.owner_fields = True
+        # The cloud closes sessions on its own (pages 1211/62111, 62117): a
+        # started session whose long connection sent no heartbeat and no
+        # drive command is disconnected after 3 minutes and closed after 10.
+        # time_scale speeds that clock up for tests (60: a minute a second).
+        self.idle_disconnect_s = 180.0
+        self.idle_close_s = 600.0
+        self.time_scale = 1.0
+        self.idle_closed = []             # SessionIds the idle rule closed
 
     # -- state -------------------------------------------------------------
     def add_session(self, user_id, status=IN_PROGRESS, started=True, session_id=None,
@@ -107,7 +127,8 @@ class Gateway:
                 self.next_id += 1
             s = {"UserId": user_id, "SessionId": session_id, "SessionStatus": status,
                  "DriverType": driver_type, "IsSessionStarted": started,
-                 "_project": None if asset_vk else project_id, "_asset": asset_vk}
+                 "_project": None if asset_vk else project_id, "_asset": asset_vk,
+                 "_active_at": time.time()}
             if status == STREAM_FAILED:
                 s["_error"] = (E_STREAM_TIMEOUT, "stream creation timed out")
             if status == IN_PROGRESS:
@@ -115,6 +136,18 @@ class Gateway:
             s.update(extra)
             self.sessions[session_id] = s
             return session_id
+
+    @staticmethod
+    def _owner_fields(s):
+        """What the Chinese page lists per session: made from a project
+        (CreateType 0) or from a personal asset (1)."""
+        f = {"VirtualmanType": "2d_half_body", "CreateType": 1 if s.get("_asset") else 0,
+             "VirtualmanKey": "vk-%s" % s["SessionId"][-6:]}
+        if s.get("_asset"):
+            f["AssetVirtualmanKey"] = s["_asset"]
+        elif s.get("_project"):
+            f["VirtualmanProjectId"] = s["_project"]
+        return f
 
     def status_of(self, session_id):
         with self.lock:
@@ -135,11 +168,30 @@ class Gateway:
         with self.lock:
             return [c for c in self.calls if c.get("throttled")]
 
+    def touch(self, session_id):
+        """A heartbeat or drive command on the session's long connection."""
+        with self.lock:
+            self.sessions[session_id]["_active_at"] = time.time()
+
+    def _idle_rule(self, s, now):
+        """A started session with no activity is disconnected, then closed."""
+        if s["SessionStatus"] != IN_PROGRESS or s.get("IsSessionStarted") is not True:
+            return
+        idle = (now - s.get("_active_at", now)) * self.time_scale
+        if idle >= self.idle_close_s:
+            s["SessionStatus"] = CLOSED
+            s["_closed_by"] = "idle"
+            self.idle_closed.append(s["SessionId"])
+        elif idle >= self.idle_disconnect_s:
+            s["_disconnected"] = True
+
     def _advance(self):
         """The cloud's own transitions: a preparing session becomes ready (or
-        fails) once its delay has passed. Called with the lock held."""
+        fails) once its delay has passed; an idle started session is closed
+        (see _idle_rule). Called with the lock held."""
         now = time.time()
         for s in self.sessions.values():
+            self._idle_rule(s, now)
             if s["SessionStatus"] == PREPARING and s.get("_ready_at") is not None and now >= s["_ready_at"]:
                 s["SessionStatus"] = s.pop("_ready_status")
                 s.pop("_ready_at")
@@ -214,14 +266,19 @@ class Gateway:
             record["http_status"] = http_status
             if raw is not None:
                 return http_status, raw, delay, transport
-            doc = {"Header": {"Code": code, "Message": message, "RequestID": "sim-%d" % len(self.calls)},
+            # As real replies: a RequestID such as bjed97692a17164350740778646,
+            # and Header keys the daemon does not read.
+            doc = {"Header": {"Code": code, "Message": message,
+                              "RequestID": "bj%025x" % (0xed97692a17164350740778 + len(self.calls)),
+                              "SessionID": "", "DialogID": ""},
                    "Payload": payload if payload is not None else {}}
             return http_status, json.dumps(doc).encode(), delay, transport
 
         with self.lock:
             self.calls.append(record)
             if endpoint not in ENDPOINTS:
-                return reply(None, raw=b"not found", http_status=404)
+                # The gateway answers an unknown path with its JSON envelope.
+                return reply(E_PARAM, "unknown action: %s" % path, http_status=404)
             ctype = headers.get("Content-Type", "")
             if not ctype.lower().startswith("application/json"):
                 return reply(E_BAD_REQUEST, "Content-Type must be application/json", rejected=True)
@@ -260,9 +317,12 @@ class Gateway:
                 doc = json.loads(body)
             except ValueError:
                 return reply(E_BAD_REQUEST, "body is not JSON", rejected=True)
-            if not isinstance(doc, dict) or doc.get("Header") != {} or \
+            # The documentation allows RequestID and the like in the request
+            # Header: any object is accepted.
+            if not isinstance(doc, dict) or not isinstance(doc.get("Header"), dict) or \
                     not isinstance(doc.get("Payload"), dict):
-                return reply(E_BAD_REQUEST, "body must be {\"Header\": {}, \"Payload\": {...}}", rejected=True)
+                return reply(E_BAD_REQUEST, "body must be {\"Header\": {...}, \"Payload\": {...}}",
+                             rejected=True)
             payload = doc["Payload"]
             if isinstance(payload.get("SessionId"), str):
                 record["session_id"] = payload["SessionId"]
@@ -355,7 +415,10 @@ class Gateway:
                     continue
                 if endpoint == "listsessionofassetvk" and s.get("_asset") != asset:
                     continue
-                out.append({k: v for k, v in s.items() if not k.startswith("_")})
+                entry = {k: v for k, v in s.items() if not k.startswith("_")}
+                if self.owner_fields:
+                    entry.update(self._owner_fields(s))
+                out.append(entry)
             record["outcome"] = "listed"
             record["listed"] = len(out)
             return reply(0, "", {"ReqId": reqid, "Sessions": out})
@@ -369,6 +432,7 @@ class Gateway:
             for s in self.sessions.values():
                 if s["UserId"] == user and s["SessionStatus"] != CLOSED:
                     s["SessionStatus"] = CLOSED
+                    s["_closed_by"] = "replaced"
             live = sum(1 for s in self.sessions.values() if s["SessionStatus"] != CLOSED)
             if self.max_sessions is not None and live >= self.max_sessions:
                 record["outcome"] = "concurrency"
@@ -382,10 +446,16 @@ class Gateway:
                                      "_project": payload.get("VirtualmanProjectId"),
                                      "_asset": payload.get("AssetVirtualmanKey"),
                                      "_ready_at": time.time() + self.ready_delay,
-                                     "_ready_status": STREAM_FAILED if fail else IN_PROGRESS}
+                                     "_ready_status": STREAM_FAILED if fail else IN_PROGRESS,
+                                     "_active_at": time.time()}
             record["outcome"] = "created"
             record["session_id"] = new_id
-            return reply(0, "", {"ReqId": reqid, "SessionId": new_id, "SessionStatus": PREPARING})
+            created = {"ReqId": reqid, "SessionId": new_id, "SessionStatus": PREPARING}
+            # Replies seen in public client code: a play address while still
+            # preparing, and none when the caller pushes to its own CDN.
+            if not payload.get("CssCustomPushUrl"):
+                created["PlayStreamAddr"] = "rtmp://live.example/live/%s" % new_id
+            return reply(0, "", created)
 
         if not isinstance(sid, str) or not sid:
             return reply(E_PARAM, "SessionId is required", rejected=True)
@@ -420,6 +490,7 @@ class Gateway:
             record["outcome"] = "not_ready"
             return reply(E_NOT_READY, "session not ready")
         s["IsSessionStarted"] = True
+        s["_active_at"] = time.time()
         record["outcome"] = "started"
         return reply(0, "", {"ReqId": reqid})
 

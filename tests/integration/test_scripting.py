@@ -36,6 +36,7 @@ class PlanJson(DaemonTest):
         for r in rows:
             self.assertEqual(set(r), {"IVH_ACCOUNT", "IVH_SESSION_ID", "IVH_USER_ID", "IVH_SESSION_STATUS",
                                       "IVH_SESSION_STARTED", "IVH_AGE_SEC", "IVH_POLICY", "IVH_POLICY_KIND",
+                                      "IVH_PROJECT_ID", "IVH_ASSET_VK", "IVH_CREATE_TYPE",  # issue 22
                                       "IVH_DECISION", "IVH_REASON"})
             self.assertEqual(r["IVH_ACCOUNT"], "default")
         self.assertEqual(by_id[failed]["IVH_DECISION"], "failed-streams")
