@@ -3,6 +3,7 @@
  * and the cycle's summary. Calls nothing else of the cycle. */
 #include "cycle-internal.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -146,7 +147,11 @@ void cycle_log_reclaim(struct close_job *job, enum outcome outcome, const char *
         if (detail && *detail)
                 f[n++] = (struct log_field){ outcome == OUTCOME_SKIPPED ? "IVH_REASON" : "IVH_ERROR",
                                              detail };
-        if (job->close_err.kind == GATEWAY_API_ERROR) {
+        /* The code that made the outcome: a failure's, or the one that said
+         * the session was gone (not a throttle's the job went on from). */
+        if (job->close_err.kind == GATEWAY_API_ERROR &&
+            (outcome == OUTCOME_FAILED || (outcome == OUTCOME_ALREADY_CLOSED &&
+                                           reply_api_verdict(-EPROTO, &job->close_err) == VERDICT_GONE))) {
                 snprintf(code, sizeof code, "%ld", job->close_err.code);
                 f[n++] = (struct log_field){ "IVH_API_CODE", code };
         }

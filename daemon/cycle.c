@@ -70,8 +70,10 @@ static size_t finish_queued(struct cycle *c) {
 /* ha: checks that this instance may still send a request (a leader whose
  * lease etcd confirmed within lease/3). The first time it may not, in a
  * cycle, everything not yet sent is left to the leader, with a warning,
- * and nothing more is sent in this cycle. Returns whether it is fenced. */
-static bool check_fence(struct cycle *c) {
+ * and nothing more is sent in this cycle. held is the number of closes the
+ * caller holds back besides the queued ones (the one it was about to send),
+ * for the warning. Returns whether it is fenced. */
+static bool check_fence(struct cycle *c, size_t held) {
         size_t left;
 
         if (c->halt == HALT_FENCED)
@@ -85,7 +87,7 @@ static bool check_fence(struct cycle *c) {
         cycle_log(
                 c, LOG_WARNING, NULL, NULL, 0,
                 "HA: this instance (role %s) no longer holds a confirmed etcd lease; %zu close(s) not sent are left to the leader",
-                ha_role_to_string(ha_role(c->env.ha)), left);
+                ha_role_to_string(ha_role(c->env.ha)), left + held);
         return true;
 }
 
@@ -134,7 +136,7 @@ static bool job_prepare_send(struct close_job *job) {
                 job_left(job, &c->res.deferred);
                 return false;
         }
-        if (check_fence(c)) {
+        if (check_fence(c, 1)) {
                 job_left(job, &c->res.standby);
                 return false;
         }
@@ -440,7 +442,7 @@ static void on_close_reply(const struct http_response *resp, void *userdata) {
         }
         if (job->close_err.kind == GATEWAY_API_ERROR && c->halt != HALT_STOPPING) {
                 /* ha: no statsession without a fresh lease, not even this one. */
-                if (check_fence(c)) {
+                if (check_fence(c, 0)) {
                         close_failed(job, "closesession",
                                      "not confirmed: this instance no longer holds a confirmed etcd lease",
                                      0);

@@ -123,8 +123,7 @@ class Gateway:
                     driver_type=1, project_id="proj-1", asset_vk=None, **extra):
         with self.lock:
             if session_id is None:
-                session_id = "s%06d" % self.next_id
-                self.next_id += 1
+                session_id = self._new_id()
             s = {"UserId": user_id, "SessionId": session_id, "SessionStatus": status,
                  "DriverType": driver_type, "IsSessionStarted": started,
                  "_project": None if asset_vk else project_id, "_asset": asset_vk,
@@ -167,6 +166,13 @@ class Gateway:
     def throttled_calls(self):
         with self.lock:
             return [c for c in self.calls if c.get("throttled")]
+
+    def _new_id(self):
+        """A SessionId as the cloud makes them: m and 20 digits, such as
+        m14272810838917134688 (in creation order, so they sort by age)."""
+        sid = "m%020d" % (14272810838917134688 + self.next_id)
+        self.next_id += 1
+        return sid
 
     def touch(self, session_id):
         """A heartbeat or drive command on the session's long connection."""
@@ -437,8 +443,7 @@ class Gateway:
             if self.max_sessions is not None and live >= self.max_sessions:
                 record["outcome"] = "concurrency"
                 return reply(E_CONCURRENCY, "concurrency limit exceeded")
-            new_id = "s%06d" % self.next_id
-            self.next_id += 1
+            new_id = self._new_id()
             fail = payload.get("_SimFail") is True   # the simulator's own knob: the stream will fail
             self.sessions[new_id] = {"UserId": user, "SessionId": new_id, "SessionStatus": PREPARING,
                                      "DriverType": payload.get("DriverType", 1),
