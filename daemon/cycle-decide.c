@@ -128,20 +128,17 @@ static void log_decisions(struct cycle *c, const struct decide_result *r) {
         }
 }
 
-/* The fail-safe rule, said once per cycle: sessions a policy selects that
- * a protect list by project (asset) keeps only because the list does not
- * say their project (asset). */
-static void log_unknown_owners(struct cycle *c, const struct decide_result *r) {
-        const struct config *cfg = c->in_force;
+/* The fail-safe rule, said once per cycle: sessions a policy selects
+ * (any kind, any age) that a protect list by project (asset) keeps because
+ * the list does not say their project (asset). */
+static void log_unknown_owners(struct cycle *c) {
         size_t projects = 0, assets = 0;
 
         for (size_t i = 0; i < c->list->n; i++) {
-                const struct session *s = &c->list->items[i];
+                unsigned rules = policy_owner_rule_keeps(c->in_force, &c->list->items[i]);
 
-                if (r->rows[i].outcome != DECIDE_PROTECTED || !r->rows[i].policy)
-                        continue;
-                projects += cfg->protect_project_ids.n > 0 && !session_project_known(s);
-                assets += cfg->protect_asset_vks.n > 0 && !session_asset_known(s);
+                projects += (rules & OWNER_RULE_PROJECT) != 0;
+                assets += (rules & OWNER_RULE_ASSET) != 0;
         }
         if (projects > 0)
                 cycle_log(
@@ -244,7 +241,7 @@ int cycle_decide(struct cycle *c) {
         c->res.backing_off += c->decision.backing_off;
         c->res.deferred += c->decision.deferred;
         log_decisions(c, &c->decision);
-        log_unknown_owners(c, &c->decision);
+        log_unknown_owners(c);
         return make_jobs(c);
 }
 

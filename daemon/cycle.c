@@ -399,12 +399,17 @@ static void on_postcheck_reply(const struct http_response *resp, void *userdata)
                 job_account_problem(job, "statsession", v, resp, r, &err);
                 return;
         }
-        if ((r >= 0 && st.status == SESSION_CLOSED) ||
-            (r < 0 && err.kind == GATEWAY_API_ERROR && err.code == CODE_NO_SESSION)) {
+        /* Closed, or a code that says the session is gone (110013, 110018,
+         * 110022): the close has nothing left to do. */
+        if ((r >= 0 && st.status == SESSION_CLOSED) || (r < 0 && v == VERDICT_GONE)) {
                 job_finish(job, OUTCOME_ALREADY_CLOSED, NULL, 0);
                 return;
         }
-        snprintf(buf, sizeof buf, "API error %ld: %s", job->close_err.code, job->close_err.message);
+        if (reply_code_name(job->close_err.code))
+                snprintf(buf, sizeof buf, "API error %ld (%s): %s", job->close_err.code,
+                         reply_code_name(job->close_err.code), job->close_err.message);
+        else
+                snprintf(buf, sizeof buf, "API error %ld: %s", job->close_err.code, job->close_err.message);
         close_failed(job, "closesession", buf, 0);
 }
 
@@ -426,7 +431,7 @@ static void on_close_reply(const struct http_response *resp, void *userdata) {
         case VERDICT_OK:
                 job_finish(job, OUTCOME_CLOSED, NULL, 0);
                 return;
-        case VERDICT_GONE: /* 110013 or 110018: nothing left to close */
+        case VERDICT_GONE: /* 110013, 110018 or 110022: nothing left to close */
                 job_finish(job, OUTCOME_ALREADY_CLOSED, NULL, 0);
                 return;
         case VERDICT_THROTTLED:

@@ -62,7 +62,10 @@ static const char *entry_id_problem(const struct session *s) {
 }
 
 static bool has_repeated_field(const cJSON *item) {
-        static const char *const fields[] = { "SessionId", "UserId", "SessionStatus", "IsSessionStarted" };
+        static const char *const fields[] = {
+                "SessionId",  "UserId",        "SessionStatus",      "IsSessionStarted",   "VirtualmanType",
+                "CreateType", "VirtualmanKey", "AssetVirtualmanKey", "VirtualmanProjectId"
+        };
         unsigned seen[ELEMENTSOF(fields)] = { 0 };
         const cJSON *f;
 
@@ -76,9 +79,10 @@ static bool has_repeated_field(const cJSON *item) {
 
 /* Reads one entry of Sessions[]. Returns NULL, or why the entry does not
  * have the documented shape (static text). */
-/* An optional string field: absent or null is NULL; another type, or a
- * string no id may be (it would select or protect), makes the entry
- * malformed. Borrowed from the parsed document. */
+/* An optional string field: absent, null or empty is NULL (the list does
+ * not say: an empty project is no project anyone can protect or select);
+ * another type, or a string no id may be, makes the entry malformed.
+ * Borrowed from the parsed document. */
 static const char *optional_id(const cJSON *item, const char *name, char **ret) {
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(item, name);
 
@@ -89,7 +93,8 @@ static const char *optional_id(const cJSON *item, const char *name, char **ret) 
                 return "is not a string";
         if (gateway_id_problem(v->valuestring, strlen(v->valuestring)))
                 return "is not a usable id";
-        *ret = v->valuestring;
+        if (v->valuestring[0])
+                *ret = v->valuestring;
         return NULL;
 }
 
@@ -172,11 +177,15 @@ static bool same_string(const char *a, const char *b) {
         return a == b || (a && b && strcmp(a, b) == 0);
 }
 
+/* Identical entries, listed by the same call: a session two list calls
+ * name (two projects, or a project and an asset) has no one owner. */
 static bool same_entry(const struct session *a, const struct session *b) {
         return strcmp(a->user_id, b->user_id) == 0 && a->status == b->status && a->started == b->started &&
                a->create_type == b->create_type && same_string(a->virtualman_type, b->virtualman_type) &&
                same_string(a->virtualman_key, b->virtualman_key) && same_string(a->asset_vk, b->asset_vk) &&
-               same_string(a->project_id, b->project_id);
+               same_string(a->project_id, b->project_id) &&
+               same_string(a->listed_project_id, b->listed_project_id) &&
+               same_string(a->listed_asset_vk, b->listed_asset_vk);
 }
 
 /* A SessionId listed more than once: identical entries are reduced to the

@@ -38,11 +38,6 @@ static bool is_protected(const struct config *c, const struct session *s) {
                owner_protected(&c->protect_asset_vks, session_asset(s), session_asset_known(s));
 }
 
-bool policy_owner_unknown_protects(const struct config *c, const struct session *s) {
-        return (c->protect_project_ids.n > 0 && !session_project_known(s)) ||
-               (c->protect_asset_vks.n > 0 && !session_asset_known(s));
-}
-
 /* Whether the policy's kind and selectors describe the session, whatever its age. */
 static bool policy_matches(const struct policy *p, const struct session *s) {
         if (!policy_selects(p, s))
@@ -59,6 +54,30 @@ static bool policy_matches(const struct policy *p, const struct session *s) {
                 return false; /* not a timer: see policy_capacity_victims() */
         }
         return false;
+}
+
+/* Whether the policy could ever take the session, whatever its age: a timer
+ * policy whose kind and selectors fit, or an over_capacity policy whose
+ * selectors fit a live session or a failed stream. */
+static bool could_take(const struct policy *p, const struct session *s) {
+        if (p->kind != POLICY_OVER_CAPACITY)
+                return policy_matches(p, s);
+        return policy_selects(p, s) && (is_live(s->status) || s->status == SESSION_STREAM_FAILED);
+}
+
+unsigned policy_owner_rule_keeps(const struct config *c, const struct session *s) {
+        unsigned rules = 0;
+        bool selected = false;
+
+        if (s->status == SESSION_CLOSED)
+                return 0;
+        if (c->protect_project_ids.n > 0 && !session_project_known(s))
+                rules |= OWNER_RULE_PROJECT;
+        if (c->protect_asset_vks.n > 0 && !session_asset_known(s))
+                rules |= OWNER_RULE_ASSET;
+        for (size_t i = 0; rules && !selected && i < c->n_policies; i++)
+                selected = could_take(&c->policies[i], s);
+        return selected ? rules : 0;
 }
 
 void policy_decide(const struct config *c, const struct session *s, uint64_t age_ms, struct decision *ret) {

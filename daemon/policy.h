@@ -28,10 +28,14 @@ struct decision {
 /* age_ms is the time since the daemon first saw the session. */
 void policy_decide(const struct config *c, const struct session *s, uint64_t age_ms, struct decision *ret);
 
-/* Whether the session is protected only because protect.project_ids
- * (protect.asset_vks) is set and the list does not say its project
- * (asset): the fail-safe rule, which the cycle reports. */
-bool policy_owner_unknown_protects(const struct config *c, const struct session *s);
+/* The fail-safe rule, for the cycle's warning: a session that is not
+ * closed, that some policy could take (a timer policy whose kind and
+ * selectors fit, an over_capacity policy whose selectors fit a live
+ * session or a failed stream; whatever its age), and that protect.project_ids (protect.asset_vks) keeps
+ * because the list does not say its project (asset). Returns the rules
+ * that keep it, OWNER_RULE_PROJECT | OWNER_RULE_ASSET, or 0. */
+enum { OWNER_RULE_PROJECT = 1, OWNER_RULE_ASSET = 2 };
+unsigned policy_owner_rule_keeps(const struct config *c, const struct session *s);
 
 /* Whether a session counts as live for the share fuse: status 1 or 3. */
 bool policy_session_is_live(const struct session *s);

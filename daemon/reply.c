@@ -96,6 +96,7 @@ enum verdict reply_api_verdict(int parsed, const struct gateway_error *err) {
                 return VERDICT_AUTH;
         case CODE_ALREADY_CLOSED:
         case CODE_NO_SESSION:
+        case CODE_REPLACED:
                 return VERDICT_GONE;
         default:
                 return VERDICT_FAILED;

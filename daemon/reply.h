@@ -15,11 +15,12 @@
 #define CODE_TOO_FREQUENT   100012
 #define CODE_ALREADY_CLOSED 110013
 #define CODE_NO_SESSION     110018
+#define CODE_REPLACED       110022 /* closed because another session took its UserId */
 
 /* What a reply means, by the published codes (ivh-reclaimd(8)). */
 enum verdict {
         VERDICT_OK,
-        VERDICT_GONE,      /* 110013 already closed, 110018 does not exist */
+        VERDICT_GONE,      /* 110013 already closed, 110018 does not exist, 110022 replaced */
         VERDICT_THROTTLED, /* 100012, HTTP 429 or 503: slow down, account-wide */
         VERDICT_AUTH,      /* 100005, HTTP 401 or 403: an account problem */
         VERDICT_FAILED,    /* anything else */

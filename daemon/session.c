@@ -1,6 +1,7 @@
 #include "session.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 const char *session_status_to_string(int status) {
         switch (status) {
@@ -26,18 +27,43 @@ void session_done(struct session *s) {
         free(s->project_id);
 }
 
+/* What the entry and the list call say of one owner: NULL when neither
+ * says, or when they disagree (then *conflict is set). */
+static const char *owner(const char *entry, const char *call, bool *conflict) {
+        *conflict = entry && call && strcmp(entry, call) != 0;
+        if (*conflict)
+                return NULL;
+        return entry ? entry : call;
+}
+
 const char *session_project(const struct session *s) {
-        return s->project_id ? s->project_id : s->listed_project_id;
+        bool conflict;
+
+        return owner(s->project_id, s->listed_project_id, &conflict);
 }
 
 const char *session_asset(const struct session *s) {
-        return s->asset_vk ? s->asset_vk : s->listed_asset_vk;
+        bool conflict;
+
+        return owner(s->asset_vk, s->listed_asset_vk, &conflict);
 }
 
+/* A session listed per asset, or made from one (CreateType 1), is in no
+ * project; one whose entry and list call disagree is in no known one. */
 bool session_project_known(const struct session *s) {
-        return session_project(s) || s->create_type == 1;
+        bool conflict;
+
+        if (owner(s->project_id, s->listed_project_id, &conflict))
+                return true;
+        return !conflict && !s->project_id &&
+               (s->create_type == 1 || (s->listed_asset_vk && s->create_type != 0));
 }
 
 bool session_asset_known(const struct session *s) {
-        return session_asset(s) || s->create_type == 0;
+        bool conflict;
+
+        if (owner(s->asset_vk, s->listed_asset_vk, &conflict))
+                return true;
+        return !conflict && !s->asset_vk &&
+               (s->create_type == 0 || (s->listed_project_id && s->create_type != 1));
 }

@@ -37,19 +37,21 @@ struct session {
 };
 
 /* The session's project: as its entry says, else as the list call that
- * listed it says; NULL when unknown. */
+ * listed it says; NULL when unknown, or when the two disagree. */
 const char *session_project(const struct session *s);
 
 /* The session's personal asset (AssetVirtualmanKey), likewise. */
 const char *session_asset(const struct session *s);
 
-/* Whether the list says which project the session is in: it names one, or
- * CreateType 1 says the session was made from a personal asset, which is
- * in none. */
+/* Whether the list says which project the session is in: it names one
+ * (and the list call does not name another), or CreateType 1 or a listing
+ * per asset says the session was made from a personal asset, which is in
+ * none. */
 bool session_project_known(const struct session *s);
 
 /* Whether the list says which asset the session was made from: it names
- * one, or CreateType 0 says it was made from a project. */
+ * one (and the list call does not name another), or CreateType 0 or a
+ * listing per project says it was made from a project. */
 bool session_asset_known(const struct session *s);
 
 /* Frees what the session owns (its strings), not the session itself. */

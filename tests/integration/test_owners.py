@@ -171,3 +171,99 @@ class CloudClosesOnItsOwn(DaemonTest):
         self.assertEqual(e.exception.code, 404)
         doc = json.loads(e.exception.read())
         self.assertEqual(doc["Header"]["Code"], 100001)
+
+
+class OwnerRedTeam(DaemonTest):
+    """What the issue-22 red team found: each would close a session a protect
+    rule should keep, or stop reclaiming without a word."""
+
+    def protect_flagship(self, policies="  - {name: all, kind: max_age, after: 0s}\n", gateway_extra=""):
+        text = ("gateway:\n  url: %s\n  appkey: %s\n  timeout: 2s\n%s"
+                "poll_interval: 300ms\nstate_file: %s\nrecheck_before_close: false\n"
+                "protect:\n  project_ids: [flagship]\n"
+                "policies:\n%s") % (self.url, APPKEY, gateway_extra, self.state_file, policies)
+        with open(self.config_file, "w") as f:
+            f.write(text)
+
+    def list_body(self, entries):
+        return ('{"Header": {"Code": 0, "Message": ""}, "Payload": {"ReqId": "x", "Sessions": [%s]}}'
+                % ", ".join(entries)).encode()
+
+    def test_an_empty_project_is_no_project(self):
+        self.gw.owner_fields = False
+        a = self.gw.add_session("a", IN_PROGRESS, VirtualmanProjectId="", CreateType=0)
+        self.protect_flagship()
+        run = self.run_daemon("--once")
+        self.assertEqual(run.returncode, 0, run)
+        self.assertEqual(self.gw.calls_to("closesession"), [])
+        self.assertTrue(any("does not say the project of 1 sessions" in l.get("msg", "") for l in run.logs))
+        self.assertIn(a, self.gw.sessions)
+
+    def test_an_owner_field_given_twice_makes_the_entry_malformed(self):
+        live = '"UserId": "u", "SessionStatus": 1, "IsSessionStarted": true, "CreateType": 0'
+        body = self.list_body([
+            '{"SessionId": "b1", %s, "VirtualmanProjectId": "kiosk", "VirtualmanProjectId": "flagship"}' % live,
+            '{"SessionId": "b2", %s, "VirtualmanProjectId": "kiosk", "Virtualman\\u0050rojectId": "flagship"}'
+            % live,
+            '{"SessionId": "b3", "UserId": "u", "SessionStatus": 1, "IsSessionStarted": true, '
+            '"CreateType": 0, "CreateType": 1, "VirtualmanProjectId": "kiosk"}',
+            '{"SessionId": "b4", %s, "VirtualmanProjectId": "kiosk"}' % live,
+        ])
+        self.gw.add_fault("listsessionofuin", "garbage", body=body, count=1)
+        self.protect_flagship()
+        run = self.run_daemon("--once")
+        self.assertEqual(run.returncode, 0, run)
+        self.assertEqual([c["session_id"] for c in self.gw.calls_to("closesession")], ["b4"])
+        self.assertEqual(run.summaries()[-1]["malformed"], "3")
+
+    def test_entry_and_list_call_disagree_the_session_is_kept(self):
+        self.gw.owner_fields = False
+        # Listed by listsessionofprojectid(flagship), the entry says kiosk.
+        a = self.gw.add_session("a", IN_PROGRESS, project_id="flagship", VirtualmanProjectId="kiosk")
+        b = self.gw.add_session("b", IN_PROGRESS, project_id="kiosk")
+        self.protect_flagship(gateway_extra="  project_ids: [flagship, kiosk]\n")
+        run = self.run_daemon("--once")
+        self.assertEqual(run.returncode, 0, run)
+        self.assertEqual(self.gw.closed_ids(), [b])
+        self.assertNotIn(a, self.gw.closed_ids())
+
+    def test_a_session_listed_by_two_calls_is_never_acted_on(self):
+        self.gw.owner_fields = False
+        a = self.gw.add_session("a", IN_PROGRESS, project_id="kiosk")
+        text = ("gateway:\n  url: %s\n  appkey: %s\n  timeout: 2s\n  project_ids: [kiosk]\n"
+                "  asset_vks: [vip-a]\npoll_interval: 300ms\nstate_file: %s\nrecheck_before_close: false\n"
+                "protect:\n  asset_vks: ['vip-*']\n"
+                "policies:\n  - {name: all, kind: max_age, after: 0s}\n") % (self.url, APPKEY, self.state_file)
+        with open(self.config_file, "w") as f:
+            f.write(text)
+        # The asset listing names the same session too.
+        body = self.list_body(['{"SessionId": "%s", "UserId": "a", "SessionStatus": 1, '
+                               '"IsSessionStarted": true}' % a])
+        self.gw.add_fault("listsessionofassetvk", "garbage", body=body, count=1)
+        run = self.run_daemon("--once")
+        self.assertEqual(run.returncode, 0, run)
+        self.assertEqual(self.gw.calls_to("closesession"), [])
+        self.assertEqual(run.summaries()[-1]["malformed"], "1")
+
+    def test_over_capacity_kept_by_the_fail_safe_says_so(self):
+        self.gw.owner_fields = False
+        for i in range(3):
+            self.gw.add_session("k%d" % i, IN_PROGRESS)
+        self.gw.add_session("f", STREAM_FAILED)
+        self.protect_flagship(policies="  - {name: oc, kind: over_capacity, capacity: 2}\n")
+        run = self.run_daemon("--once")
+        self.assertEqual(run.returncode, 0, run)
+        self.assertEqual(self.gw.calls_to("closesession"), [])
+        warned = [l for l in run.logs if "does not say the project of" in l.get("msg", "")]
+        self.assertEqual(len(warned), 1, run)
+        self.assertIn("of 4 sessions; they are kept", warned[0]["msg"])
+
+    def test_replaced_session_is_already_closed(self):
+        a = self.gw.add_session("a", STREAM_FAILED)
+        self.gw.add_fault("closesession", "api_error", session_id=a, code=110022,
+                          message="SessionReplaced: closed because another session took its UserId")
+        self.write_config([("f", "failed", "0s")])
+        run = self.run_daemon("--once")
+        self.assertEqual(run.returncode, 0, run)
+        self.assertEqual([l["outcome"] for l in run.reclaims()], ["already_closed"])
+        self.assertEqual(len(self.gw.calls_to("closesession")), 1)
