@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -121,6 +122,49 @@ static const char *token_file_at(struct yaml_reader *p, const struct config *c, 
         return NULL;
 }
 
+/* One state file: index is its account's place in accounts:, or SIZE_MAX
+ * for state_file itself; errors point at the state_file (metrics_file) key. */
+static void check_state_file(struct yaml_reader *p, const struct config *c, const char *state, size_t index,
+                             yaml_node_t *state_at, yaml_node_t *metrics_at) {
+        const char *token;
+
+        if (!state)
+                return;
+        if (same_file(p, state, c->path)) {
+                if (index == SIZE_MAX)
+                        yaml_error(p, state_at, "state_file: '%s' is the same file as the policy file",
+                                   state);
+                else
+                        yaml_error(
+                                p, state_at,
+                                "state_file: the state file of accounts[%zu] (%s) is the same file as the policy file",
+                                index, state);
+        }
+        if ((token = token_file_at(p, c, state)))
+                yaml_error(p, state_at, "state_file: '%s' is the access token file %s", state, token);
+        if (is_running_policy_name(state))
+                yaml_error(
+                        p, state_at,
+                        "state_file: '%s' has the name of the daemon's copy of its running policy (" RUNNING_POLICY_NAME
+                        ")",
+                        state);
+        if (!metrics_at)
+                return;
+        if (same_file(p, c->metrics_file, state)) {
+                if (index == SIZE_MAX)
+                        yaml_error(p, metrics_at, "metrics_file: '%s' is the same file as state_file",
+                                   c->metrics_file);
+                else
+                        yaml_error(
+                                p, metrics_at,
+                                "metrics_file: '%s' is the same file as the state file of accounts[%zu] (%s)",
+                                c->metrics_file, index, state);
+        }
+        if (is_lock_of(p, c->metrics_file, state))
+                yaml_error(p, metrics_at, "metrics_file: '%s' is the lock file of the state file %s",
+                           c->metrics_file, state);
+}
+
 /* The state and metrics files are replaced while the daemon runs: neither
  * may be the policy file itself or a token file, nor may the metrics file be
  * a state file (of any account) or its lock. */
@@ -144,47 +188,11 @@ void config_check_distinct_files(struct yaml_reader *p, yaml_node_t *root, const
         if (metrics_at && (token = token_file_at(p, c, c->metrics_file)))
                 yaml_error(p, metrics_at, "metrics_file: '%s' is the access token file %s", c->metrics_file,
                            token);
-        /* Each account's state file (the single form's is state_file itself). */
-        for (size_t i = 0; i < c->n_accounts; i++) {
-                const struct config *a = c->accounts[i];
-                const char *state = a->state_file;
-
-                if (!state)
-                        continue;
-                if (same_file(p, state, c->path)) {
-                        if (!a->account)
-                                yaml_error(p, state_at,
-                                           "state_file: '%s' is the same file as the policy file", state);
-                        else
-                                yaml_error(
-                                        p, state_at,
-                                        "state_file: the state file of accounts[%zu] (%s) is the same file as the policy file",
-                                        i, state);
-                }
-                if ((token = token_file_at(p, c, state)))
-                        yaml_error(p, state_at, "state_file: '%s' is the access token file %s", state,
-                                   token);
-                if (is_running_policy_name(state))
-                        yaml_error(
-                                p, state_at,
-                                "state_file: '%s' has the name of the daemon's copy of its running policy (" RUNNING_POLICY_NAME
-                                ")",
-                                state);
-                if (!metrics_at)
-                        continue;
-                if (same_file(p, c->metrics_file, state)) {
-                        if (!a->account)
-                                yaml_error(p, metrics_at,
-                                           "metrics_file: '%s' is the same file as state_file",
-                                           c->metrics_file);
-                        else
-                                yaml_error(
-                                        p, metrics_at,
-                                        "metrics_file: '%s' is the same file as the state file of accounts[%zu] (%s)",
-                                        c->metrics_file, i, state);
-                }
-                if (is_lock_of(p, c->metrics_file, state))
-                        yaml_error(p, metrics_at, "metrics_file: '%s' is the lock file of the state file %s",
-                                   c->metrics_file, state);
-        }
+        /* state_file itself (the single form's account's, and in the
+         * accounts: form the name each account's file is made from), then
+         * each named account's. */
+        check_state_file(p, c, c->state_file, SIZE_MAX, state_at, metrics_at);
+        for (size_t i = 0; i < c->n_accounts; i++)
+                if (c->accounts[i]->account)
+                        check_state_file(p, c, c->accounts[i]->state_file, i, state_at, metrics_at);
 }

@@ -96,7 +96,9 @@ struct config {
          * loaded as one account named "default" (its `account` is NULL);
          * with `accounts:`, one per entry. The top level has no policies,
          * appkey or token file of its own: code past config_load() reads
-         * them from an account, and never asks which form the file had.
+         * them from an account. An account the file does not name (the
+         * single form's) has a NULL `account`, which only picks its
+         * credential's name and the wording of messages.
          * Each entry is owned here until taken. */
         struct config **accounts;
         size_t n_accounts;

@@ -24,6 +24,8 @@ const char *decide_outcome_to_string(enum decide_outcome o) {
                 return "deferred";
         case DECIDE_SENT:
                 return "sent";
+        case DECIDE_OUTCOMES:
+                break;
         }
         return "?";
 }

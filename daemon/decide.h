@@ -36,6 +36,7 @@ enum decide_outcome {
         DECIDE_BACKING_OFF, /* due, waits after an earlier failure */
         DECIDE_DEFERRED,    /* due, beyond max_closes_per_cycle */
         DECIDE_SENT,        /* a re-decision: its close already went out this cycle */
+        DECIDE_OUTCOMES     /* the number of outcomes; keep last */
 };
 
 struct decide_row {

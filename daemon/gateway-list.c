@@ -77,25 +77,26 @@ static bool has_repeated_field(const cJSON *item) {
         return false;
 }
 
-/* Reads one entry of Sessions[]. Returns NULL, or why the entry does not
- * have the documented shape (static text). */
+/* Why an optional string field makes its entry malformed. */
+enum field_problem { FIELD_OK, FIELD_NOT_STRING, FIELD_NOT_USABLE };
+
 /* An optional string field: absent, null or empty is NULL (the list does
  * not say: an empty project is no project anyone can protect or select);
  * another type, or a string no id may be, makes the entry malformed.
- * Borrowed from the parsed document. */
-static const char *optional_id(const cJSON *item, const char *name, char **ret) {
+ * Borrowed from the parsed document (take_entry() copies it). */
+static enum field_problem optional_id(const cJSON *item, const char *name, char **ret) {
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(item, name);
 
         *ret = NULL;
         if (!v || cJSON_IsNull(v))
-                return NULL;
+                return FIELD_OK;
         if (!cJSON_IsString(v))
-                return "is not a string";
+                return FIELD_NOT_STRING;
         if (gateway_id_problem(v->valuestring, strlen(v->valuestring)))
-                return "is not a usable id";
+                return FIELD_NOT_USABLE;
         if (v->valuestring[0])
                 *ret = v->valuestring;
-        return NULL;
+        return FIELD_OK;
 }
 
 /* The five fields that say which project or asset a session belongs to
@@ -117,12 +118,11 @@ static const char *parse_owner(const cJSON *item, struct session *s) {
         const cJSON *type = cJSON_GetObjectItemCaseSensitive(item, "CreateType");
 
         for (size_t i = 0; i < ELEMENTSOF(fields); i++) {
-                const char *why = optional_id(item, fields[i].name,
-                                              (char **) (void *) ((char *) s + fields[i].offset));
+                enum field_problem why = optional_id(item, fields[i].name,
+                                                     (char **) (void *) ((char *) s + fields[i].offset));
 
-                if (why)
-                        return strcmp(why, "is not a string") == 0 ? fields[i].not_string
-                                                                   : fields[i].not_usable;
+                if (why != FIELD_OK)
+                        return why == FIELD_NOT_STRING ? fields[i].not_string : fields[i].not_usable;
         }
         s->create_type = -1;
         if (type && !cJSON_IsNull(type) &&
@@ -131,6 +131,9 @@ static const char *parse_owner(const cJSON *item, struct session *s) {
         return NULL;
 }
 
+/* Reads one entry of Sessions[]. Returns NULL, or why the entry does not
+ * have the documented shape (static text). The strings of s are borrowed
+ * from the parsed entry until take_entry() copies them. */
 static const char *parse_session(const cJSON *item, struct session *s) {
         const cJSON *id, *user, *status;
 
@@ -146,7 +149,6 @@ static const char *parse_session(const cJSON *item, struct session *s) {
         status = cJSON_GetObjectItemCaseSensitive(item, "SessionStatus");
         if (!cJSON_IsString(id) || !id->valuestring[0])
                 return "SessionId is not a non-empty string";
-        /* Borrowed from the parsed document, which the list keeps. */
         s->session_id = id->valuestring;
         if (scan_has_cut_marker(item))
                 return "a field is nested more than 100 levels deep";

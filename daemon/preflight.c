@@ -434,7 +434,10 @@ static int check_restart(struct report *rep, const struct config *c) {
                 note(rep, "note: the running policy's copy %s does not load; not compared", path);
                 goto out;
         }
-        if (running->n_accounts != c->n_accounts)
+        /* The single-gateway form's one account is unnamed: a change of
+         * form is a change of the list of accounts, as the count is. */
+        if (running->n_accounts != c->n_accounts ||
+            !running->accounts[0]->account != !c->accounts[0]->account)
                 what = "the list of accounts";
         else if ((what = config_restart_needed(c, running)) == NULL)
                 for (size_t i = 0; i < c->n_accounts && !what; i++)

@@ -127,12 +127,10 @@ void runner_set_state(struct runner *u, enum runner_state to);
 const char *runner_doing(const struct runner *u);
 int runner_account_token(const struct config *a, const struct credentials *previous,
                          struct credentials **ret, struct error *err);
-struct http_options runner_http_options(const struct config *c, uint64_t ha_lease_ms);
 void runner_log(const struct runner *u, int priority, const char *fmt, ...)
         __attribute__((format(printf, 3, 4)));
 void runner_schedule_next(struct runner *u, int64_t started_mono_ms, uint64_t retry_after_ms,
                           bool after_cycle);
-void runner_save_state(struct runner *u);
 void runner_apply_pending(struct runner *u);
 void runner_kick(struct runner *u);
 int64_t runner_sweep_earliest_ms(const struct runner *u);

@@ -52,7 +52,8 @@ void reclaimer_reload(struct reclaimer *r) {
                 goto done;
         }
         /* The top level's own keys that need a restart (ha:), against the
-         * file it runs with: with accounts, the top level kept from the start. */
+         * top level loaded at the start: r->top stays that one, since a
+         * reload that would change what it holds is refused. */
         what = config_restart_needed(top, r->top);
         if (what && strcmp(what, "ha") == 0) {
                 log_error(

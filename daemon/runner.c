@@ -32,7 +32,7 @@
 #define TRIM_AFTER_LIST_BYTES (1024 * 1024)
 
 void runner_set_state(struct runner *u, enum runner_state to) {
-        static const bool allowed[][4] = {
+        static const bool allowed[][RUNNER_DONE + 1] = {
                 [RUNNER_IDLE] = { [RUNNER_CYCLING] = true, [RUNNER_DONE] = true },
                 [RUNNER_CYCLING] = { [RUNNER_ENDED] = true },
                 [RUNNER_ENDED] = { [RUNNER_IDLE] = true, [RUNNER_DONE] = true },
@@ -98,7 +98,7 @@ int runner_account_token(const struct config *a, const struct credentials *previ
  * close sent while the lease is fresh (less than lease/3 after the last
  * confirmed keepalive) is over, answered or abandoned, before the lease can
  * expire and a standby take over. */
-struct http_options runner_http_options(const struct config *c, uint64_t ha_lease_ms) {
+static struct http_options runner_http_options(const struct config *c, uint64_t ha_lease_ms) {
         uint64_t timeout = c->gateway.timeout_ms;
 
         if (ha_lease_ms > 0 && timeout > ha_lease_ms * 2 / 3)
@@ -166,7 +166,7 @@ void runner_schedule_next(struct runner *u, int64_t started_mono_ms, uint64_t re
         ev_timer_start(u->r->loop, &u->poll_timer);
 }
 
-void runner_save_state(struct runner *u) {
+static void runner_save_state(struct runner *u) {
         bool dirty;
         int ret;
 

@@ -27,11 +27,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
         r = config_load(path, &c, &err);
         if (r == 0) {
-                if (err.message || !c || !c->gateway.appkey || !c->gateway.url || !c->state_file)
+                /* One shape: the global settings and at least one account,
+                 * each with an appkey, a URL, a state file and named policies. */
+                if (err.message || !c || c->n_accounts == 0 || c->n_policies != 0)
                         __builtin_trap();
-                for (size_t i = 0; i < c->n_policies; i++)
-                        if (!c->policies[i].name)
+                for (size_t a = 0; a < c->n_accounts; a++) {
+                        const struct config *acc = c->accounts[a];
+
+                        if (!acc->gateway.appkey || !acc->gateway.url || !acc->state_file)
                                 __builtin_trap();
+                        for (size_t i = 0; i < acc->n_policies; i++)
+                                if (!acc->policies[i].name)
+                                        __builtin_trap();
+                }
         } else if (!err.message || c) {
                 __builtin_trap(); /* every refusal says why, and returns nothing */
         }

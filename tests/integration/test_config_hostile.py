@@ -72,23 +72,34 @@ def same_project_ids(n=40000):
     """One project id listed 40k times: each pair used to be one error."""
     return "gateway: {appkey: k, project_ids: [" + ",".join(["p"] * n) + "]}\npolicies: []\n"
 
+
 # --check-config also looks for a token; these tests are about the file.
 CHECK_ENV = dict(os.environ, IVH_ACCESS_TOKEN="t0ken")
 
 
-class Hostile(unittest.TestCase):
+class CheckConfigFile(unittest.TestCase):
+    """A scratch directory with policy.yaml; check() writes it and runs
+    --check-config on it."""
+
+    max_size = None  # bytes; a hostile file must stay small to prove the point
+
     def setUp(self):
-        self.dir = tempfile.mkdtemp(prefix="ivh-hostile-")
+        self.dir = tempfile.mkdtemp(prefix="ivh-check-config-")
         self.addCleanup(shutil.rmtree, self.dir, ignore_errors=True)
         self.config_file = os.path.join(self.dir, "policy.yaml")
 
     def check(self, text, timeout=60):
         with open(self.config_file, "w") as f:
             f.write(text)
-        self.assertLess(os.path.getsize(self.config_file), 1024 * 1024)
+        if self.max_size is not None:
+            self.assertLess(os.path.getsize(self.config_file), self.max_size)
         # The timeout only keeps a regression from hanging the suite.
         return subprocess.run([BINARY, "--check-config", "--config", self.config_file], env=CHECK_ENV,
                               capture_output=True, text=True, timeout=timeout)
+
+
+class Hostile(CheckConfigFile):
+    max_size = 1024 * 1024
 
     def assertRefused(self, p, message):
         self.assertEqual(p.returncode, 78, p.stderr[:2000])
@@ -140,22 +151,11 @@ class Hostile(unittest.TestCase):
         self.assertRegex(p.stderr, r"more than 100 errors")
 
 
-class EmptySelector(unittest.TestCase):
-    def setUp(self):
-        self.dir = tempfile.mkdtemp(prefix="ivh-selector-")
-        self.addCleanup(shutil.rmtree, self.dir, ignore_errors=True)
-        self.config_file = os.path.join(self.dir, "policy.yaml")
-
-    def check(self, text):
-        with open(self.config_file, "w") as f:
-            f.write(text)
-        return subprocess.run([BINARY, "--check-config", "--config", self.config_file], env=CHECK_ENV,
-                              capture_output=True, text=True, timeout=60)
-
+class EmptySelector(CheckConfigFile):
     def test_empty_or_null_selector_is_refused(self):
         for value in ("[]", "", "~", "null"):
             with self.subTest(value=value):
-                p = self.check("gateway: {appkey: k}\npolicies:\n"
+                p = self.check(HEAD + "policies:\n"
                                "  - name: booth\n    kind: max_age\n    after: 2h\n"
                                "    user_ids: %s\n" % value)
                 self.assertEqual(p.returncode, 78, p.stderr)
@@ -163,32 +163,21 @@ class EmptySelector(unittest.TestCase):
                                  % re.escape(self.config_file))
 
     def test_empty_protect_list_is_allowed(self):
-        p = self.check("gateway: {appkey: k}\nprotect: {user_ids: [], session_ids: []}\npolicies: []\n")
+        p = self.check(HEAD + "protect: {user_ids: [], session_ids: []}\npolicies: []\n")
         self.assertEqual(p.returncode, 0, p.stderr)
 
 
-class MetricsFile(unittest.TestCase):
-    def setUp(self):
-        self.dir = tempfile.mkdtemp(prefix="ivh-metrics-")
-        self.addCleanup(shutil.rmtree, self.dir, ignore_errors=True)
-        self.config_file = os.path.join(self.dir, "policy.yaml")
-
-    def check(self, text):
-        with open(self.config_file, "w") as f:
-            f.write(text)
-        return subprocess.run([BINARY, "--check-config", "--config", self.config_file], env=CHECK_ENV,
-                              capture_output=True, text=True, timeout=60)
-
+class MetricsFile(CheckConfigFile):
     def test_metrics_file_is_the_state_file(self):
         state = os.path.join(self.dir, "state.json")
-        p = self.check("gateway: {appkey: k}\npolicies: []\nstate_file: %s\nmetrics_file: %s/./state.json\n"
+        p = self.check(HEAD + "policies: []\nstate_file: %s\nmetrics_file: %s/./state.json\n"
                        % (state, self.dir))
         self.assertEqual(p.returncode, 78, p.stderr)
         self.assertRegex(p.stderr, r"^%s:4:1: metrics_file: .*state_file" % re.escape(self.config_file))
 
     def test_metrics_file_is_the_policy_file(self):
         os.symlink(self.config_file, os.path.join(self.dir, "link.yaml"))
-        p = self.check("gateway: {appkey: k}\npolicies: []\nmetrics_file: %s/link.yaml\n" % self.dir)
+        p = self.check(HEAD + "policies: []\nmetrics_file: %s/link.yaml\n" % self.dir)
         self.assertEqual(p.returncode, 78, p.stderr)
         self.assertRegex(p.stderr, r"^%s:3:1: metrics_file: .*policy file" % re.escape(self.config_file))
 
@@ -200,7 +189,7 @@ class MetricsFile(unittest.TestCase):
         self.assertRegex(p.stderr, r"^%s:3:1: metrics_file: .*accounts\[0\]" % re.escape(self.config_file))
 
     def test_distinct_metrics_file_is_fine(self):
-        p = self.check("gateway: {appkey: k}\npolicies: []\nstate_file: %s/state.json\nmetrics_file: %s/m.prom\n"
+        p = self.check(HEAD + "policies: []\nstate_file: %s/state.json\nmetrics_file: %s/m.prom\n"
                        % (self.dir, self.dir))
         self.assertEqual(p.returncode, 0, p.stderr)
 

@@ -158,8 +158,9 @@ class AssetLists(DaemonTest):
         self.assertEqual(self.gw.closed_ids(), [])
 
 
-class RedTeam11(DaemonTest):
-    """What a red-team pass found in the first version of issue 11."""
+class HostileGatewayReplies(DaemonTest):
+    """Mistyped and junk list entries, and a gateway that throttles every close
+    (found by a red-team pass over the first version of issue 11)."""
 
     def test_mistyped_started_flag_is_never_acted_on(self):
         body = ('{"Header":{"Code":0,"Message":""},"Payload":{"Sessions":['
@@ -220,8 +221,10 @@ class RedTeam11(DaemonTest):
         self.assertEqual(run.summaries()[0]["fused"], "12")
 
 
-class RedTeam11Pace(DaemonTest):
-    """What a red-team pass found in the learnt pace (issue 11, second round)."""
+class ThrottlePauseAndPace(DaemonTest):
+    """A Retry-After or a slow pace holds later calls and later cycles; a
+    throttled or refused confirmation is a throttle or an auth failure (found
+    by a red-team pass over the learnt pace, issue 11)."""
 
     def test_a_retry_after_longer_than_the_cycle_holds_the_next_cycle_too(self):
         # Retry-After 6 s with poll_interval 2 s: the cycle gives the close up,

@@ -79,7 +79,9 @@ class Observability(DaemonTest):
         env["NOTIFY_SOCKET"] = self.notify.path
         env["IVH_ACCESS_TOKEN_PROD"] = env["IVH_ACCESS_TOKEN_STAGING"] = "t"
         p = self.start_daemon(env=env)
-        self.notify.wait_for(lambda m: any("failing to list" in x for x in m), "a status naming accounts")
+        # Each account's failure reaches STATUS= when its own cycle ends: wait for both.
+        self.notify.wait_for(lambda m: any("failing to list" in x and "prod" in x and "staging" in x for x in m),
+                             "a status naming both accounts")
         status = [x for x in self.statuses() if "failing to list" in x][-1]
         self.assertIn("failing to list: prod, staging", status)
         self.stop_daemon(p)

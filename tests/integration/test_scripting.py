@@ -255,8 +255,10 @@ class CheckConfigPreflight(CheckBase):
             self.assertEqual(f.read(), before)
 
 
-class RedTeam13(CheckBase):
-    """What the issue-13 red team broke in --check-config, and the modes."""
+class CheckConfigHostileSettings(CheckBase):
+    """--check-config against files it must not let the daemon overwrite, unsafe
+    token places, the sample appkey and a reload that needs a restart; the
+    modes exclude each other (found by the issue-13 red team)."""
 
     def config_with(self, **keys):
         self.write_config([("f", "failed", "1m")])

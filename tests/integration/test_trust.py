@@ -607,8 +607,11 @@ class HostileLists(DaemonTest):
             self.assertLess(int(p.stderr.strip().splitlines()[-1]), 64 * 1024, "peak RSS in KB")
 
 
-class RedTeam(DaemonTest):
-    """What the red team found in the first fix of issue 10."""
+class ConflictsResolvedSafely(DaemonTest):
+    """When inputs disagree, the safe side wins: list entries of one id, an
+    impossible state file, a second daemon on the same state, SIGUSR1 against
+    a Retry-After, a reload to dry run against queued closes (found by the red
+    team in the first fix of issue 10)."""
 
     def test_duplicate_ids_that_disagree_are_never_acted_on(self):
         body = ('{"Header":{"Code":0,"Message":""},"Payload":{"Sessions":['
