@@ -104,6 +104,8 @@ class Failover(DaemonTest):
         other = "beta" if first == "alpha" else "alpha"
         wait_for(lambda: crashed in self.closes(), timeout=10, what="the failed stream closed")
         wait_for(lambda: self.roles(other)[-1:] == ["standby"], timeout=5, what="a standby")
+        # The gateway records a close before the daemon has its reply and logs it.
+        wait_for(lambda: self.reclaimed_by(first), timeout=5, what="the leader's reclaim entry")
         self.assertEqual(self.reclaimed_by(first), [crashed])
         self.assertEqual(self.reclaimed_by(other), [])
         self.assertEqual(self.metric(first, 'ivh_leader{account="default"}'), "1")
@@ -121,6 +123,7 @@ class Failover(DaemonTest):
         due_in = max(0.0, 12 - (killed - t0))
         self.assertLessEqual(took, LEASE_S + 2 * POLL_S + 0.5,
                              "first close %.1f s after kill -9 (due in %.1f s)" % (took, due_in))
+        wait_for(lambda: self.reclaimed_by(other), timeout=5, what="the new leader's reclaim entry")
         self.assertEqual(self.reclaimed_by(other), [slow])
         self.assertEqual(self.roles(other)[-1], "leader")
         self.failover_s = took
