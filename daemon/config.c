@@ -212,29 +212,29 @@ static void note_appkey_position(struct yaml_reader *p, yaml_node_t *map, struct
 }
 
 /* The schema of the policy file: one row per key. Adding a key is a row here
- * (and, for an account-level override, a row in account_keys) plus its
+ * (and YAML_K_ACCOUNT in gateway_keys for a gateway key an account may
+ * set for itself) plus its
  * documentation in doc/ivh-reclaimd.yaml.5.scd (tests/check-docs.py checks
  * that it is there). Messages about a value name it as
  * PREFIX.KEY; defaults are written as in the file and read by the same
  * code. */
 
-#define GW(field) (offsetof(struct config, gateway) + offsetof(struct gateway_config, field))
-
 static const struct yaml_key gateway_keys[] = {
         { .name = "url",
           .type = YAML_T_STRING,
           .offset = offsetof(struct gateway_config, url),
-          .flags = YAML_K_INHERITED,
+          .flags = YAML_K_INHERITED | YAML_K_ACCOUNT,
           .def = CONFIG_DEFAULT_URL,
           .check = check_gateway_url },
         { .name = "appkey",
           .type = YAML_T_STRING,
           .offset = offsetof(struct gateway_config, appkey),
-          .flags = YAML_K_CHECK_PREFIX,
+          .flags = YAML_K_CHECK_PREFIX | YAML_K_ACCOUNT,
           .check = check_appkey },
         { .name = "accesstoken_file",
           .type = YAML_T_STRING_OR_NULL,
-          .offset = offsetof(struct gateway_config, accesstoken_file) },
+          .offset = offsetof(struct gateway_config, accesstoken_file),
+          .flags = YAML_K_ACCOUNT },
         { .name = "ca_file",
           .type = YAML_T_STRING_OR_NULL,
           .offset = offsetof(struct gateway_config, ca_file),
@@ -254,12 +254,16 @@ static const struct yaml_key gateway_keys[] = {
           .max = MAX_PARALLEL_LIMIT },
         { .name = "project_ids",
           .type = YAML_T_IDS,
-          .offset = offsetof(struct gateway_config, project_ids) },
-        { .name = "asset_vks", .type = YAML_T_IDS, .offset = offsetof(struct gateway_config, asset_vks) },
+          .offset = offsetof(struct gateway_config, project_ids),
+          .flags = YAML_K_ACCOUNT },
+        { .name = "asset_vks",
+          .type = YAML_T_IDS,
+          .offset = offsetof(struct gateway_config, asset_vks),
+          .flags = YAML_K_ACCOUNT },
         { .name = "max_rate",
           .type = YAML_T_RATE,
           .offset = offsetof(struct gateway_config, max_rate),
-          .flags = YAML_K_INHERITED },
+          .flags = YAML_K_INHERITED | YAML_K_ACCOUNT },
         {},
 };
 
@@ -466,24 +470,12 @@ static const struct yaml_key account_keys[] = {
           .offset = offsetof(struct config, account),
           .flags = YAML_K_CHECK_PREFIX,
           .check = check_account_name },
-        { .name = "appkey",
-          .type = YAML_T_STRING,
-          .offset = GW(appkey),
-          .flags = YAML_K_CHECK_PREFIX,
-          .check = check_appkey,
+        /* gateway_keys' rows flagged YAML_K_ACCOUNT, as gateway.KEY */
+        { .name = "(gateway keys of an account)",
+          .type = YAML_T_INLINE,
+          .offset = offsetof(struct config, gateway),
+          .section = gateway_keys,
           .where = "gateway" },
-        { .name = "accesstoken_file",
-          .type = YAML_T_STRING_OR_NULL,
-          .offset = GW(accesstoken_file),
-          .where = "gateway" },
-        { .name = "url",
-          .type = YAML_T_STRING,
-          .offset = GW(url),
-          .check = check_gateway_url,
-          .where = "gateway" },
-        { .name = "project_ids", .type = YAML_T_IDS, .offset = GW(project_ids), .where = "gateway" },
-        { .name = "asset_vks", .type = YAML_T_IDS, .offset = GW(asset_vks), .where = "gateway" },
-        { .name = "max_rate", .type = YAML_T_RATE, .offset = GW(max_rate), .where = "gateway" },
         { .name = "policies", .type = YAML_T_CUSTOM, .parse = parse_policies },
         { .name = "protect", .type = YAML_T_CUSTOM, .parse = parse_account_protect },
         {},

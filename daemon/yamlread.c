@@ -189,9 +189,16 @@ static const char *nearest_key(const char *key, const struct yaml_key *keys) {
         const char *best = NULL;
         size_t best_d = SIZE_MAX, limit = strlen(key) / 3 + 2;
 
-        for (; keys->name; keys++)
-                if (closer(key, keys->name, limit, &best_d))
-                        best = keys->name;
+        for (; keys->name; keys++) {
+                if (keys->type != YAML_T_INLINE) {
+                        if (closer(key, keys->name, limit, &best_d))
+                                best = keys->name;
+                        continue;
+                }
+                for (const struct yaml_key *k = keys->section; k->name; k++)
+                        if ((k->flags & YAML_K_ACCOUNT) && closer(key, k->name, limit, &best_d))
+                                best = k->name;
+        }
         return best;
 }
 
@@ -212,8 +219,16 @@ static char *key_list(const struct yaml_key *keys, char *buf, size_t n) {
         size_t off = 0;
 
         buf[0] = '\0';
-        for (; keys->name && off < n; keys++)
-                off += (size_t) snprintf(buf + off, n - off, "%s%s", off ? ", " : "", keys->name);
+        for (; keys->name && off < n; keys++) {
+                if (keys->type != YAML_T_INLINE) {
+                        off += (size_t) snprintf(buf + off, n - off, "%s%s", off ? ", " : "", keys->name);
+                        continue;
+                }
+                for (const struct yaml_key *k = keys->section; k->name && off < n; k++)
+                        if (k->flags & YAML_K_ACCOUNT)
+                                off += (size_t) snprintf(buf + off, n - off, "%s%s", off ? ", " : "",
+                                                         k->name);
+        }
         return buf;
 }
 
@@ -492,6 +507,8 @@ static bool read_value(struct yaml_reader *p, const char *where, yaml_node_t *v,
         case YAML_T_CUSTOM:
                 k->parse(p, where, v, base);
                 break;
+        case YAML_T_INLINE:
+                break; /* not a key: find_key() never returns one */
         }
         if (p->n_errors != before) {
                 /* As the file was always read: a string refused for a NUL
@@ -511,10 +528,26 @@ static bool read_value(struct yaml_reader *p, const char *where, yaml_node_t *v,
         return true;
 }
 
-static const struct yaml_key *find_key(const struct yaml_key *keys, const char *name) {
-        for (; keys->name; keys++)
-                if (strcmp(keys->name, name) == 0)
-                        return keys;
+/* The row of name in keys, inline rows included: *offset is where the
+ * row's struct starts in the mapping's, *where the prefix of its messages
+ * (NULL: the row's own .where, or the mapping's). */
+static const struct yaml_key *find_key(const struct yaml_key *keys, const char *name, size_t *offset,
+                                       const char **where) {
+        *offset = 0;
+        *where = NULL;
+        for (; keys->name; keys++) {
+                if (keys->type != YAML_T_INLINE) {
+                        if (strcmp(keys->name, name) == 0)
+                                return keys;
+                        continue;
+                }
+                for (const struct yaml_key *k = keys->section; k->name; k++)
+                        if ((k->flags & YAML_K_ACCOUNT) && strcmp(k->name, name) == 0) {
+                                *offset = keys->offset;
+                                *where = keys->where;
+                                return k;
+                        }
+        }
         return NULL;
 }
 
@@ -539,6 +572,8 @@ void yaml_walk(struct yaml_reader *p, const char *where, yaml_node_t *map, const
                 yaml_node_t *k = yaml_node(p, pair->key), *v = yaml_node(p, pair->value);
                 const char *key = k ? yaml_scalar(k) : NULL;
                 const struct yaml_key *known;
+                const char *inline_where;
+                size_t offset;
                 char value_where[160];
                 bool dup = false;
 
@@ -554,7 +589,7 @@ void yaml_walk(struct yaml_reader *p, const char *where, yaml_node_t *map, const
                         yaml_error(p, k, "%s: duplicate key '%s'", where, key);
                         continue;
                 }
-                known = find_key(keys, key);
+                known = find_key(keys, key, &offset, &inline_where);
                 if (!known) {
                         const char *near = nearest_key(key, keys);
                         char all[256];
@@ -567,13 +602,14 @@ void yaml_walk(struct yaml_reader *p, const char *where, yaml_node_t *map, const
                                            key_list(keys, all, sizeof all));
                         continue;
                 }
-                if (known->where)
-                        snprintf(value_where, sizeof value_where, "%s.%s", known->where, key);
+                if (inline_where || known->where)
+                        snprintf(value_where, sizeof value_where, "%s.%s",
+                                 inline_where ? inline_where : known->where, key);
                 else if (prefix)
                         snprintf(value_where, sizeof value_where, "%s.%s", prefix, key);
                 else
                         snprintf(value_where, sizeof value_where, "%s", key);
-                (void) read_value(p, value_where, v, known, base);
+                (void) read_value(p, value_where, v, known, (char *) base + offset);
         }
         if (seen.oom)
                 p->oom = true;
@@ -651,6 +687,7 @@ static int copy_field(const struct yaml_key *k, void *dst, const void *src, bool
                                 return -ENOMEM;
                 return 0;
         case YAML_T_CUSTOM:
+        case YAML_T_INLINE:
                 return 0;
         }
         return 0;

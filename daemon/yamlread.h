@@ -34,12 +34,18 @@ enum yaml_type {
         YAML_T_IDS,            /* struct glob_list without duplicates */
         YAML_T_SECTION,        /* a mapping of .section keys */
         YAML_T_CUSTOM,         /* .parse does it all, given the whole struct */
+        /* Not a key: the rows of .section flagged YAML_K_ACCOUNT are keys of
+         * this mapping too, read into base + .offset and named .where.KEY
+         * (an account's gateway keys, written beside its name). Its .name
+         * only keeps the table going; it matches no key. */
+        YAML_T_INLINE,
 };
 
 #define YAML_K_INHERITED    (1u << 0) /* an account starts from the top level's value */
 #define YAML_K_RESTART      (1u << 1) /* a reload cannot change it: the daemon must restart */
 #define YAML_K_NULL_OK      (1u << 2) /* YAML_T_SECTION: null means all defaults */
 #define YAML_K_CHECK_PREFIX (1u << 3) /* a string refused for a NUL is still .check()ed up to it */
+#define YAML_K_ACCOUNT      (1u << 4) /* offered by a YAML_T_INLINE row (set per account) */
 
 struct yaml_key;
 

@@ -114,6 +114,21 @@ def read(path):
         return f.read()
 
 
+def table_rows(body):
+    """The rows of a table's initializer body ("{ {...}, {...}, {} }")."""
+    rows, depth, start = [], 0, None
+    for i, ch in enumerate(body):
+        if ch == "{":
+            depth += 1
+            if depth == 2:
+                start = i
+        elif ch == "}":
+            if depth == 2 and start is not None:
+                rows.append(body[start:i + 1])
+            depth -= 1
+    return rows
+
+
 def code_keys(src):
     """{documented name: (file, table)} for every key of every yaml_key
     table, and the policy kinds {kind: file}."""
@@ -129,9 +144,17 @@ def code_keys(src):
                 prefix = TABLE_PREFIX[table]
             else:
                 prefix = re.sub(r"_keys$", "", table) + "."
-            for name in re.findall(r'\.name\s*=\s*"([^"]+)"', body):
+            for row in table_rows(body):
+                m_name = re.search(r'\.name\s*=\s*"([^"]+)"', row)
+                if not m_name or "YAML_T_INLINE" in row:
+                    continue  # the end row, or an inline row (its name is no key)
+                name = m_name.group(1)
                 doc = ("policies[]." + name) if prefix is None else prefix + name
                 keys[doc] = (rel, table)
+                # A gateway key an account may set for itself (YAML_T_INLINE
+                # in account_keys offers it as accounts[].KEY).
+                if "YAML_K_ACCOUNT" in row:
+                    keys["accounts[]." + name] = (rel, table)
         m = re.search(r"\bkind_names\s*\[\s*\]\s*=\s*\{", text)
         if m:
             body = text[m.end() - 1:matching_brace(text, m.end() - 1)]
