@@ -266,8 +266,7 @@ static int drop_duplicates(struct session_list *l) {
 /* Replaces the strings s borrows from the parsed document with copies of
  * its own; on failure, s owns nothing. */
 static int session_own_strings(struct session *s) {
-        char **fields[] = { &s->session_id,     &s->user_id,  &s->virtualman_type,
-                            &s->virtualman_key, &s->asset_vk, &s->project_id };
+        char **fields[] = SESSION_OWNED_STRINGS(s);
 
         for (size_t i = 0; i < ELEMENTSOF(fields); i++) {
                 if (!*fields[i] || (*fields[i] = strdup(*fields[i])))

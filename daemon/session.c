@@ -3,6 +3,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "util.h"
+
 const char *session_status_to_string(int status) {
         switch (status) {
         case SESSION_IN_PROGRESS:
@@ -19,12 +21,10 @@ const char *session_status_to_string(int status) {
 }
 
 void session_done(struct session *s) {
-        free(s->session_id);
-        free(s->user_id);
-        free(s->virtualman_type);
-        free(s->virtualman_key);
-        free(s->asset_vk);
-        free(s->project_id);
+        char **owned[] = SESSION_OWNED_STRINGS(s);
+
+        for (size_t i = 0; i < ELEMENTSOF(owned); i++)
+                free(*owned[i]);
 }
 
 /* What the entry and the list call say of one owner: NULL when neither
@@ -48,22 +48,24 @@ const char *session_asset(const struct session *s) {
         return owner(s->asset_vk, s->listed_asset_vk, &conflict);
 }
 
-/* A session listed per asset, or made from one (CreateType 1), is in no
- * project; one whose entry and list call disagree is in no known one. */
-bool session_project_known(const struct session *s) {
+/* Whether the list says the owner of one kind (this_type: the CreateType
+ * of a session made that way, 0 project, 1 asset): the entry and the call
+ * agree on one, or the session was made the other way, as CreateType or a
+ * listing of the other kind says (unless CreateType says this kind). Entry
+ * and call that disagree say nothing. */
+static bool owner_known(const char *entry, const char *call, const char *other_call, int create_type,
+                        int this_type) {
         bool conflict;
 
-        if (owner(s->project_id, s->listed_project_id, &conflict))
+        if (owner(entry, call, &conflict))
                 return true;
-        return !conflict && !s->project_id &&
-               (s->create_type == 1 || (s->listed_asset_vk && s->create_type != 0));
+        return !conflict && (create_type == 1 - this_type || (other_call && create_type != this_type));
+}
+
+bool session_project_known(const struct session *s) {
+        return owner_known(s->project_id, s->listed_project_id, s->listed_asset_vk, s->create_type, 0);
 }
 
 bool session_asset_known(const struct session *s) {
-        bool conflict;
-
-        if (owner(s->asset_vk, s->listed_asset_vk, &conflict))
-                return true;
-        return !conflict && !s->asset_vk &&
-               (s->create_type == 0 || (s->listed_project_id && s->create_type != 1));
+        return owner_known(s->asset_vk, s->listed_asset_vk, s->listed_project_id, s->create_type, 1);
 }

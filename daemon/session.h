@@ -54,6 +54,14 @@ bool session_project_known(const struct session *s);
  * listing per project says it was made from a project. */
 bool session_asset_known(const struct session *s);
 
+/* The addresses of the strings a session owns (each NULL when absent), as
+ * an array initializer: the one list that copying and freeing share. */
+#define SESSION_OWNED_STRINGS(s)                                                              \
+        {                                                                                     \
+                &(s)->session_id, &(s)->user_id, &(s)->virtualman_type, &(s)->virtualman_key, \
+                        &(s)->asset_vk, &(s)->project_id                                      \
+        }
+
 /* Frees what the session owns (its strings), not the session itself. */
 void session_done(struct session *s);
 

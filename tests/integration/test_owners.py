@@ -10,7 +10,20 @@ from harness import APPKEY, BINARY, DaemonTest
 from gateway_sim import IN_PROGRESS, STREAM_FAILED
 
 
-class Owners(DaemonTest):
+class OwnerTest(DaemonTest):
+    def policy_file(self, policies, gateway="", top="", timeout="2s", poll_interval="300ms"):
+        """Writes the policy file: gateway url, appkey and timeout, then the
+        lines of `gateway`; poll_interval, state_file, the lines of `top`;
+        the policies (lines of a YAML list)."""
+        text = ("gateway:\n  url: %s\n  appkey: %s\n  timeout: %s\n%s"
+                "poll_interval: %s\nstate_file: %s\n%s"
+                "policies:\n%s") % (self.url, APPKEY, timeout, gateway, poll_interval, self.state_file, top,
+                                    policies)
+        with open(self.config_file, "w") as f:
+            f.write(text)
+
+
+class Owners(OwnerTest):
     def setUp(self):
         super().setUp()
         gw = self.gw
@@ -24,11 +37,7 @@ class Owners(DaemonTest):
         self.live = gw.add_session("live", IN_PROGRESS, project_id="kiosk-a")
 
     def config(self, policies, protect=""):
-        text = ("gateway:\n  url: %s\n  appkey: %s\n  timeout: 2s\n"
-                "poll_interval: 300ms\nstate_file: %s\n%s"
-                "policies:\n%s") % (self.url, APPKEY, self.state_file, protect, policies)
-        with open(self.config_file, "w") as f:
-            f.write(text)
+        self.policy_file(policies, top=protect)
 
     def test_select_by_project_glob_and_by_asset_protect_by_project(self):
         self.config("  - {name: kiosks, kind: failed, after: 0s, project_ids: ['kiosk-*']}\n"
@@ -74,11 +83,9 @@ class Owners(DaemonTest):
     def test_listing_per_project_states_the_project(self):
         # The entries say nothing, but each session came from its project's call.
         self.gw.owner_fields = False
-        text = ("gateway:\n  url: %s\n  appkey: %s\n  timeout: 2s\n  project_ids: [flagship, kiosk-a]\n"
-                "poll_interval: 300ms\nstate_file: %s\nprotect:\n  project_ids: [flagship]\n"
-                "policies:\n  - {name: f, kind: failed, after: 0s}\n") % (self.url, APPKEY, self.state_file)
-        with open(self.config_file, "w") as f:
-            f.write(text)
+        self.policy_file("  - {name: f, kind: failed, after: 0s}\n",
+                         gateway="  project_ids: [flagship, kiosk-a]\n",
+                         top="protect:\n  project_ids: [flagship]\n")
         run = self.run_daemon("--once")
         self.assertEqual(run.returncode, 0, run)
         self.assertCountEqual(self.gw.closed_ids(), self.kiosk_a)
@@ -138,7 +145,7 @@ class HostileOwners(DaemonTest):
         self.assertNotIn(b, self.gw.closed_ids())
 
 
-class CloudClosesOnItsOwn(DaemonTest):
+class CloudClosesOnItsOwn(OwnerTest):
     """The cloud closes an idle started session by itself: one that goes
     between the daemon's list and its close is already_closed, never a
     failure, and never retried."""
@@ -148,11 +155,8 @@ class CloudClosesOnItsOwn(DaemonTest):
         gw.idle_disconnect_s, gw.idle_close_s = 1.0, 1.5   # seconds on the simulator's clock
         sid = gw.add_session("idle", IN_PROGRESS, started=True)
         gw.latency = 2.0    # the list is answered 2 s after it was read: the close comes later
-        text = ("gateway:\n  url: %s\n  appkey: %s\n  timeout: 10s\n"
-                "poll_interval: 30s\nstate_file: %s\nrecheck_before_close: false\n"
-                "policies:\n  - {name: old, kind: max_age, after: 0s}\n") % (self.url, APPKEY, self.state_file)
-        with open(self.config_file, "w") as f:
-            f.write(text)
+        self.policy_file("  - {name: old, kind: max_age, after: 0s}\n", timeout="10s", poll_interval="30s",
+                         top="recheck_before_close: false\n")
         run = self.run_daemon("--once")
         self.assertEqual(run.returncode, 0, run)
         self.assertEqual(gw.idle_closed, [sid])
@@ -173,17 +177,13 @@ class CloudClosesOnItsOwn(DaemonTest):
         self.assertEqual(doc["Header"]["Code"], 100001)
 
 
-class OwnerRedTeam(DaemonTest):
+class OwnerRedTeam(OwnerTest):
     """What the issue-22 red team found: each would close a session a protect
     rule should keep, or stop reclaiming without a word."""
 
     def protect_flagship(self, policies="  - {name: all, kind: max_age, after: 0s}\n", gateway_extra=""):
-        text = ("gateway:\n  url: %s\n  appkey: %s\n  timeout: 2s\n%s"
-                "poll_interval: 300ms\nstate_file: %s\nrecheck_before_close: false\n"
-                "protect:\n  project_ids: [flagship]\n"
-                "policies:\n%s") % (self.url, APPKEY, gateway_extra, self.state_file, policies)
-        with open(self.config_file, "w") as f:
-            f.write(text)
+        self.policy_file(policies, gateway=gateway_extra,
+                         top="recheck_before_close: false\nprotect:\n  project_ids: [flagship]\n")
 
     def list_body(self, entries):
         return ('{"Header": {"Code": 0, "Message": ""}, "Payload": {"ReqId": "x", "Sessions": [%s]}}'
@@ -230,12 +230,9 @@ class OwnerRedTeam(DaemonTest):
     def test_a_session_listed_by_two_calls_is_never_acted_on(self):
         self.gw.owner_fields = False
         a = self.gw.add_session("a", IN_PROGRESS, project_id="kiosk")
-        text = ("gateway:\n  url: %s\n  appkey: %s\n  timeout: 2s\n  project_ids: [kiosk]\n"
-                "  asset_vks: [vip-a]\npoll_interval: 300ms\nstate_file: %s\nrecheck_before_close: false\n"
-                "protect:\n  asset_vks: ['vip-*']\n"
-                "policies:\n  - {name: all, kind: max_age, after: 0s}\n") % (self.url, APPKEY, self.state_file)
-        with open(self.config_file, "w") as f:
-            f.write(text)
+        self.policy_file("  - {name: all, kind: max_age, after: 0s}\n",
+                         gateway="  project_ids: [kiosk]\n  asset_vks: [vip-a]\n",
+                         top="recheck_before_close: false\nprotect:\n  asset_vks: ['vip-*']\n")
         # The asset listing names the same session too.
         body = self.list_body(['{"SessionId": "%s", "UserId": "a", "SessionStatus": 1, '
                                '"IsSessionStarted": true}' % a])
