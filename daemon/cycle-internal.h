@@ -75,6 +75,7 @@ struct project_list {
         struct cycle *cycle;
         const char *endpoint;   /* listsessionofprojectid or listsessionofassetvk */
         const char *what;       /* "project" or "asset" */
+        bool asset;             /* listsessionofassetvk: project_id is an asset key */
         const char *project_id; /* the project id or asset key, borrowed from the config */
         struct session_list *list;
 };

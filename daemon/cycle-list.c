@@ -69,7 +69,7 @@ static void on_project_list_reply(const struct http_response *resp, void *userda
         /* The project (asset) of every session this call listed is known
          * from the call, whatever its entry says or omits. */
         for (size_t i = 0; ret >= 0 && i < pl->list->n; i++) {
-                if (strcmp(pl->what, "asset") == 0)
+                if (pl->asset)
                         pl->list->items[i].listed_asset_vk = pl->project_id;
                 else
                         pl->list->items[i].listed_project_id = pl->project_id;
@@ -127,6 +127,7 @@ int cycle_list_start(struct cycle *c, cycle_listed_fn done) {
                         .cycle = c,
                         .endpoint = asset ? "listsessionofassetvk" : "listsessionofprojectid",
                         .what = asset ? "asset" : "project",
+                        .asset = asset,
                         .project_id = asset ? assets->items[i - projects->n] : projects->items[i],
                 };
                 r = cycle_post(c, pl->endpoint, asset ? "AssetVirtualmanKey" : "VirtualmanProjectId",

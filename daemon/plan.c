@@ -54,6 +54,7 @@ static const char *unknown_owner_note(const struct config *c, const struct sessi
 
 static void fill_row(struct row *row, const struct config *c, const struct session *s, bool known,
                      const struct decide_row *d) {
+        const char *unknown_owner = d->outcome == DECIDE_PROTECTED ? unknown_owner_note(c, s) : NULL;
         char buf[32];
 
         sanitize_printable(s->session_id, row->id, sizeof row->id);
@@ -73,8 +74,8 @@ static void fill_row(struct row *row, const struct config *c, const struct sessi
         row->note[0] = '\0';
         if (s->status == SESSION_CLOSED)
                 snprintf(row->note, sizeof row->note, "already closed");
-        else if (d->outcome == DECIDE_PROTECTED && unknown_owner_note(c, s))
-                snprintf(row->note, sizeof row->note, "%s", unknown_owner_note(c, s));
+        else if (unknown_owner)
+                snprintf(row->note, sizeof row->note, "%s", unknown_owner);
         else if (!d->policy && d->outcome == DECIDE_PROTECTED)
                 snprintf(row->note, sizeof row->note, "a protect rule matches (no policy selects it)");
         else if (!d->policy)
