@@ -3,6 +3,8 @@
 #include <errno.h>
 #include <stdio.h>
 
+#include "util.h"
+
 #define RETRY_AFTER_CAP_MS (5 * 60 * 1000)
 
 uint64_t reply_retry_after_cap_ms(uint64_t poll_interval_ms) {
@@ -51,7 +53,7 @@ const char *reply_code_name(long code) {
                 { -101002, "image download failed" },
         };
 
-        for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        for (size_t i = 0; i < ELEMENTSOF(names); i++)
                 if (names[i].code == code)
                         return names[i].name;
         return NULL;
