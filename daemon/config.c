@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "fileio.h"
+#include "notify-event.h"
 #include "util.h"
 #include "config-internal.h"
 #include "strmap.h"
@@ -267,6 +268,85 @@ static const struct yaml_key gateway_keys[] = {
         {},
 };
 
+static void check_notify_url(struct yaml_reader *p, const char *where, yaml_node_t *v, void *field) {
+        check_url(p, v, where, *(char **) field);
+}
+
+static void check_notify_format(struct yaml_reader *p, const char *where, yaml_node_t *v, void *field) {
+        static const char *const formats[] = { "json", "slack" };
+        const char *s = *(char **) field, *hint;
+
+        if (strcmp(s, "json") == 0 || strcmp(s, "slack") == 0)
+                return;
+        hint = yaml_nearest_word(s, formats, ELEMENTSOF(formats));
+        yaml_error(p, v, "%s: expected json or slack, got '%s'%s%s%s", where, s,
+                   hint ? ", did you mean '" : "", hint ? hint : "", hint ? "'?" : "");
+}
+
+static void check_notify_events(struct yaml_reader *p, const char *where, yaml_node_t *v, void *field) {
+        const struct glob_list *l = field;
+
+        if (l->n == 0)
+                yaml_error(p, v, "%s: is empty, which would send nothing; omit events to send every event",
+                           where);
+        for (size_t i = 0; i < l->n; i++) {
+                const char *hint;
+
+                if (notify_type_from_string(l->items[i]) >= 0)
+                        continue;
+                hint = yaml_nearest_word(l->items[i], notify_type_names, NOTIFY_TYPES);
+                yaml_error(
+                        p, v,
+                        "%s: unknown event '%s' (events: reclaimed, would_reclaim, due_soon, close_failed, reclaiming_stopped, reclaiming_resumed)%s%s%s",
+                        where, l->items[i], hint ? ", did you mean '" : "", hint ? hint : "",
+                        hint ? "'?" : "");
+        }
+}
+
+/* notify: every key may change on reload. */
+static const struct yaml_key notify_keys[] = {
+        { .name = "url",
+          .type = YAML_T_STRING,
+          .offset = offsetof(struct notify_config, url),
+          .check = check_notify_url },
+        { .name = "secret_file",
+          .type = YAML_T_STRING_OR_NULL,
+          .offset = offsetof(struct notify_config, secret_file) },
+        { .name = "ca_file",
+          .type = YAML_T_STRING_OR_NULL,
+          .offset = offsetof(struct notify_config, ca_file) },
+        { .name = "format",
+          .type = YAML_T_STRING,
+          .offset = offsetof(struct notify_config, format),
+          .def = "json",
+          .check = check_notify_format },
+        { .name = "events",
+          .type = YAML_T_IDS,
+          .offset = offsetof(struct notify_config, events),
+          .check = check_notify_events },
+        { .name = "due_soon",
+          .type = YAML_T_DURATION,
+          .offset = offsetof(struct notify_config, due_soon_ms),
+          .def = "0s" },
+        { .name = "timeout",
+          .type = YAML_T_DURATION,
+          .offset = offsetof(struct notify_config, timeout_ms),
+          .def = "10s",
+          .min = MIN_TIMEOUT_MS },
+        { .name = "max_queue",
+          .type = YAML_T_UINT,
+          .offset = offsetof(struct notify_config, max_queue),
+          .def = "10000",
+          .min = 1,
+          .max = 100000 },
+        { .name = "max_age",
+          .type = YAML_T_DURATION,
+          .offset = offsetof(struct notify_config, max_age_ms),
+          .def = "24h",
+          .min = 60000 },
+        {},
+};
+
 static const struct yaml_key fuse_keys[] = {
         { .name = "max_share",
           .type = YAML_T_SHARE,
@@ -341,6 +421,11 @@ static const struct yaml_key top_keys[] = {
           .offset = offsetof(struct config, metrics_file) },
         { .name = "accounts", .type = YAML_T_CUSTOM, .parse = parse_later },
         { .name = "ha", .type = YAML_T_CUSTOM, .parse = parse_ha },
+        { .name = "notify",
+          .type = YAML_T_SECTION,
+          .offset = offsetof(struct config, notify),
+          .flags = YAML_K_INHERITED,
+          .section = notify_keys },
         {},
 };
 
@@ -478,6 +563,11 @@ static const struct yaml_key account_keys[] = {
           .where = "gateway" },
         { .name = "policies", .type = YAML_T_CUSTOM, .parse = parse_policies },
         { .name = "protect", .type = YAML_T_CUSTOM, .parse = parse_account_protect },
+        /* over the top level's notify:, key by key */
+        { .name = "notify",
+          .type = YAML_T_SECTION,
+          .offset = offsetof(struct config, notify),
+          .section = notify_keys },
         {},
 };
 
@@ -604,6 +694,15 @@ static struct config *account_new(struct yaml_reader *p, const struct config *to
         return a;
 }
 
+/* A notify: section needs a url, its own or inherited. */
+static void require_notify_url(struct yaml_reader *p, yaml_node_t *map, const struct config *c,
+                               const char *where) {
+        yaml_node_t *v = yaml_find(p, map, "notify");
+
+        if (v && !c->notify.url && v->type == YAML_MAPPING_NODE)
+                yaml_error(p, v, "%s%snotify: needs a url", where ? where : "", where ? "." : "");
+}
+
 static void parse_accounts(struct yaml_reader *p, yaml_node_t *n, struct config *top) {
         static const char *const required[] = { "name", "appkey", "policies", NULL };
         struct strindex names;
@@ -644,6 +743,7 @@ static void parse_accounts(struct yaml_reader *p, yaml_node_t *n, struct config 
                 snprintf(at, sizeof at, "accounts[%zu]", i);
                 yaml_walk(p, at, item, account_keys, a, at);
                 yaml_require(p, at, item, required);
+                require_notify_url(p, item, a, at);
                 note_appkey_position(p, item, &a->gateway);
                 if (!a->account)
                         continue;
@@ -706,6 +806,7 @@ static void parse_document(struct yaml_reader *p, yaml_node_t *root, void *userd
         yaml_walk(p, "top level", root, top_keys, c, NULL);
         if (root->type != YAML_MAPPING_NODE)
                 return;
+        require_notify_url(p, root, c, NULL);
         accounts = yaml_find(p, root, "accounts");
         gateway = yaml_find(p, root, "gateway");
         if (!accounts) {

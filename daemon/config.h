@@ -63,6 +63,19 @@ struct ha_config {
         char *key_prefix;  /* the election key is key_prefix + "leader" */
 };
 
+/* notify: webhook events (notify.h). Enabled when url is set. */
+struct notify_config {
+        char *url;
+        char *secret_file;       /* NULL: the credential notify-secret, then $IVH_NOTIFY_SECRET */
+        char *ca_file;           /* NULL: the system trust store */
+        char *format;            /* "json" or "slack" */
+        struct glob_list events; /* event names; empty: all */
+        uint64_t due_soon_ms;    /* 0: no due_soon events */
+        uint64_t timeout_ms;
+        unsigned max_queue;
+        uint64_t max_age_ms;
+};
+
 struct fuse_config {
         double max_share;      /* of the live sessions, 0 < x <= 1 */
         unsigned min_sessions; /* the fuse trips only above this many */
@@ -89,6 +102,7 @@ struct config {
         struct glob_list protect_asset_vks;
         struct policy *policies;
         size_t n_policies;
+        struct notify_config notify;
         struct ha_config ha; /* top level only; accounts share the process's role */
         /* Always at least one: one complete configuration per account (its
          * own gateway, token source, policies, protect lists and state file;

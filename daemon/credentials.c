@@ -11,9 +11,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "fileio.h"
 #include "util.h"
 
-#define TOKEN_MAX_SIZE 4096
+#define TOKEN_MAX_SIZE           4096
+#define NOTIFY_SECRET_CREDENTIAL "notify-secret"
+#define NOTIFY_SECRET_ENV        "IVH_NOTIFY_SECRET"
 
 /* Accepts the token with surrounding white space trimmed; it must then be
  * non-empty printable ASCII without spaces. */
@@ -83,7 +86,7 @@ static ssize_t read_token_fd(int fd, char *buf) {
  * followed by a later open, which another process could swap in between).
  * O_NONBLOCK: a FIFO at the path cannot block start-up; it is then refused as
  * not a regular file. The token never appears in a message. */
-static int load_file(const char *path, struct credentials *c, struct error *err) {
+static int load_file(const char *path, const char *what, struct credentials *c, struct error *err) {
         char raw[TOKEN_MAX_SIZE + 1];
         struct stat st;
         ssize_t len = 0;
@@ -92,16 +95,16 @@ static int load_file(const char *path, struct credentials *c, struct error *err)
         fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
         if (fd < 0) {
                 r = -errno;
-                (void) error_set(err, 0, "access token file %s: %s", path, strerror(-r));
+                (void) error_set(err, 0, "%s file %s: %s", what, path, strerror(-r));
                 return r;
         }
         if (fstat(fd, &st) < 0) {
                 r = -errno;
-                (void) error_set(err, 0, "access token file %s: %s", path, strerror(-r));
+                (void) error_set(err, 0, "%s file %s: %s", what, path, strerror(-r));
                 goto out;
         }
         if (!S_ISREG(st.st_mode)) {
-                (void) error_set(err, 0, "access token file %s is not a regular file (it is %s)", path,
+                (void) error_set(err, 0, "%s file %s is not a regular file (it is %s)", what, path,
                                  file_type(st.st_mode));
                 r = -EINVAL;
                 goto out;
@@ -109,8 +112,8 @@ static int load_file(const char *path, struct credentials *c, struct error *err)
         if (st.st_mode & S_IROTH) {
                 (void) error_set(
                         err, 0,
-                        "access token file %s is readable by others (mode %04o); refusing it: run 'chmod o-r %s'",
-                        path, (unsigned) (st.st_mode & 07777), path);
+                        "%s file %s is readable by others (mode %04o); refusing it: run 'chmod o-r %s'",
+                        what, path, (unsigned) (st.st_mode & 07777), path);
                 r = -EPERM;
                 goto out;
         }
@@ -121,14 +124,14 @@ static int load_file(const char *path, struct credentials *c, struct error *err)
                 r = len < 0 ? (int) len : 0;
         }
         if (r < 0) {
-                (void) error_set(err, 0, "access token file %s: %s", path,
+                (void) error_set(err, 0, "%s file %s: %s", what, path,
                                  r == -EFBIG ? "larger than 4 KiB" : strerror(-r));
                 goto out;
         }
         /* A NUL byte would silently end the token early. */
         r = memchr(raw, '\0', (size_t) len) ? -EBADMSG : token_take(raw, &c->token);
         if (r < 0) {
-                (void) error_set(err, 0, "access token file %s: %s", path,
+                (void) error_set(err, 0, "%s file %s: %s", what, path,
                                  r == -ENODATA   ? "is empty"
                                  : r == -EBADMSG ? "contains white space or non-printable characters"
                                                  : strerror(-r));
@@ -177,9 +180,9 @@ int credentials_load(const struct gateway_config *g, const struct credentials *p
                 snprintf(path, sizeof path, "%s/%s", dir, cred_name);
         env = getenv(env_name);
         if (g->accesstoken_file) {
-                r = load_file(g->accesstoken_file, c, err);
+                r = load_file(g->accesstoken_file, "access token", c, err);
         } else if (dir && *dir && access(path, F_OK) == 0) {
-                r = load_file(path, c, err);
+                r = load_file(path, "access token", c, err);
         } else if (env) {
                 size_t len = strlen(env);
                 char *raw = strdup(env);
@@ -233,4 +236,83 @@ void credentials_free(struct credentials *c) {
         }
         free(c->path);
         free(c);
+}
+
+/* The shipped unit's SetCredential= default for a missing secret file: not
+ * a secret (it has spaces), and worth its own message. */
+static bool is_unit_placeholder(const char *path) {
+        char *data = NULL;
+        size_t len = 0;
+        bool r = read_file_full(path, 64, &data, &len) == 0 && strcmp(data, NOTIFY_SECRET_PLACEHOLDER) == 0;
+
+        if (data)
+                explicit_bzero(data, len);
+        free(data);
+        return r;
+}
+
+int credentials_load_notify_secret(const struct notify_config *n, struct credentials **env_cache,
+                                   struct credentials **ret, struct error *err) {
+        const char *dir = getenv("CREDENTIALS_DIRECTORY");
+        char path[PATH_MAX];
+        struct credentials *c = calloc(1, sizeof *c);
+        char *env = getenv(NOTIFY_SECRET_ENV);
+        int r;
+
+        if (!c)
+                return -ENOMEM;
+        if (dir && *dir)
+                snprintf(path, sizeof path, "%s/%s", dir, NOTIFY_SECRET_CREDENTIAL);
+        /* Read once per process: every account and every reload after
+         * this one find it in *env_cache, since it is wiped now. */
+        if (env && env_cache && !*env_cache) {
+                struct credentials *e = calloc(1, sizeof *e);
+                size_t len = strlen(env);
+                char *raw = strdup(env);
+
+                r = e && raw ? token_take(raw, &e->token) : -ENOMEM;
+                if (raw) {
+                        explicit_bzero(raw, len);
+                        free(raw);
+                }
+                explicit_bzero(env, len);
+                unsetenv(NOTIFY_SECRET_ENV);
+                if (r < 0) {
+                        credentials_free(e);
+                        credentials_free(c);
+                        return error_set(err, r == -ENOMEM ? r : -EINVAL, "%s: %s", NOTIFY_SECRET_ENV,
+                                         r == -ENODATA ? "is empty"
+                                         : r == -ENOMEM
+                                                 ? "out of memory"
+                                                 : "contains white space or non-printable characters");
+                }
+                snprintf(e->source, sizeof e->source, "environment variable %s", NOTIFY_SECRET_ENV);
+                e->from_env = true;
+                *env_cache = e;
+        }
+        if (n->secret_file)
+                r = load_file(n->secret_file, "notify secret", c, err);
+        else if (dir && *dir && access(path, F_OK) == 0 && is_unit_placeholder(path))
+                r = error_set(
+                        err, -ENOKEY,
+                        "no notify secret: the unit hands over %s as the credential '%s' (LoadCredential=), and that file does not exist; install it with mode 0600, or set notify.secret_file",
+                        NOTIFY_SECRET_UNIT_FILE, NOTIFY_SECRET_CREDENTIAL);
+        else if (dir && *dir && access(path, F_OK) == 0)
+                r = load_file(path, "notify secret", c, err);
+        else if (env_cache && *env_cache) {
+                c->token = strdup((*env_cache)->token);
+                r = c->token ? 0 : -ENOMEM;
+                memcpy(c->source, (*env_cache)->source, sizeof c->source);
+                c->from_env = true;
+        } else
+                r = error_set(
+                        err, -ENOKEY,
+                        "no notify secret: set notify.secret_file, provide the credential '%s' (LoadCredential=), or set %s (format: slack needs none)",
+                        NOTIFY_SECRET_CREDENTIAL, NOTIFY_SECRET_ENV);
+        if (r < 0) {
+                credentials_free(c);
+                return r;
+        }
+        *ret = c;
+        return 0;
 }

@@ -32,3 +32,18 @@ void credentials_free(struct credentials *c);
 /* The systemd credential's name for an account: "accesstoken", or
  * "accesstoken-NAME" for a named account. */
 void credentials_name(const char *account, char *buf, size_t n);
+
+/* The shipped unit: LoadCredential=notify-secret:NOTIFY_SECRET_UNIT_FILE,
+ * and SetCredential=notify-secret:NOTIFY_SECRET_PLACEHOLDER when it is missing. */
+#define NOTIFY_SECRET_UNIT_FILE   "/etc/ivh-reclaimd/notify-secret"
+#define NOTIFY_SECRET_PLACEHOLDER "no notify secret file"
+
+/* The webhook secret of notify: (format json): notify.secret_file, else
+ * $CREDENTIALS_DIRECTORY/notify-secret, else $IVH_NOTIFY_SECRET. The
+ * variable is read once per process, wiped, and kept in *env_cache (the
+ * caller's, freed with credentials_free()) for every account and reload
+ * after. Same rules as the token: a file readable by others is refused, the
+ * secret is printable ASCII without spaces, and never appears in a message.
+ * Returns 0 or a negative errno with err set (-ENOKEY: none found). */
+int credentials_load_notify_secret(const struct notify_config *n, struct credentials **env_cache,
+                                   struct credentials **ret, struct error *err);

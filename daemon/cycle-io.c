@@ -118,6 +118,42 @@ void cycle_auth_refused(struct cycle *c, const char *endpoint, const char *detai
                 endpoint, detail);
 }
 
+/* The webhook event of a reclaim's outcome: reclaimed, would_reclaim or
+ * close_failed (a close given up for this cycle); a skipped close says
+ * nothing. */
+static void notify_reclaim(struct cycle *c, const struct close_job *job, enum outcome outcome) {
+        const struct session *s = job->session;
+        enum notify_type t;
+
+        switch (outcome) {
+        case OUTCOME_CLOSED:
+        case OUTCOME_ALREADY_CLOSED:
+                t = NOTIFY_RECLAIMED;
+                break;
+        case OUTCOME_DRY_RUN:
+                t = NOTIFY_WOULD_RECLAIM;
+                break;
+        case OUTCOME_FAILED:
+                t = NOTIFY_CLOSE_FAILED;
+                break;
+        default:
+                return;
+        }
+        notify_session(c->env.notify, t,
+                       &(struct notify_session){
+                               .session_id = s->session_id,
+                               .user_id = s->user_id,
+                               .policy = job->policy->name,
+                               .policy_kind = policy_kind_to_string(job->policy->kind),
+                               .outcome = outcome_names[outcome],
+                               .project_id = session_project(s),
+                               .asset_vk = session_asset(s),
+                               .age_sec = job->age_ms / 1000,
+                               .session_status = s->status,
+                               .dry_run = outcome == OUTCOME_DRY_RUN,
+                       });
+}
+
 void cycle_log_reclaim(struct close_job *job, enum outcome outcome, const char *detail) {
         struct cycle *c = job->cycle;
         const struct session *s = job->session;
@@ -162,6 +198,9 @@ void cycle_log_reclaim(struct close_job *job, enum outcome outcome, const char *
         }
         sanitize_printable(s->session_id, id, sizeof id);
         sanitize_printable(s->user_id, user, sizeof user);
+        /* The webhook's queue has the event before the journal has the
+         * entry: a crash between the two loses nothing that was logged. */
+        notify_reclaim(c, job, outcome);
         if (metrics_reclaim(c->env.metrics, job->policy->name, outcome_names[outcome]) < 0)
                 cycle_log(c, LOG_WARNING, NULL, NULL, 0, "Out of memory counting a reclaim in the metrics");
 

@@ -14,6 +14,7 @@
 #include "http.h"
 #include "idset.h"
 #include "metrics.h"
+#include "notify.h"
 #include "retry.h"
 #include "state.h"
 #include "throttle.h"
@@ -35,6 +36,7 @@ struct cycle_env {
                             past poll_interval may wait for it */
         struct idset *malformed_logged; /* ids already warned about (owned by the runner) */
         bool plan;                      /* --plan: decide, then end; close nothing, record nothing */
+        struct notifier *notify;        /* notify: told of every reclaim after the fact; may be NULL */
         const struct ha *ha; /* ha: a standby closes nothing; a leader only while its lease is fresh */
         /* The result of the account's previous cycle under the same file, or
          * NULL (the first cycle after a start or a reload): a summary that

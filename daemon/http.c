@@ -325,6 +325,11 @@ static void http_free_now(struct http *h) {
 }
 
 int http_post_json(struct http *h, const char *url, const char *body, http_done_fn done, void *userdata) {
+        return http_post(h, url, body, NULL, done, userdata);
+}
+
+int http_post(struct http *h, const char *url, const char *body, const char *const *headers,
+              http_done_fn done, void *userdata) {
         struct request *req;
         CURLcode rc = CURLE_OK;
 
@@ -344,6 +349,12 @@ int http_post_json(struct http *h, const char *url, const char *body, http_done_
                 goto oom;
         {
                 struct curl_slist *t = curl_slist_append(req->headers, "Expect:");
+                if (!t)
+                        goto oom;
+                req->headers = t;
+        }
+        for (size_t i = 0; headers && headers[i]; i++) {
+                struct curl_slist *t = curl_slist_append(req->headers, headers[i]);
                 if (!t)
                         goto oom;
                 req->headers = t;

@@ -55,6 +55,13 @@ struct metrics {
         uint64_t state_writes_ok, state_writes_failed;
         uint64_t fused, deferred; /* in the last cycle */
         bool held_known;
+        /* notify: (rendered once the account has a notifier) */
+        bool notify_known;
+        uint64_t notify_events[NOTIFY_TYPES];
+        uint64_t notify_deliveries[_METRICS_DELIVERY_MAX];
+        uint64_t notify_dropped;
+        uint64_t notify_queue;
+        double notify_oldest_s;
 };
 
 int metrics_new(struct metrics **ret) {
@@ -166,6 +173,74 @@ void metrics_state_write(struct metrics *m, bool ok) {
                 m->state_writes_ok++;
         else
                 m->state_writes_failed++;
+}
+
+void metrics_notify_event(struct metrics *m, enum notify_type t) {
+        if (m && t < NOTIFY_TYPES)
+                m->notify_events[t]++;
+}
+
+void metrics_notify_delivery(struct metrics *m, enum metrics_delivery result) {
+        if (m && result < _METRICS_DELIVERY_MAX)
+                m->notify_deliveries[result]++;
+}
+
+void metrics_notify_dropped(struct metrics *m, size_t n) {
+        if (m)
+                m->notify_dropped += n;
+}
+
+void metrics_notify_queue(struct metrics *m, size_t events, double oldest_age_s) {
+        if (!m)
+                return;
+        m->notify_known = true;
+        m->notify_queue = events;
+        m->notify_oldest_s = oldest_age_s;
+}
+
+/* notify: the families of the accounts that have a notifier. */
+static void render_notify(FILE *f, const struct metrics *const *ms, const char *const *accounts, size_t n) {
+        static const char *const delivery_names[_METRICS_DELIVERY_MAX] = { "ok", "http_error",
+                                                                           "transport_error" };
+        bool any = false;
+
+        for (size_t a = 0; a < n; a++)
+                any |= ms[a]->notify_known;
+        if (!any)
+                return;
+        fprintf(f, "# HELP ivh_notify_events_total Webhook events queued, by type.\n"
+                   "# TYPE ivh_notify_events_total counter\n");
+        for (size_t a = 0; a < n; a++)
+                for (int t = 0; ms[a]->notify_known && t < NOTIFY_TYPES; t++)
+                        fprintf(f, "ivh_notify_events_total{account=\"%s\",type=\"%s\"} %llu\n", accounts[a],
+                                notify_type_names[t], (unsigned long long) ms[a]->notify_events[t]);
+        fprintf(f, "# HELP ivh_notify_deliveries_total Webhook requests, by result.\n"
+                   "# TYPE ivh_notify_deliveries_total counter\n");
+        for (size_t a = 0; a < n; a++)
+                for (int r = 0; ms[a]->notify_known && r < _METRICS_DELIVERY_MAX; r++)
+                        fprintf(f, "ivh_notify_deliveries_total{account=\"%s\",result=\"%s\"} %llu\n",
+                                accounts[a], delivery_names[r],
+                                (unsigned long long) ms[a]->notify_deliveries[r]);
+        fprintf(f, "# HELP ivh_notify_queue_events Webhook events waiting to be delivered.\n"
+                   "# TYPE ivh_notify_queue_events gauge\n");
+        for (size_t a = 0; a < n; a++)
+                if (ms[a]->notify_known)
+                        fprintf(f, "ivh_notify_queue_events{account=\"%s\"} %llu\n", accounts[a],
+                                (unsigned long long) ms[a]->notify_queue);
+        fprintf(f,
+                "# HELP ivh_notify_oldest_event_age_seconds Age of the oldest webhook event waiting; 0 when none waits.\n"
+                "# TYPE ivh_notify_oldest_event_age_seconds gauge\n");
+        for (size_t a = 0; a < n; a++)
+                if (ms[a]->notify_known)
+                        fprintf(f, "ivh_notify_oldest_event_age_seconds{account=\"%s\"} %.3f\n", accounts[a],
+                                ms[a]->notify_oldest_s);
+        fprintf(f,
+                "# HELP ivh_notify_dropped_total Webhook events dropped undelivered (notify.max_queue, notify.max_age).\n"
+                "# TYPE ivh_notify_dropped_total counter\n");
+        for (size_t a = 0; a < n; a++)
+                if (ms[a]->notify_known)
+                        fprintf(f, "ivh_notify_dropped_total{account=\"%s\"} %llu\n", accounts[a],
+                                (unsigned long long) ms[a]->notify_dropped);
 }
 
 /* The two samples of a counter split by result="ok" / result=failed_label. */
@@ -310,6 +385,7 @@ int metrics_render(const struct metrics_process *proc, const struct metrics *con
         for (size_t a = 0; a < n; a++)
                 render_ok_failed(f, "ivh_state_file_writes_total", accounts[a], "failed",
                                  ms[a]->state_writes_ok, ms[a]->state_writes_failed);
+        render_notify(f, ms, accounts, n);
 
         if (fclose(f) != 0 || !text) {
                 free(text);

@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "notify-event.h"
 #include "session.h"
 
 struct metrics;
@@ -33,6 +34,19 @@ void metrics_cycle(struct metrics *m, bool list_ok, int64_t now_wall_ms);
 /* Due sessions the last cycle held back: by the share fuse, and left for
  * later cycles (max_closes_per_cycle, a Retry-After, a stop). */
 void metrics_held(struct metrics *m, size_t fused, size_t deferred);
+
+/* notify: one event queued (by type), one delivery attempt (by result),
+ * events dropped undelivered, and the queue as it stands. */
+enum metrics_delivery {
+        METRICS_DELIVERY_OK,              /* a 2xx answer */
+        METRICS_DELIVERY_HTTP_ERROR,      /* any other status (a redirect included) */
+        METRICS_DELIVERY_TRANSPORT_ERROR, /* no answer: refused, timed out, TLS */
+        _METRICS_DELIVERY_MAX,
+};
+void metrics_notify_event(struct metrics *m, enum notify_type t);
+void metrics_notify_delivery(struct metrics *m, enum metrics_delivery result);
+void metrics_notify_dropped(struct metrics *m, size_t n);
+void metrics_notify_queue(struct metrics *m, size_t events, double oldest_age_s);
 
 /* What belongs to the process, not to an account. */
 struct metrics_process {

@@ -186,29 +186,29 @@ static bool in_credentials_directory(const char *path) {
         return n > 0 && strncmp(path, dir, n) == 0 && path[n] == '/';
 }
 
-static void check_token_file(struct report *rep, const struct config *a, const char *path) {
+static void check_secret_file(struct report *rep, const struct config *a, const char *path,
+                              const char *what) {
         char pre[160], *copy = strdup(path);
         struct stat st;
 
         /* Whoever may replace the file may hand the daemon another token. */
         if (copy && stat(dirname(copy), &st) == 0 && (st.st_mode & S_IWOTH) && !(st.st_mode & S_ISVTX))
-                problem(rep, "%saccess token file %s is in a directory that anyone may write",
-                        prefix(a, pre, sizeof pre), path);
+                problem(rep, "%s%s file %s is in a directory that anyone may write",
+                        prefix(a, pre, sizeof pre), what, path);
         free(copy);
 
         if (stat(path, &st) < 0) {
-                problem(rep, "%saccess token file %s: %s", prefix(a, pre, sizeof pre), path,
-                        strerror(errno));
+                problem(rep, "%s%s file %s: %s", prefix(a, pre, sizeof pre), what, path, strerror(errno));
                 return;
         }
         if (st.st_mode & 077)
                 problem(rep,
-                        "%saccess token file %s gives its group or others access (mode %04o); run 'chmod 0600 %s'",
-                        prefix(a, pre, sizeof pre), path, (unsigned) (st.st_mode & 07777), path);
+                        "%s%s file %s gives its group or others access (mode %04o); run 'chmod 0600 %s'",
+                        prefix(a, pre, sizeof pre), what, path, (unsigned) (st.st_mode & 07777), path);
         /* A systemd credential belongs to the service's user by design. */
         if (st.st_uid != 0 && st.st_uid != geteuid() && !in_credentials_directory(path))
-                problem(rep, "%saccess token file %s belongs to uid %u, neither root nor this user (uid %u)",
-                        prefix(a, pre, sizeof pre), path, (unsigned) st.st_uid, (unsigned) geteuid());
+                problem(rep, "%s%s file %s belongs to uid %u, neither root nor this user (uid %u)",
+                        prefix(a, pre, sizeof pre), what, path, (unsigned) st.st_uid, (unsigned) geteuid());
 }
 
 /* systemd 252 runs the unit's ExecReload= in a namespace where the
@@ -267,7 +267,7 @@ static int check_token(struct report *rep, const struct config *top, const struc
         if (r < 0)
                 problem(rep, "%s%s", prefix(a, pre, sizeof pre), error_message(&err));
         else if (creds->path)
-                check_token_file(rep, a, creds->path);
+                check_secret_file(rep, a, creds->path, "access token");
         if (r >= 0 && a->gateway.accesstoken_file && !getenv("CREDENTIALS_DIRECTORY") && geteuid() == 0)
                 note(rep,
                      "%snote: under the shipped unit the service runs as a dynamic user, which cannot read %s; leave accesstoken_file unset there and use LoadCredential=",
@@ -277,7 +277,46 @@ static int check_token(struct report *rep, const struct config *top, const struc
         return 0;
 }
 
-/* The directory of file, which the daemon writes files into. */
+/* notify: (format json) needs its secret, in a file only its owner reads;
+ * its ca_file must be readable. */
+static int check_notify(struct report *rep, const struct config *a, struct credentials **env_cache) {
+        struct credentials *secret = NULL;
+        struct error err = { 0 };
+        char pre[160];
+        int r;
+
+        if (!a->notify.url)
+                return 0;
+        if (a->notify.ca_file && !rep->reload && access(a->notify.ca_file, R_OK) < 0)
+                problem(rep, "%snotify.ca_file: %s: %s", prefix(a, pre, sizeof pre), a->notify.ca_file,
+                        strerror(errno));
+        if (strcmp(a->notify.format, "json") != 0)
+                return 0;
+        if (!a->notify.secret_file && credentials_hidden(rep)) {
+                note(rep,
+                     "%snotify secret: not checked: %s cannot be read by this reload command; the daemon checks it when it reloads",
+                     prefix(a, pre, sizeof pre), getenv("CREDENTIALS_DIRECTORY"));
+                return 0;
+        }
+        r = credentials_load_notify_secret(&a->notify, env_cache, &secret, &err);
+        if (r == -ENOMEM) {
+                error_done(&err);
+                return r;
+        }
+        if (r < 0)
+                problem(rep, "%s%s", prefix(a, pre, sizeof pre), error_message(&err));
+        else if (secret->path)
+                check_secret_file(rep, a, secret->path, "notify secret");
+        if (r >= 0 && a->notify.secret_file && !getenv("CREDENTIALS_DIRECTORY") && geteuid() == 0)
+                note(rep,
+                     "%snote: under the shipped unit the service runs as a dynamic user, which cannot read %s; leave notify.secret_file unset there and install %s, which the unit hands over (LoadCredential=)",
+                     prefix(a, pre, sizeof pre), a->notify.secret_file, NOTIFY_SECRET_UNIT_FILE);
+        error_done(&err);
+        credentials_free(secret);
+        return 0;
+}
+
+/* Whether the shipped unit lets the service write in dir. */
 static bool unit_writable(const char *dir) {
         return strcmp(dir, UNIT_STATE_DIRECTORY) == 0 || strcmp(dir, UNIT_METRICS_DIRECTORY) == 0;
 }
@@ -460,6 +499,7 @@ out:
 
 int preflight_check(const struct config *c, struct error *err, char **notes) {
         struct report rep = { 0 };
+        struct credentials *notify_env = NULL;
         const struct config *const *accounts = (const struct config *const *) c->accounts;
         size_t n = c->n_accounts;
         int r = 0;
@@ -478,6 +518,8 @@ int preflight_check(const struct config *c, struct error *err, char **notes) {
 
                 check_appkey(&rep, c, accounts[i]);
                 r = check_token(&rep, c, accounts[i]);
+                if (r >= 0)
+                        r = check_notify(&rep, accounts[i], &notify_env);
                 /* Accounts' state files usually share one directory: check it once. */
                 for (size_t j = 0; j < i && accounts[i]->state_file; j++) {
                         char *a = strdup(accounts[i]->state_file), *b = strdup(accounts[j]->state_file);
@@ -498,6 +540,7 @@ int preflight_check(const struct config *c, struct error *err, char **notes) {
                 r = check_restart(&rep, c);
         }
 out:
+        credentials_free(notify_env);
         if (rep.problems)
                 fclose(rep.problems);
         if (rep.notes)

@@ -36,6 +36,7 @@
 #include "gateway.h"
 #include "ha.h"
 #include "http.h"
+#include "notify.h"
 #include "reclaimer.h"
 #include "throttle.h"
 
@@ -71,7 +72,10 @@ struct runner {
         struct metrics *metrics;
         struct idset *malformed_logged;
         struct throttle throttle;
-        struct cycle *cycle; /* from CYCLING to ENDED */
+        struct cycle *cycle;                       /* from CYCLING to ENDED */
+        struct notifier *notify;                   /* notify: (runner-notify.c); NULL without */
+        struct credentials *notify_secret;         /* its secret (format json); NULL: none */
+        struct credentials *pending_notify_secret; /* with pending_config */
         /* Files a running cycle was handed by reloads (cycle_reconfigure())
          * and that a newer reload replaced: its jobs may point into them, so
          * they are freed with the cycle. */
@@ -106,9 +110,10 @@ struct reclaimer {
         bool unhealthy_logged;
         unsigned long cycles;
         size_t total_reclaimed;
-        struct ha *ha;        /* ha: the etcd election; NULL without */
-        bool releasing;       /* ha: stopped; waiting for the lease's revoke */
-        uint64_t ha_lease_ms; /* ha: the lease, which bounds every gateway request (2/3 of it) */
+        struct ha *ha;                  /* ha: the etcd election; NULL without */
+        bool releasing;                 /* ha: stopped; waiting for the lease's revoke */
+        uint64_t ha_lease_ms;           /* ha: the lease, which bounds every gateway request (2/3 of it) */
+        struct credentials *notify_env; /* $IVH_NOTIFY_SECRET, read once and wiped; NULL: not set */
 };
 
 /* Whether the account runs dry (--dry-run, or dry_run: in its file). */
@@ -136,6 +141,14 @@ void runner_kick(struct runner *u);
 int64_t runner_sweep_earliest_ms(const struct runner *u);
 int runner_init(struct reclaimer *r, struct runner *u, struct config *config, struct error *err);
 void runner_done(struct runner *u);
+
+/* runner-notify.c */
+int runner_notify_secret(struct reclaimer *r, const struct config *a, struct credentials **ret,
+                         struct error *err);
+bool runner_notify_active(const struct reclaimer *r);
+int runner_notify_start(struct runner *u, struct error *err);
+void runner_notify_reconfigure(struct runner *u);
+void runner_notify_cycle_ended(struct runner *u);
 
 /* status.c */
 void reclaimer_notify_status(struct reclaimer *r, struct runner *u);

@@ -45,6 +45,9 @@ static void ha_role_changed(struct ha *h, enum ha_role old, void *userdata) {
                         LOG_WARNING, MESSAGE_ID_HA_ROLE, f, ELEMENTSOF(f),
                         "HA: etcd cannot be reached by %s (was %s); nobody here closes anything until it answers",
                         ha_name(h), ha_role_to_string(old));
+        for (size_t i = 0; i < r->n_runners; i++)
+                if (r->runners[i].notify)
+                        notifier_set_active(r->runners[i].notify, runner_notify_active(r));
         reclaimer_write_metrics(r);
         if (r->cycles > 0)
                 reclaimer_notify_status(r, &r->runners[0]);
@@ -54,7 +57,7 @@ static void ha_role_changed(struct ha *h, enum ha_role old, void *userdata) {
 static void watchdog_cb(struct ev_loop *loop, ev_timer *w, int revents) {
         struct reclaimer *r = w->data;
         const char *reason = NULL;
-        const struct runner *stalled = NULL;
+        struct runner *stalled = NULL;
 
         (void) loop;
         (void) revents;
@@ -82,6 +85,8 @@ static void watchdog_cb(struct ev_loop *loop, ev_timer *w, int revents) {
                 sd_notify(0, "WATCHDOG=1");
                 r->unhealthy_logged = false;
         } else if (!r->unhealthy_logged) {
+                if (runner_notify_active(r))
+                        notify_reclaiming(stalled->notify, "stalled");
                 runner_log(
                         stalled, LOG_ERR,
                         "Reclaiming has stalled (%s): %s; withholding the watchdog ping so that systemd restarts the service",
@@ -328,6 +333,14 @@ int reclaimer_start(struct reclaimer *r) {
                 if (warning.message)
                         runner_log(u, LOG_WARNING, "%s", warning.message);
                 error_done(&warning);
+                /* The queue file is the state directory's too: opened
+                 * under the state file's lock. */
+                ret = runner_notify_start(u, &warning);
+                if (ret < 0) {
+                        runner_log(u, LOG_ERR, "Cannot start notifications: %s", error_message(&warning));
+                        error_done(&warning);
+                        return ret;
+                }
                 if (i == 0 && r->opt.mode != RECLAIMER_PLAN && !*state_boot_id(u->state))
                         log_warning(
                                 "Cannot read the boot id (/proc/sys/kernel/random/boot_id, nor $IVH_BOOT_ID): after a restart, first-seen times count from the wall clock once the gateway has accepted it, not from the boot-time clock");
@@ -396,6 +409,7 @@ void reclaimer_free(struct reclaimer *r) {
         for (size_t i = 0; i < r->n_runners; i++)
                 runner_done(&r->runners[i]);
         ha_free(r->ha);
+        credentials_free(r->notify_env);
         free(r->runners);
         config_free(r->top);
         free(r->metrics_file);

@@ -34,7 +34,7 @@ static void log_lines(int priority, const char *text) {
  * next cycle; on any error the running configuration stays, untouched. */
 void reclaimer_reload(struct reclaimer *r) {
         struct config *top = NULL;
-        struct credentials **creds = NULL;
+        struct credentials **creds = NULL, **secrets = NULL;
         struct error err = { 0 };
         char *metrics_file = NULL;
         const char *what;
@@ -78,12 +78,15 @@ void reclaimer_reload(struct reclaimer *r) {
                 }
         }
         creds = calloc(n, sizeof *creds);
-        if (!creds || (top->metrics_file && !(metrics_file = strdup(top->metrics_file)))) {
+        secrets = calloc(n, sizeof *secrets);
+        if (!creds || !secrets || (top->metrics_file && !(metrics_file = strdup(top->metrics_file)))) {
                 log_error("Reload failed: out of memory; the previous configuration stays in effect");
                 goto done;
         }
         for (size_t i = 0; i < n; i++) {
                 ret = runner_account_token(top->accounts[i], r->runners[i].creds, &creds[i], &err);
+                if (ret >= 0)
+                        ret = runner_notify_secret(r, top->accounts[i], &secrets[i], &err);
                 if (ret < 0) {
                         log_error("Reload failed: %s; the previous configuration stays in effect",
                                   error_message(&err));
@@ -97,8 +100,10 @@ void reclaimer_reload(struct reclaimer *r) {
         for (size_t i = 0; i < n; i++) {
                 struct runner *u = &r->runners[i];
                 struct config *old_pending = u->pending_config, **retired;
-                struct credentials *old_creds = u->pending_creds;
+                struct credentials *old_creds = u->pending_creds, *old_secret = u->pending_notify_secret;
 
+                u->pending_notify_secret = secrets[i];
+                secrets[i] = NULL;
                 u->pending_config = top->accounts[i];
                 top->accounts[i] = NULL;
                 u->pending_creds = creds[i];
@@ -132,6 +137,7 @@ void reclaimer_reload(struct reclaimer *r) {
                 }
                 config_free(old_pending);
                 credentials_free(old_creds);
+                credentials_free(old_secret);
         }
         free(r->metrics_file);
         r->metrics_file = metrics_file;
@@ -148,7 +154,10 @@ done:
                 reclaimer_notify_status(r, &r->runners[0]);
         for (size_t i = 0; creds && i < r->n_runners; i++)
                 credentials_free(creds[i]);
+        for (size_t i = 0; secrets && i < r->n_runners; i++)
+                credentials_free(secrets[i]);
         free(creds);
+        free(secrets);
         free(metrics_file);
         config_free(top);
         error_done(&err);

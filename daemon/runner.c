@@ -214,8 +214,10 @@ void runner_apply_pending(struct runner *u) {
                                 strerror(-ret));
                         config_free(u->pending_config);
                         credentials_free(u->pending_creds);
+                        credentials_free(u->pending_notify_secret);
                         u->pending_config = NULL;
                         u->pending_creds = NULL;
+                        u->pending_notify_secret = NULL;
                         return;
                 }
                 http_free(u->http); /* nothing is in flight between cycles */
@@ -223,8 +225,12 @@ void runner_apply_pending(struct runner *u) {
         }
         config_free(u->config);
         credentials_free(u->creds);
+        credentials_free(u->notify_secret);
         u->config = u->pending_config;
         u->creds = u->pending_creds;
+        u->notify_secret = u->pending_notify_secret;
+        u->pending_notify_secret = NULL;
+        runner_notify_reconfigure(u);
         throttle_configure(&u->throttle, u->config->gateway.max_parallel, u->config->gateway.max_rate,
                            now_mono_ms());
         u->pending_config = NULL;
@@ -293,6 +299,7 @@ static void start_cycle(struct runner *u) {
                 .throttle = &u->throttle,
                 .plan = r->opt.mode == RECLAIMER_PLAN,
                 .ha = r->ha,
+                .notify = r->opt.mode == RECLAIMER_PLAN ? NULL : u->notify,
                 .previous = u->last_comparable ? &u->last : NULL,
         };
         int ret;
@@ -389,6 +396,7 @@ static void finish_cycle(struct runner *u) {
                 check_clock(u);
         if (!u->last.list_failed)
                 runner_save_state(u);
+        runner_notify_cycle_ended(u);
         reclaimer_write_metrics(r);
         /* A large list leaves many small freed blocks in the heap: give the
          * memory back rather than keep the peak for the life of the daemon. */
@@ -482,6 +490,8 @@ int runner_init(struct reclaimer *r, struct runner *u, struct config *config, st
         ev_prepare_init(&u->advance_watcher, advance_cb);
         u->advance_watcher.data = u;
         ret = runner_account_token(config, NULL, &u->creds, err);
+        if (ret >= 0 && r->opt.mode != RECLAIMER_PLAN)
+                ret = runner_notify_secret(r, config, &u->notify_secret, err);
         if (ret < 0)
                 return ret;
         ret = http_new(r->loop, &hopt, &u->http);
@@ -507,6 +517,9 @@ void runner_done(struct runner *u) {
         http_free(u->http);
         cycle_free(u->cycle);
         free_retired(u);
+        notifier_free(u->notify);
+        credentials_free(u->notify_secret);
+        credentials_free(u->pending_notify_secret);
         if (u->state)
                 runner_save_state(u);
         state_free(u->state);

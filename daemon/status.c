@@ -12,6 +12,7 @@
 #include "duration.h"
 #include "log.h"
 #include "metrics.h"
+#include "notify.h"
 #include "throttle.h"
 #include "util.h"
 
@@ -75,12 +76,33 @@ static void account_problems(const struct reclaimer *r, char *buf, size_t n) {
         }
 }
 
+/* "; notifications to URL failing for 7m: HTTP 500" for each account
+ * whose receiver has failed for longer than max(5 min, 10 polls). */
+static const char *notify_problems(const struct reclaimer *r, char *buf, size_t n) {
+        size_t len = 0;
+
+        buf[0] = '\0';
+        for (size_t i = 0; i < r->n_runners && len < n; i++) {
+                char one[320];
+                const char *p = notifier_problem(r->runners[i].notify, one, sizeof one);
+                int k;
+
+                if (!p)
+                        continue;
+                k = snprintf(buf + len, n - len, "; %s%s%s",
+                             r->n_runners > 1 ? runner_account(&r->runners[i]) : "",
+                             r->n_runners > 1 ? ": " : "", p);
+                len += k > 0 ? (size_t) k : 0;
+        }
+        return buf;
+}
+
 /* STATUS= for `systemctl status`: one line about the last cycles, naming a
  * tripped share fuse, the accounts that fail to list, that are refused,
  * throttled or paused, and a failed reload. */
 void reclaimer_notify_status(struct reclaimer *r, struct runner *u) {
-        char every[32], when[32], failing[256], fused[256], extra[640], body[2048], role[192] = "",
-                                                                                    problems[768];
+        char every[32], when[32], failing[256], fused[256], extra[1024], notes[384], body[2048],
+                role[192] = "", problems[768];
         time_t t = (time_t) u->next_poll_wall_s;
         size_t listed = 0, reclaimed = 0, failed = 0, n_fused = 0, n_list_failed = 0;
         struct tm tm;
@@ -99,12 +121,13 @@ void reclaimer_notify_status(struct reclaimer *r, struct runner *u) {
         }
         accounts_where(r, list_failed, failing, sizeof failing);
         accounts_where(r, fuse_tripped, fused, sizeof fused);
-        snprintf(extra, sizeof extra, "%s%s%s%s%s%s%s", n_fused ? "; share fuse tripped: " : "",
+        snprintf(extra, sizeof extra, "%s%s%s%s%s%s%s%s", n_fused ? "; share fuse tripped: " : "",
                  n_fused ? fused : "",
                  r->reload_failed ? "; the last reload failed, the previous policy runs" : "",
                  r->metrics_error ? "; cannot write the metrics file " : "",
                  r->metrics_error ? r->metrics_file : "", r->metrics_error ? ": " : "",
-                 r->metrics_error ? strerror(r->metrics_error) : "");
+                 r->metrics_error ? strerror(r->metrics_error) : "",
+                 notify_problems(r, notes, sizeof notes));
         if (r->n_runners > 1) {
                 account_problems(r, problems, sizeof problems);
                 snprintf(
@@ -167,6 +190,7 @@ void reclaimer_write_metrics(struct reclaimer *r) {
         names = calloc(r->n_runners, sizeof *names);
         if (ms && names) {
                 for (size_t i = 0; i < r->n_runners; i++) {
+                        notifier_update_metrics(r->runners[i].notify);
                         ms[i] = r->runners[i].metrics;
                         names[i] = runner_account(&r->runners[i]);
                 }

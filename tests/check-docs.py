@@ -29,7 +29,7 @@ import sys
 KEY_PAGE = "doc/ivh-reclaimd.yaml.5.scd"
 # The sections of the key reference whose definition terms are keys, and
 # the one whose terms are the policy kinds.
-KEY_SECTIONS = ("TOP LEVEL", "GATEWAY", "FUSE", "PROTECT", "POLICIES", "ACCOUNTS", "HA")
+KEY_SECTIONS = ("TOP LEVEL", "GATEWAY", "FUSE", "PROTECT", "POLICIES", "ACCOUNTS", "NOTIFY", "HA")
 POLICY_SECTION = "POLICIES"
 KINDS_SECTION = "POLICY KINDS"
 # How the keys of a table are written in the reference. A table not named

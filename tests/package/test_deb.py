@@ -110,7 +110,7 @@ class Rules(unittest.TestCase):
     def test_alert_rules_are_valid(self):
         p = run("promtool", "check", "rules", os.path.join(SRC, "examples", "ivh-reclaimd.rules.yml"), check=False)
         self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
-        self.assertIn("SUCCESS: 6 rules found", p.stdout)
+        self.assertIn("SUCCESS: 7 rules found", p.stdout)
 
     @unittest.skipUnless(shutil.which("promtool"), "needs promtool (Debian package prometheus)")
     def test_rules_fire_on_the_metrics_the_daemon_writes(self):
@@ -133,6 +133,8 @@ tests:
         values: '0x10'
       - series: 'ivh_api_calls_total{account="default",endpoint="listsessionofuin",result="auth_error"}'
         values: '0+1x10'
+      - series: 'ivh_notify_oldest_event_age_seconds{account="default"}'
+        values: '0+60x30'
     alert_rule_test:
       - eval_time: 10m
         alertname: IvhReclaimdNotPolling
@@ -162,6 +164,16 @@ tests:
             exp_annotations:
               summary: "The IVH gateway refuses ivh-reclaimd's credentials for account default"
               description: "Check gateway.appkey, the access token and the clock; journalctl -t ivh-reclaimd MESSAGE_ID=d1f0b64d5da24960a3fff63a226ec244."
+      - eval_time: 14m
+        alertname: IvhReclaimdNotifyQueueStale
+        exp_alerts: []
+      - eval_time: 25m
+        alertname: IvhReclaimdNotifyQueueStale
+        exp_alerts:
+          - exp_labels: {severity: warning, account: default}
+            exp_annotations:
+              summary: "ivh-reclaimd's webhook events for account default have waited 25m 0s"
+              description: "The application is not told of reclaims. Read journalctl -u ivh-reclaimd | grep -i notif; see ivh_notify_deliveries_total."
 """)
         p = run("promtool", "test", "rules", "test.yml", cwd=tmp, check=False)
         self.assertEqual(p.returncode, 0, p.stdout + p.stderr)

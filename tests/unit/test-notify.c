@@ -1,0 +1,289 @@
+/* The webhook's pure parts: the signature (checked against openssl dgst
+ * -hmac), the event and batch bodies, and the durable queue file: what a
+ * restart, a torn write and a compaction leave in it. */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "notify-event.h"
+#include "notify-queue.h"
+
+/* printf '%s' '1700000000.{"events":[]}' | openssl dgst -sha256 -hmac whsec_test */
+static void test_signature_vector(void **state) {
+        char sig[NOTIFY_SIGNATURE_LEN + 1];
+
+        (void) state;
+        assert_int_equal(notify_sign("whsec_test", "1700000000", "{\"events\":[]}", sig), 0);
+        assert_string_equal(sig, "sha256=4f6f9b7a41398ad124e52a1320534f978e522923f3f2b2724e31d7a9dbf78a7f");
+}
+
+static void test_types_round_trip(void **state) {
+        (void) state;
+        for (int t = 0; t < NOTIFY_TYPES; t++)
+                assert_int_equal(notify_type_from_string(notify_type_to_string((enum notify_type) t)), t);
+        assert_int_equal(notify_type_from_string("reclaim"), -1);
+        assert_int_equal(notify_type_from_string(NULL), -1);
+}
+
+static void test_event_fields(void **state) {
+        struct notify_session s = {
+                .session_id = "m1",
+                .user_id = "u\"1\n",
+                .policy = "stale",
+                .policy_kind = "max_age",
+                .outcome = "closed",
+                .age_sec = 3600,
+                .session_status = 1,
+        };
+        char *json = NULL, id[NOTIFY_ID_LEN + 1];
+        cJSON *e;
+
+        (void) state;
+        assert_int_equal(notify_new_id(id), 0);
+        assert_int_equal(strlen(id), NOTIFY_ID_LEN);
+        assert_int_equal(
+                notify_event_render(NOTIFY_RECLAIMED, id, 1796476201894, "default", &s, NULL, &json), 0);
+        e = cJSON_Parse(json);
+        assert_non_null(e);
+        assert_string_equal(cJSON_GetObjectItem(e, "id")->valuestring, id);
+        assert_string_equal(cJSON_GetObjectItem(e, "type")->valuestring, "reclaimed");
+        assert_string_equal(cJSON_GetObjectItem(e, "time")->valuestring, "2026-12-05T13:10:01.894Z");
+        assert_string_equal(cJSON_GetObjectItem(e, "user_id")->valuestring, "u\"1\n");
+        assert_int_equal(cJSON_GetObjectItem(e, "age_sec")->valueint, 3600);
+        assert_int_equal(cJSON_GetObjectItem(e, "session_status")->valueint, 1);
+        assert_true(cJSON_IsFalse(cJSON_GetObjectItem(e, "dry_run")));
+        /* unknown owner: left out, not null */
+        assert_null(cJSON_GetObjectItem(e, "project_id"));
+        assert_null(cJSON_GetObjectItem(e, "due_at"));
+        cJSON_Delete(e);
+        free(json);
+
+        s.outcome = NULL;
+        s.due_at_wall_ms = 1796476501000;
+        assert_int_equal(notify_event_render(NOTIFY_DUE_SOON, id, 1796476201000, "a", &s, NULL, &json), 0);
+        e = cJSON_Parse(json);
+        assert_string_equal(cJSON_GetObjectItem(e, "due_at")->valuestring, "2026-12-05T13:15:01.000Z");
+        assert_null(cJSON_GetObjectItem(e, "outcome"));
+        cJSON_Delete(e);
+        free(json);
+
+        assert_int_equal(
+                notify_event_render(NOTIFY_RECLAIMING_STOPPED, id, 0, "a", NULL, "failing to list", &json),
+                0);
+        e = cJSON_Parse(json);
+        assert_string_equal(cJSON_GetObjectItem(e, "reason")->valuestring, "failing to list");
+        assert_null(cJSON_GetObjectItem(e, "session_id"));
+        cJSON_Delete(e);
+        free(json);
+}
+
+static void test_bodies(void **state) {
+        char *events[2] = { NULL, NULL }, *body = NULL;
+        struct notify_session s = { .session_id = "m1",
+                                    .user_id = "<!channel> & <https://evil|click>",
+                                    .policy = "p",
+                                    .policy_kind = "failed",
+                                    .outcome = "closed" };
+        cJSON *b;
+
+        (void) state;
+        assert_int_equal(notify_event_render(NOTIFY_RECLAIMED, "id-1", 0, "default", &s, NULL, &events[0]),
+                         0);
+        assert_int_equal(notify_event_render(NOTIFY_RECLAIMING_RESUMED, "id-2", 0, "default", NULL,
+                                             "stalled", &events[1]),
+                         0);
+        assert_int_equal(notify_body_json(events, 2, &body), 0);
+        b = cJSON_Parse(body);
+        assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(b, "events")), 2);
+        assert_string_equal(
+                cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(b, "events"), 1), "id")
+                        ->valuestring,
+                "id-2");
+        cJSON_Delete(b);
+        free(body);
+
+        assert_int_equal(notify_body_slack(events, 2, &body), 0);
+        b = cJSON_Parse(body);
+        {
+                const char *text = cJSON_GetObjectItem(b, "text")->valuestring;
+
+                assert_non_null(strstr(text, "reclaimed session m1"));
+                assert_non_null(strstr(text, "&lt;!channel&gt; &amp; &lt;https://evil|click&gt;"));
+                assert_null(strstr(text, "<!channel>"));
+                assert_non_null(
+                        strstr(text, "\nivh-reclaimd, account default: reclaiming resumed (was: stalled)"));
+        }
+        cJSON_Delete(b);
+        free(body);
+
+        /* Not JSON: refused, not sent half-made. */
+        free(events[1]);
+        events[1] = strdup("{broken");
+        assert_int_equal(notify_body_json(events, 2, &body), -EINVAL);
+        assert_int_equal(notify_body_slack(events, 2, &body), -EINVAL);
+        free(events[0]);
+        free(events[1]);
+}
+
+struct dir {
+        char path[64];
+        char file[96];
+};
+
+static void make_dir(struct dir *d) {
+        strcpy(d->path, "/tmp/ivh-test-notify-XXXXXX");
+        assert_non_null(mkdtemp(d->path));
+        snprintf(d->file, sizeof d->file, "%s/q.notify.jsonl", d->path);
+}
+
+static void remove_dir(struct dir *d) {
+        char cmd[128];
+
+        snprintf(cmd, sizeof cmd, "rm -rf %s", d->path);
+        assert_int_equal(system(cmd), 0);
+}
+
+static void push(struct notify_queue *q, const char *id, int64_t at) {
+        char json[128];
+
+        snprintf(json, sizeof json, "{\"id\":\"%s\",\"type\":\"reclaimed\"}", id);
+        assert_int_equal(notify_queue_push(q, id, json, at), 0);
+        assert_int_equal(q->write_error, 0);
+}
+
+static void append(const char *file, const char *text) {
+        FILE *f = fopen(file, "a");
+
+        assert_non_null(f);
+        fputs(text, f);
+        fclose(f);
+}
+
+/* What was pushed and not popped comes back after a "restart", in order. */
+static void test_queue_survives_reopen(void **state) {
+        struct notify_queue q;
+        struct dir d;
+        struct stat st;
+
+        (void) state;
+        make_dir(&d);
+        assert_int_equal(notify_queue_open(&q, d.file, NULL), 0);
+        push(&q, "a", 1000);
+        push(&q, "b", 2000);
+        push(&q, "c", 3000);
+        notify_queue_pop(&q, 1);
+        /* kill -9 here: no close, no sync */
+        assert_int_equal(stat(d.file, &st), 0);
+        assert_int_equal(st.st_mode & 0777, 0600);
+        {
+                struct notify_queue q2;
+
+                assert_int_equal(notify_queue_open(&q2, d.file, NULL), 0);
+                assert_int_equal(q2.n, 2);
+                assert_string_equal(notify_queue_at(&q2, 0)->id, "b");
+                assert_int_equal(notify_queue_at(&q2, 0)->queued_wall_ms, 2000);
+                assert_string_equal(notify_queue_at(&q2, 1)->id, "c");
+                assert_non_null(strstr(notify_queue_at(&q2, 1)->json, "\"c\""));
+                /* reopening compacted the file: two lines, both live */
+                assert_int_equal(q2.lines, 2);
+                notify_queue_close(&q2);
+        }
+        notify_queue_close(&q);
+        remove_dir(&d);
+}
+
+/* A torn last line (power loss mid-write) and junk lines are skipped and
+ * counted; an event written twice counts once. */
+static void test_queue_skips_torn_and_junk(void **state) {
+        struct notify_queue q;
+        struct dir d;
+
+        (void) state;
+        make_dir(&d);
+        append(d.file, "{\"at\":1,\"event\":{\"id\":\"x\",\"type\":\"reclaimed\"}}\n"
+                       "not json\n"
+                       "{\"at\":2,\"event\":{\"id\":\"x\",\"type\":\"reclaimed\"}}\n"
+                       "{\"at\":3,\"event\":{\"type\":\"no id\"}}\n"
+                       "{\"at\":4,\"event\":{\"id\":\"y\",\"type\":\"recl");
+        assert_int_equal(notify_queue_open(&q, d.file, NULL), 3);
+        assert_int_equal(q.n, 1);
+        assert_string_equal(notify_queue_at(&q, 0)->id, "x");
+        notify_queue_close(&q);
+        remove_dir(&d);
+}
+
+/* Many deliveries: the file is rewritten with the live events only, and
+ * stays small. */
+static void test_queue_compacts(void **state) {
+        struct notify_queue q;
+        struct dir d;
+        struct stat st;
+        char id[16];
+
+        (void) state;
+        make_dir(&d);
+        assert_int_equal(notify_queue_open(&q, d.file, NULL), 0);
+        for (int i = 0; i < 5000; i++) {
+                snprintf(id, sizeof id, "e%d", i);
+                push(&q, id, i);
+                if (i % 2 == 1)
+                        notify_queue_pop(&q, 2);
+        }
+        push(&q, "last", 9999);
+        assert_int_equal(q.n, 1);
+        assert_true(q.lines < 2 * 1000 + 10);
+        assert_int_equal(stat(d.file, &st), 0);
+        assert_true(st.st_size < 200 * 1024);
+        notify_queue_close(&q);
+        assert_int_equal(notify_queue_open(&q, d.file, NULL), 0);
+        assert_int_equal(q.n, 1);
+        assert_string_equal(notify_queue_at(&q, 0)->id, "last");
+        notify_queue_close(&q);
+        remove_dir(&d);
+}
+
+/* A queue file that cannot be written: the events live in memory and the
+ * failure is reported, nothing is lost while the process runs. */
+static void test_queue_unwritable(void **state) {
+        struct notify_queue q;
+        struct dir d;
+        char file[128];
+
+        (void) state;
+        make_dir(&d);
+        snprintf(file, sizeof file, "%s/missing/q.jsonl", d.path);
+        assert_true(notify_queue_open(&q, file, NULL) < 0);
+        notify_queue_close(&q);
+        /* a FIFO is refused, not read (it would block) */
+        snprintf(file, sizeof file, "%s/fifo", d.path);
+        assert_int_equal(mkfifo(file, 0600), 0);
+        assert_true(notify_queue_open(&q, file, NULL) < 0);
+        notify_queue_close(&q);
+        remove_dir(&d);
+}
+
+int main(void) {
+        const struct CMUnitTest tests[] = {
+                cmocka_unit_test(test_signature_vector),
+                cmocka_unit_test(test_types_round_trip),
+                cmocka_unit_test(test_event_fields),
+                cmocka_unit_test(test_bodies),
+                cmocka_unit_test(test_queue_survives_reopen),
+                cmocka_unit_test(test_queue_skips_torn_and_junk),
+                cmocka_unit_test(test_queue_compacts),
+                cmocka_unit_test(test_queue_unwritable),
+        };
+
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}
