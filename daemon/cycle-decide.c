@@ -152,16 +152,17 @@ static void log_unknown_owners(struct cycle *c) {
                         assets);
 }
 
-/* notify.due_soon: each session a timer policy will close within the
+/* A new round of the events said once (notify_once()), then
+ * notify.due_soon: each session a timer policy will close within the
  * window is announced once, with when. Only where closes happen (not a
  * standby), and never for a session a protect rule keeps. */
 static void announce_due_soon(struct cycle *c) {
         uint64_t window = notifier_due_soon_ms(c->env.notify);
         int64_t now = now_wall_ms();
 
+        notify_new_round(c->env.notify);
         if (window == 0 || (c->env.ha && ha_role(c->env.ha) != HA_LEADER))
                 return;
-        notify_due_soon_begin(c->env.notify);
         for (size_t i = 0; i < c->list->n; i++) {
                 const struct decide_row *row = &c->decision.rows[i];
                 const struct session *s = &c->list->items[i];
@@ -173,21 +174,20 @@ static void announce_due_soon(struct cycle *c) {
                 left = row->policy->after_ms - row->age_ms;
                 if (left > window)
                         continue;
-                notify_due_soon(c->env.notify,
-                                &(struct notify_session){
-                                        .session_id = s->session_id,
-                                        .user_id = s->user_id,
-                                        .policy = row->policy->name,
-                                        .policy_kind = policy_kind_to_string(row->policy->kind),
-                                        .project_id = session_project(s),
-                                        .asset_vk = session_asset(s),
-                                        .age_sec = row->age_ms / 1000,
-                                        .session_status = s->status,
-                                        .dry_run = c->env.dry_run,
-                                        .due_at_wall_ms = now + (int64_t) left,
-                                });
+                notify_once(c->env.notify, NOTIFY_DUE_SOON,
+                            &(struct notify_session){
+                                    .session_id = s->session_id,
+                                    .user_id = s->user_id,
+                                    .policy = row->policy->name,
+                                    .policy_kind = policy_kind_to_string(row->policy->kind),
+                                    .project_id = session_project(s),
+                                    .asset_vk = session_asset(s),
+                                    .age_sec = row->age_ms / 1000,
+                                    .session_status = s->status,
+                                    .dry_run = c->env.dry_run,
+                                    .due_at_wall_ms = now + (int64_t) left,
+                            });
         }
-        notify_due_soon_end(c->env.notify);
 }
 
 static int run_decide(struct cycle *c, struct decide_result *ret) {

@@ -139,19 +139,22 @@ static void notify_reclaim(struct cycle *c, const struct close_job *job, enum ou
         default:
                 return;
         }
-        notify_session(c->env.notify, t,
-                       &(struct notify_session){
-                               .session_id = s->session_id,
-                               .user_id = s->user_id,
-                               .policy = job->policy->name,
-                               .policy_kind = policy_kind_to_string(job->policy->kind),
-                               .outcome = outcome_names[outcome],
-                               .project_id = session_project(s),
-                               .asset_vk = session_asset(s),
-                               .age_sec = job->age_ms / 1000,
-                               .session_status = s->status,
-                               .dry_run = outcome == OUTCOME_DRY_RUN,
-                       });
+        /* A dry run decides the same every cycle: said once while the
+         * session stays listed, as due_soon is. */
+        (t == NOTIFY_WOULD_RECLAIM ? notify_once : notify_session)(
+                c->env.notify, t,
+                &(struct notify_session){
+                        .session_id = s->session_id,
+                        .user_id = s->user_id,
+                        .policy = job->policy->name,
+                        .policy_kind = policy_kind_to_string(job->policy->kind),
+                        .outcome = outcome_names[outcome],
+                        .project_id = session_project(s),
+                        .asset_vk = session_asset(s),
+                        .age_sec = job->age_ms / 1000,
+                        .session_status = s->status,
+                        .dry_run = outcome == OUTCOME_DRY_RUN,
+                });
 }
 
 void cycle_log_reclaim(struct close_job *job, enum outcome outcome, const char *detail) {

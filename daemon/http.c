@@ -4,6 +4,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 struct request {
         struct http *http;
@@ -344,14 +345,20 @@ int http_post(struct http *h, const char *url, const char *body, const char *con
         req->easy = h->n_idle > 0 ? h->idle[--h->n_idle] : curl_easy_init();
         if (!req->easy)
                 goto oom;
-        req->headers = curl_slist_append(NULL, "Content-Type: application/json;charset=utf-8");
-        if (!req->headers)
-                goto oom;
         {
-                struct curl_slist *t = curl_slist_append(req->headers, "Expect:");
-                if (!t)
-                        goto oom;
-                req->headers = t;
+                /* The default type unless the caller names one; no "Expect:
+                 * 100-continue" round trip before a larger body. */
+                const char *fixed[] = { "Content-Type: application/json;charset=utf-8", "Expect:" };
+                bool own_type = false;
+
+                for (size_t i = 0; headers && headers[i]; i++)
+                        own_type |= strncasecmp(headers[i], "Content-Type:", 13) == 0;
+                for (size_t i = own_type ? 1 : 0; i < 2; i++) {
+                        struct curl_slist *t = curl_slist_append(req->headers, fixed[i]);
+                        if (!t)
+                                goto oom;
+                        req->headers = t;
+                }
         }
         for (size_t i = 0; headers && headers[i]; i++) {
                 struct curl_slist *t = curl_slist_append(req->headers, headers[i]);

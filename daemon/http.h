@@ -56,7 +56,8 @@ void http_free(struct http *h);
  * from the loop, unless the request is cancelled by http_free(). */
 int http_post_json(struct http *h, const char *url, const char *body, http_done_fn done, void *userdata);
 
-/* The same, with more request headers ("Name: value", NULL-terminated). */
+/* The same, with more request headers ("Name: value", NULL-terminated); a
+ * Content-Type among them replaces the default one. */
 int http_post(struct http *h, const char *url, const char *body, const char *const *headers,
               http_done_fn done, void *userdata);
 

@@ -1,6 +1,7 @@
 #include "notify.h"
 
 #include <assert.h>
+#include <curl/curl.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -37,6 +38,7 @@ struct notifier {
 
         /* Settings (notifier_configure()). */
         char *url, *ca_file, *secret;
+        char shown[160]; /* the url as logs show it: scheme and host (a webhook's path may be its secret) */
         bool slack;
         bool wants[NOTIFY_TYPES];
         uint64_t due_soon_ms, timeout_ms, max_age_ms, failing_after_ms;
@@ -57,7 +59,7 @@ struct notifier {
         int64_t drop_reported_ms;  /* monotonic */
         int write_warned;          /* the queue file's errno last warned about */
 
-        /* due_soon: "SESSION\nPOLICY" -> the round it was last seen in. */
+        /* notify_once(): "TYPE\nSESSION\nPOLICY" -> the round it was last seen in (from 1). */
         struct strmap *announced;
         uintptr_t round;
 
@@ -81,7 +83,7 @@ char *notify_queue_path(const char *state_file) {
 static void nlog(const struct notifier *n, int priority, const char *fmt, ...)
         __attribute__((format(printf, 3, 4)));
 static void nlog(const struct notifier *n, int priority, const char *fmt, ...) {
-        struct log_field f[] = { { "IVH_ACCOUNT", n->account }, { "IVH_NOTIFY_URL", n->url ? n->url : "" } };
+        struct log_field f[] = { { "IVH_ACCOUNT", n->account }, { "IVH_NOTIFY_URL", n->shown } };
         va_list ap;
 
         va_start(ap, fmt);
@@ -152,6 +154,7 @@ int notifier_new(struct ev_loop *loop, const char *account, const char *queue_pa
         ev_init(&n->timer, NULL);
         ev_prepare_init(&n->sync_watcher, sync_cb);
         n->sync_watcher.data = n;
+        n->round = 1;
         if (!(n->account = strdup(account)) || strmap_new(&n->announced) < 0) {
                 notifier_free(n);
                 return error_set(err, -ENOMEM, "out of memory");
@@ -209,6 +212,27 @@ void notifier_free(struct notifier *n) {
         free(n);
 }
 
+/* scheme://host[:port], and "/..." when there is a path: Slack's and
+ * others' webhook URLs carry their secret in the path. */
+static void show_url(const char *url, char *buf, size_t len) {
+        CURLU *u = curl_url();
+        char *scheme = NULL, *host = NULL, *port = NULL, *path = NULL;
+
+        if (u && curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK) {
+                curl_url_get(u, CURLUPART_SCHEME, &scheme, 0);
+                curl_url_get(u, CURLUPART_HOST, &host, 0);
+                curl_url_get(u, CURLUPART_PORT, &port, 0);
+                curl_url_get(u, CURLUPART_PATH, &path, 0);
+        }
+        snprintf(buf, len, "%s://%s%s%s%s", scheme ? scheme : "?", host ? host : "?", port ? ":" : "",
+                 port ? port : "", path && strcmp(path, "/") != 0 ? "/..." : "");
+        curl_free(scheme);
+        curl_free(host);
+        curl_free(port);
+        curl_free(path);
+        curl_url_cleanup(u);
+}
+
 static bool same(const char *a, const char *b) {
         return (!a && !b) || (a && b && strcmp(a, b) == 0);
 }
@@ -236,6 +260,7 @@ int notifier_configure(struct notifier *n, const struct notify_config *cfg, cons
                 free(n->secret);
         }
         n->url = url;
+        show_url(url, n->shown, sizeof n->shown);
         n->ca_file = ca;
         n->secret = sec;
         n->slack = slack;
@@ -262,7 +287,7 @@ int notifier_configure(struct notifier *n, const struct notify_config *cfg, cons
                 n->failures = 0;
                 n->first_failure_ms = 0;
                 n->failing_logged = false;
-                nlog(n, LOG_INFO, "Notifications now go to %s", n->url);
+                nlog(n, LOG_INFO, "Notifications now go to %s", n->shown);
         }
         n->configured = true;
         if (n->q.n > n->max_queue)
@@ -318,37 +343,32 @@ void notify_session(struct notifier *n, enum notify_type t, const struct notify_
                 queue_event(n, t, s, NULL);
 }
 
-void notify_due_soon_begin(struct notifier *n) {
-        if (n)
-                n->round++;
-}
-
-static char *announce_key(const struct notify_session *s) {
+static char *once_key(enum notify_type t, const struct notify_session *s) {
         char *key;
 
-        return asprintf(&key, "%s\n%s", s->session_id, s->policy) < 0 ? NULL : key;
+        return asprintf(&key, "%d\n%s\n%s", (int) t, s->session_id, s->policy) < 0 ? NULL : key;
 }
 
-void notify_due_soon(struct notifier *n, const struct notify_session *s) {
+void notify_once(struct notifier *n, enum notify_type t, const struct notify_session *s) {
         char *key;
-        void *seen;
 
-        if (!notifier_due_soon_ms(n))
+        if (!notifier_wants(n, t) || (t == NOTIFY_DUE_SOON && !n->due_soon_ms))
                 return;
-        key = announce_key(s);
+        key = once_key(t, s);
         if (!key)
                 return;
-        seen = strmap_get(n->announced, key);
-        if (seen) {
+        /* Seen in this round: the entry says so, and the event went out
+         * when the entry was made. */
+        if (strmap_get(n->announced, key)) {
                 strmap_remove(n->announced, key);
                 (void) strmap_put(n->announced, key, (void *) n->round);
         } else if (strmap_put(n->announced, key, (void *) n->round) >= 0)
-                queue_event(n, NOTIFY_DUE_SOON, s, NULL);
+                queue_event(n, t, s, NULL);
         free(key);
 }
 
 struct prune {
-        struct notifier *n;
+        uintptr_t round;
         char **stale;
         size_t n_stale;
 };
@@ -357,29 +377,30 @@ static void collect_stale(const char *key, void *value, void *userdata) {
         struct prune *p = userdata;
 
         /* A copy: the map's key goes with its entry. */
-        if ((uintptr_t) value != p->n->round)
+        if ((uintptr_t) value != p->round)
                 p->stale[p->n_stale++] = strdup(key);
 }
 
-void notify_due_soon_end(struct notifier *n) {
-        struct prune p = { .n = n };
+void notify_new_round(struct notifier *n) {
+        struct prune p = { 0 };
         size_t size;
 
         if (!n)
                 return;
+        p.round = n->round;
         size = strmap_size(n->announced);
-        if (size == 0)
-                return;
-        p.stale = calloc(size, sizeof *p.stale);
-        if (!p.stale)
-                return; /* kept one more round */
-        strmap_foreach(n->announced, collect_stale, &p);
-        for (size_t i = 0; i < p.n_stale; i++)
-                if (p.stale[i]) {
-                        strmap_remove(n->announced, p.stale[i]);
-                        free(p.stale[i]);
-                }
-        free(p.stale);
+        p.stale = size > 0 ? calloc(size, sizeof *p.stale) : NULL;
+        if (p.stale) {
+                strmap_foreach(n->announced, collect_stale, &p);
+                for (size_t i = 0; i < p.n_stale; i++)
+                        if (p.stale[i]) {
+                                strmap_remove(n->announced, p.stale[i]);
+                                free(p.stale[i]);
+                        }
+                free(p.stale);
+        }
+        /* (out of memory: the stale entries stay one more round) */
+        n->round++;
 }
 
 void notify_reclaiming(struct notifier *n, const char *reason) {
@@ -454,11 +475,11 @@ static void on_reply(const struct http_response *resp, void *userdata) {
                                 sizeof failing);
                 nlog(n, LOG_WARNING,
                      "Notifications to %s have failed for %s (%s); %zu event(s) wait in the queue; retrying in %s",
-                     n->url, failing, n->last_error, n->q.n, wait);
+                     n->shown, failing, n->last_error, n->q.n, wait);
         } else
                 nlog(n, n->failures == 1 ? LOG_WARNING : LOG_DEBUG,
                      "Failed to deliver notification events to %s: %s; %zu event(s) wait in the queue; retrying in %s",
-                     n->url, n->last_error, n->q.n, wait);
+                     n->shown, n->last_error, n->q.n, wait);
         arm(n, (double) delay / 1000.0);
 }
 
@@ -479,7 +500,7 @@ static void send_batch(struct notifier *n) {
         size_t k;
         char **events = NULL, *body = NULL, stamp[24], sig[NOTIFY_SIGNATURE_LEN + 1], h_stamp[64],
              h_sig[128];
-        const char *headers[3] = { NULL };
+        const char *headers[4] = { "Content-Type: application/json", NULL };
         int r;
 
         drop_expired(n);
@@ -504,8 +525,8 @@ static void send_batch(struct notifier *n) {
                 r = notify_sign(n->secret ? n->secret : "", stamp, body, sig);
                 snprintf(h_stamp, sizeof h_stamp, "X-Ivh-Reclaimd-Timestamp: %s", stamp);
                 snprintf(h_sig, sizeof h_sig, "X-Ivh-Reclaimd-Signature: %s", sig);
-                headers[0] = h_stamp;
-                headers[1] = h_sig;
+                headers[1] = h_stamp;
+                headers[2] = h_sig;
         }
         if (r == 0)
                 r = make_http(n);
@@ -516,7 +537,7 @@ static void send_batch(struct notifier *n) {
         if (r < 0) {
                 batch_forget(n);
                 nlog(n, LOG_WARNING, "Cannot send notification events to %s: %s; retrying in 1 minute",
-                     n->url, strerror(-r));
+                     n->shown, strerror(-r));
                 arm(n, 60.);
         }
 }
@@ -557,7 +578,7 @@ const char *notifier_problem(const struct notifier *n, char *buf, size_t len) {
                 return NULL;
         duration_format((uint64_t) (now_mono_ms() - n->first_failure_ms) / 60000 * 60000, failing,
                         sizeof failing);
-        snprintf(buf, len, "notifications to %s failing for %s: %s", n->url, failing, n->last_error);
+        snprintf(buf, len, "notifications to %s failing for %s: %s", n->shown, failing, n->last_error);
         return buf;
 }
 

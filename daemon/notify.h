@@ -59,12 +59,13 @@ void notify_session(struct notifier *n, enum notify_type t, const struct notify_
 
 /* due_soon: the announce window (0: none). */
 uint64_t notifier_due_soon_ms(const struct notifier *n);
-/* due_soon, once per session and policy: starts a round, announces (at
- * most once while the session stays listed), ends the round (forgetting
- * the sessions not seen in it). */
-void notify_due_soon_begin(struct notifier *n);
-void notify_due_soon(struct notifier *n, const struct notify_session *s);
-void notify_due_soon_end(struct notifier *n);
+
+/* Events said once per session and policy while the session stays listed
+ * (due_soon, would_reclaim): a cycle starts a round when it has its list,
+ * which forgets what the previous round did not see again; notify_once()
+ * queues the event the first time in a row of rounds, and marks it seen. */
+void notify_new_round(struct notifier *n);
+void notify_once(struct notifier *n, enum notify_type t, const struct notify_session *s);
 
 /* Whether the account can reclaim: reason NULL when it can, else the words
  * STATUS= uses. A change between the two queues reclaiming_stopped or
