@@ -304,7 +304,11 @@ int credentials_load_notify_secret(const struct notify_config *n, struct credent
                 r = c->token ? 0 : -ENOMEM;
                 memcpy(c->source, (*env_cache)->source, sizeof c->source);
                 c->from_env = true;
-        } else
+        } else if (!(dir && *dir) && access(NOTIFY_SECRET_UNIT_FILE, F_OK) == 0)
+                /* Run by hand (--check-config, a test run): the file the
+                 * shipped unit would hand over. */
+                r = load_file(NOTIFY_SECRET_UNIT_FILE, "notify secret", c, err);
+        else
                 r = error_set(
                         err, -ENOKEY,
                         "no notify secret: set notify.secret_file, provide the credential '%s' (LoadCredential=), or set %s (format: slack needs none)",

@@ -39,7 +39,8 @@ void credentials_name(const char *account, char *buf, size_t n);
 #define NOTIFY_SECRET_PLACEHOLDER "no notify secret file"
 
 /* The webhook secret of notify: (format json): notify.secret_file, else
- * $CREDENTIALS_DIRECTORY/notify-secret, else $IVH_NOTIFY_SECRET. The
+ * $CREDENTIALS_DIRECTORY/notify-secret, else $IVH_NOTIFY_SECRET, else
+ * (run by hand, without $CREDENTIALS_DIRECTORY) NOTIFY_SECRET_UNIT_FILE. The
  * variable is read once per process, wiped, and kept in *env_cache (the
  * caller's, freed with credentials_free()) for every account and reload
  * after. Same rules as the token: a file readable by others is refused, the

@@ -436,6 +436,40 @@ class ReceiverAway(NotifyTest):
         self.assertEqual(set(self.reclaimed_ids()), set(first))
         self.assertTrue(self.notif_logs(run.logs, "warning"), run.stderr)
 
+    def test_a_reload_moves_the_queue_to_the_new_receiver_at_once(self):
+        # The first receiver hangs (a request in flight) and then fails; a
+        # reload names another receiver with another secret: what was queued
+        # and what comes next go there, signed with the new secret, without
+        # waiting for the hanging request or a backoff.
+        ids = [self.gw.add_session("crash-%d" % i, STREAM_FAILED) for i in range(3)]
+        self.receiver.hang(60)
+        self.configure([("failed-streams", "failed", "0s")], notify=self.notify_yaml(timeout="30s"))
+        p = self.start_daemon()
+        self.receiver.wait_for_requests(lambda rs: len(rs) >= 1, timeout=10, what="the hanging request")
+        other_secret = "nsec-other-" + secrets.token_hex(8)
+        other_file = os.path.join(self.dir, "other-secret")
+        with open(other_file, "w") as f:
+            f.write(other_secret)
+        os.chmod(other_file, 0o600)
+        other = notify_receiver.Receiver(secret=other_secret).start()
+        self.addCleanup(other.stop)
+        self.configure([("failed-streams", "failed", "0s")],
+                       notify=self.notify_yaml(url=other.url("/new"), secret_file=other_file, timeout="30s"))
+        reloaded = time.monotonic()
+        p.send_signal(signal.SIGHUP)
+        other.wait_for_events(lambda evs: set(ids) <= {e["session_id"] for e in evs}, timeout=5,
+                              what="the queued events at the new receiver")
+        self.assertLess(time.monotonic() - reloaded, 4 * POLL + 1.5)
+        late = self.gw.add_session("crash-late", STREAM_FAILED)
+        other.wait_for_events(lambda evs: late in {e["session_id"] for e in evs}, timeout=5,
+                              what="a later event at the new receiver")
+        run = self.stop_daemon(p)
+        self.assertEqual(run.returncode, 0, run)
+        self.assertNotIn(other_secret, run.stdout + run.stderr)
+        self.assertEqual(other.bad_signatures, [])
+        self.assertEqual(self.receiver.events(), [], "the old receiver never answered")
+        self.assertCountEqual([e["session_id"] for e in other.events_by_type("reclaimed")], ids + [late])
+
     def test_a_redirect_is_not_followed_and_the_events_stay_queued(self):
         ids = [self.gw.add_session("crash-%d" % i, STREAM_FAILED) for i in range(2)]
         self.receiver.redirect(self.receiver.url("/elsewhere"))

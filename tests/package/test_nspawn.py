@@ -5,9 +5,11 @@ turn: not started on install, no restart loop without a token, READY, a
 reclaim in the journal, node_exporter serving the metrics with no manual
 step, the same-boot ages across a restart, reload with a good and with a
 broken file, SIGUSR1, a token file others may read, a missing metrics
-directory, the multi-account credential drop-in, an upgrade that restarts
+directory, webhooks signed with the unit's notify-secret credential from a
+queue that outlives a restart, the multi-account credential drop-in, an
+upgrade that restarts
 the daemon and one that does not (a broken file), remove stopping it, and
-purge leaving nothing behind (issues 13 and 20)."""
+purge leaving nothing behind (issues 13, 20 and 23)."""
 
 import json
 import os
@@ -22,10 +24,12 @@ import packages
 
 sys.path.insert(0, os.path.join(packages.SRC, "tests"))
 import gateway_sim  # noqa: E402
+import notify_receiver  # noqa: E402
 from gateway_sim import IN_PROGRESS, STREAM_FAILED  # noqa: E402
 
 APPKEY = "5b0e7c1d9a2f4e6b8c3d1a0f9e8d7c6b"
 TOKEN = "nspawn-test-token-0123456789"
+NOTIFY_SECRET = "nspawn-notify-secret-9f8e7d6c5b4a"
 RECLAIM_ID = "99f9654f605e424185666fe382c90fb6"
 needs = [t for t in ("systemd-nspawn", "debootstrap", "nsenter", "dpkg-buildpackage") if not shutil.which(t)]
 
@@ -279,6 +283,43 @@ class UnderSystemd(unittest.TestCase):
         self.sh("systemd-tmpfiles --create /usr/lib/tmpfiles.d/ivh-reclaimd.conf && "
                 "systemctl restart ivh-reclaimd")
 
+        # 7e. notify: under the unit (issue 23). Without the secret file the
+        #     unit hands over its placeholder: the service fails once, naming
+        #     the file. With it, the webhook arrives signed; events queued
+        #     while the receiver is down outlive a restart of the service.
+        receiver = notify_receiver.Receiver(secret=NOTIFY_SECRET).start()
+        self.addCleanup(receiver.stop)
+        notify = "notify:\n  url: %s\n" % receiver.url("/hook")
+        box.put("/etc/ivh-reclaimd/policy.yaml", self.policy(poll="2s", extra=notify))
+        p = self.sh("systemctl restart ivh-reclaimd", check=False)
+        self.assertNotEqual(p.returncode, 0)
+        wait_for("the failed state", lambda: self.show("ActiveState") == "failed")
+        self.assertEqual(self.show("ExecMainStatus"), "78")
+        self.assertIn("the unit hands over /etc/ivh-reclaimd/notify-secret as the credential 'notify-secret'",
+                      self.sh("journalctl -u ivh-reclaimd --no-pager").stdout)
+        self.sh("install -m 0600 /dev/stdin /etc/ivh-reclaimd/notify-secret", input=NOTIFY_SECRET + "\n")
+        self.assertIn("OK", self.sh("ivh-reclaimd --check-config").stdout)
+        self.sh("systemctl reset-failed ivh-reclaimd && systemctl start ivh-reclaimd")
+        notified = self.gw.add_session("app-crash-n1", STREAM_FAILED)
+        wait_for("the reclaimed event", lambda: notified in [e["session_id"] for e in
+                                                             receiver.events_by_type("reclaimed")])
+        self.assertEqual(receiver.bad_signatures, [])
+        self.assertTrue(self.file("/var/lib/ivh-reclaimd/state.notify.jsonl").strip())
+        receiver.refuse()
+        queued = self.gw.add_session("app-crash-n2", STREAM_FAILED)
+        wait_for("the close while the receiver is away", lambda: self.closed(queued))
+        wait_for("the event in the queue file",
+                 lambda: queued in self.file("/var/lib/ivh-reclaimd/state.notify.jsonl"))
+        self.sh("systemctl restart ivh-reclaimd")
+        receiver.resume()
+        wait_for("the queued event after the restart", lambda: queued in [e["session_id"] for e in
+                                                                         receiver.events_by_type("reclaimed")],
+                 timeout=60)
+        self.assertEqual(receiver.bad_signatures, [])
+        self.assertNotIn(NOTIFY_SECRET, self.sh("journalctl --no-pager -o verbose").stdout)
+        box.put("/etc/ivh-reclaimd/policy.yaml", self.policy())
+        self.sh("systemctl reload ivh-reclaimd")
+
         # 8. Several accounts: the README's drop-in, with no
         #    /etc/ivh-reclaimd/accesstoken left (no 243 from the unit's own line).
         self.sh("rm /etc/ivh-reclaimd/accesstoken")
@@ -350,7 +391,7 @@ class UnderSystemd(unittest.TestCase):
             self.assertFalse(os.path.lexists(box.path(path)), path)
         # Every close went to a session a policy selected, once.
         ids = [c.get("session_id") for c in self.gw.calls_to("closesession")]
-        self.assertEqual(sorted(ids), sorted([crashed, second, third]))
+        self.assertEqual(sorted(ids), sorted([crashed, second, third, notified, queued]))
 
 
 if __name__ == "__main__":
