@@ -13,6 +13,7 @@ import subprocess
 import time
 
 from harness import BINARY, DaemonTest, Run, wait_for
+from test_systemd import NotifySocket
 from gateway_sim import IN_PROGRESS, STREAM_FAILED, E_INTERNAL
 
 import notify_receiver
@@ -492,6 +493,54 @@ class ReceiverAway(NotifyTest):
         first_answer = self.receiver.all_requests()[0]
         self.assertEqual(first_answer.answered, 302)
         self.assertTrue(self.notif_logs(run.logs, "warning"), run.stderr)
+
+
+FAKETIME_LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+
+
+class FailingReceiver(NotifyTest):
+    """A receiver that fails for longer than max(5 min, 10 polls) shows in
+    STATUS= and at warning; the minutes pass on a clock libfaketime moves."""
+
+    def test_a_receiver_failing_past_the_threshold_shows_in_status_and_at_warning(self):
+        if not os.path.exists(FAKETIME_LIB):
+            self.skipTest("libfaketime is not installed (Debian package faketime)")
+        clock = os.path.join(self.dir, "faketime")
+        with open(clock, "w") as f:
+            f.write("+0\n")
+        notify = NotifySocket(self.dir)
+        self.addCleanup(notify.close)
+        env = self.env()
+        env.update(LD_PRELOAD=FAKETIME_LIB, FAKETIME_TIMESTAMP_FILE=clock, FAKETIME_NO_CACHE="1",
+                   FAKETIME_DONT_FAKE_MONOTONIC="0", NOTIFY_SOCKET=notify.path)
+        env["ASAN_OPTIONS"] = (env.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0").lstrip(":")
+        self.receiver.status(500)
+        sid = self.gw.add_session("crash-1", STREAM_FAILED)
+        self.configure([("failed-streams", "failed", "0s")])
+        p = self.start_daemon(env=env)
+        self.receiver.wait_for_requests(lambda rs: len(rs) >= 2, timeout=10, what="two failed deliveries")
+        self.assertFalse([m for m in notify.drain() if "notifications to" in m])
+        # Six minutes pass (the gateway's clock too, for the signatures).
+        self.gw.clock_offset = 360
+        with open(clock + ".new", "w") as f:
+            f.write("+6m\n")
+        os.replace(clock + ".new", clock)
+        port = self.receiver.url("/").split(":")[2].split("/")[0]
+        notify.wait_for(lambda m: [x for x in m if "; notifications to http://127.0.0.1:%s/... failing for 6m" % port
+                                   in x and "HTTP 500" in x], "STATUS= naming the failing receiver", timeout=20)
+        self.receiver.ok()
+        self.receiver.wait_for_events(lambda evs: sid in {e["session_id"] for e in evs}, timeout=30,
+                                      what="the event once the receiver answers")
+        before = len(notify.drain())
+        notify.wait_for(lambda m: len(m) > before + 1 and "notifications to" not in m[-1],
+                        "STATUS= without it", timeout=10)
+        run = self.stop_daemon(p)
+        self.assertEqual(run.returncode, 0, run)
+        warned = [l for l in run.logs if l.get("level") == "warning" and "have failed for 6m" in l.get("msg", "")]
+        self.assertEqual(len(warned), 1, run.stderr)
+        self.assertEqual(warned[0]["notify_url"], "http://127.0.0.1:%s/..." % port)
+        self.assertTrue([l for l in run.logs if l.get("level") == "notice"
+                         and "delivered again" in l.get("msg", "")], run.stderr)
 
 
 class Slack(NotifyTest):
