@@ -18,6 +18,7 @@ import etcd
 from harness import BINARY, DaemonTest, parse_logfmt, wait_for
 from gateway_sim import IN_PROGRESS, STREAM_FAILED
 from test_systemd import NotifySocket
+import notify_receiver  # noqa: E402  (tests/ is on the path through harness)
 
 LEASE_S = 3
 
@@ -39,8 +40,10 @@ class Failover(DaemonTest):
         self.addCleanup(self.cluster.close)
         self.daemons = {}
 
+    notify_section = ""
+
     def config_for(self, name, policies, lease=LEASE_S, timeout="2s"):
-        self.write_config(policies, poll_interval="%ds" % POLL_S, timeout=timeout, extra=(
+        self.write_config(policies, poll_interval="%ds" % POLL_S, timeout=timeout, extra=self.notify_section + (
             "metrics_file: %s/%s.prom\n"
             "ha:\n  endpoints: [%s]\n  name: %s\n  lease: %ds\n  key_prefix: /test-%d-%s/\n"
             % (self.dir, name, ", ".join(self.cluster.endpoints), name, lease, os.getpid(), self._testMethodName)))
@@ -170,6 +173,38 @@ class Failover(DaemonTest):
                            "closes_after_quorum_loss": len([c for c in closes if c == late]),
                            "duplicate_closes": len(closes) - len(set(closes)),
                            "roles": {n: self.roles(n) for n in self.daemons}}, f, indent=1)
+
+    def test_only_the_leader_sends_webhooks(self):
+        # notify: each instance has its own receiver; the leader's gets the
+        # event of its close, the standby's nothing, not even a due_soon.
+        secret_file = os.path.join(self.dir, "notify-secret")
+        with open(secret_file, "w") as f:
+            f.write("ha-notify-secret")
+        os.chmod(secret_file, 0o600)
+        receivers = {name: notify_receiver.Receiver(secret="ha-notify-secret").start() for name in ("alpha", "beta")}
+        for r in receivers.values():
+            self.addCleanup(r.stop)
+        policies = [("failed-streams", "failed", "0s"), ("kiosk-age", "max_age", "1h")]
+        crashed = self.gw.add_session("app-crash-1", STREAM_FAILED)
+        self.gw.add_session("kiosk-1", IN_PROGRESS)
+        for name in ("alpha", "beta"):
+            self.notify_section = ("notify:\n  url: %s\n  secret_file: %s\n  due_soon: 2h\n"
+                                   % (receivers[name].url("/hook"), secret_file))
+            self.start(name, policies)
+        wait_for(lambda: self.leader() is not None, timeout=LEASE_S * 3, what="a leader")
+        first = self.leader()
+        other = "beta" if first == "alpha" else "alpha"
+        receivers[first].wait_for_events(lambda evs: crashed in {e.get("session_id") for e in evs
+                                                                 if e["type"] == "reclaimed"},
+                                         timeout=10, what="the leader's reclaimed event")
+        wait_for(lambda: self.roles(other)[-1:] == ["standby"], timeout=5, what="a standby")
+        time.sleep(3 * POLL_S)
+        self.assertEqual(receivers[other].all_requests(), [], "the standby sent webhooks")
+        self.assertEqual(sorted(e["type"] for e in receivers[first].events()), ["due_soon", "reclaimed"])
+        self.assertEqual(receivers[first].bad_signatures, [])
+        for p in self.daemons.values():
+            p.send_signal(signal.SIGTERM)
+            self.assertEqual(p.wait(timeout=15), 0)
 
     def test_sigterm_keeps_the_lease_for_closes_in_flight_then_revokes(self):
         # Red team 14: the leader dropped its lease at SIGTERM while its
