@@ -101,7 +101,7 @@ static const char *notify_problems(const struct reclaimer *r, char *buf, size_t 
  * tripped share fuse, the accounts that fail to list, that are refused,
  * throttled or paused, and a failed reload. */
 void reclaimer_notify_status(struct reclaimer *r, struct runner *u) {
-        char every[32], when[32], failing[256], fused[256], extra[1024], notes[384], body[2048],
+        char every[32], when[32], failing[256], fused[256], extra[1024], body[3072], notes[384],
                 role[192] = "", problems[768];
         time_t t = (time_t) u->next_poll_wall_s;
         size_t listed = 0, reclaimed = 0, failed = 0, n_fused = 0, n_list_failed = 0;
