@@ -56,30 +56,39 @@ static int add_item(struct notify_queue *q, const char *id, const char *json, in
 }
 
 /* Writes one line in one write(): a process killed after it returns has
- * handed the whole line to the kernel. */
+ * handed the whole line to the kernel. A short write (a full disk) is cut
+ * back off, so that no torn line runs into the next one. */
 static void write_line(struct notify_queue *q, cJSON *record) {
         char *text = cJSON_PrintUnformatted(record);
+        off_t end = -1;
         size_t len;
         ssize_t w;
 
         if (!text) {
                 q->write_error = ENOMEM;
+                q->behind = true;
                 return;
         }
         len = strlen(text);
         text[len] = '\n'; /* replaces the NUL; the length says where it ends */
         if (q->fd < 0)
                 w = -1, errno = q->write_error ? q->write_error : EBADF;
-        else
+        else {
+                end = lseek(q->fd, 0, SEEK_END);
                 do
                         w = write(q->fd, text, len + 1);
                 while (w < 0 && errno == EINTR);
+        }
         if (w == (ssize_t) (len + 1)) {
                 q->lines++;
                 q->unsynced = true;
                 q->write_error = 0;
-        } else
+        } else {
                 q->write_error = w < 0 ? errno : ENOSPC;
+                q->behind = true;
+                if (w > 0 && end >= 0)
+                        (void) ftruncate(q->fd, end);
+        }
         free(text);
 }
 
@@ -131,6 +140,7 @@ static int compact(struct notify_queue *q) {
                 return r;
         q->lines = q->n;
         q->unsynced = false;
+        q->behind = false;
         return open_append(q);
 }
 
@@ -231,17 +241,39 @@ void notify_queue_close(struct notify_queue *q) {
         *q = (struct notify_queue){ .fd = -1 };
 }
 
+/* After a failed write the file lacks what memory has: the next change
+ * rewrites it whole instead of appending. Returns whether it did. A file
+ * that could not be read at start is never rewritten (fd < 0). */
+static bool catch_up(struct notify_queue *q) {
+        int r;
+
+        if (!q->behind || q->fd < 0)
+                return false;
+        r = compact(q);
+        if (r < 0) {
+                q->write_error = -r;
+                return false;
+        }
+        q->behind = false;
+        q->write_error = 0;
+        return true;
+}
+
 int notify_queue_push(struct notify_queue *q, const char *id, const char *json, int64_t queued_wall_ms) {
         cJSON *rec;
         int r = add_item(q, id, json, queued_wall_ms);
 
         if (r < 0)
                 return r;
+        if (catch_up(q))
+                return 0; /* the rewrite has it */
         rec = add_record(notify_queue_at(q, q->n - 1));
         if (rec)
                 write_line(q, rec);
-        else
+        else {
                 q->write_error = ENOMEM;
+                q->behind = true;
+        }
         cJSON_Delete(rec);
         return 0;
 }
@@ -271,14 +303,16 @@ void notify_queue_pop(struct notify_queue *q, size_t k) {
                 q->head = 0;
         /* Without the record, the events would come back after a restart:
          * sent twice, never lost. */
-        if (ids)
+        if (!catch_up(q) && ids)
                 write_line(q, rec);
         cJSON_Delete(rec);
         if (q->lines > COMPACT_MIN_DEAD + q->n && q->lines - q->n > q->n) {
                 int r = compact(q);
 
-                if (r < 0)
+                if (r < 0) {
                         q->write_error = -r;
+                        q->behind = true;
+                }
         }
 }
 

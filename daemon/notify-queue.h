@@ -31,6 +31,7 @@ struct notify_queue {
         size_t lines;    /* in the file, live or dead */
         bool unsynced;   /* written since the last notify_queue_sync() */
         int write_error; /* the last failed write's errno, 0: none */
+        bool behind;     /* a write failed: the file lacks what memory has, and is rewritten whole next */
 };
 
 /* Opens (creating) path and loads the events it holds. Returns the number

@@ -273,6 +273,62 @@ static void test_queue_unwritable(void **state) {
         remove_dir(&d);
 }
 
+/* A full disk: a short write is cut back off (no torn line runs into the
+ * next one), the events stay in memory, and once there is room again the
+ * file is rewritten whole: a restart then finds every event. Needs root for
+ * a small tmpfs; skipped otherwise. */
+static void test_queue_full_disk(void **state) {
+        struct notify_queue q;
+        struct dir d;
+        char cmd[256], filler[128], id[16];
+        int bad, n_full = 0;
+        FILE *f;
+
+        (void) state;
+        if (geteuid() != 0)
+                skip();
+        make_dir(&d);
+        snprintf(cmd, sizeof cmd, "mount -t tmpfs -o size=64k tmpfs %s 2>/dev/null", d.path);
+        if (system(cmd) != 0) {
+                remove_dir(&d);
+                skip();
+        }
+        assert_int_equal(notify_queue_open(&q, d.file, NULL), 0);
+        push(&q, "before", 1);
+        snprintf(filler, sizeof filler, "%s/filler", d.path);
+        f = fopen(filler, "w");
+        assert_non_null(f);
+        while (fputs("filler filler filler filler filler filler filler filler\n", f) >= 0 && fflush(f) == 0)
+                ;
+        fclose(f);
+        for (int i = 0; i < 40; i++) {
+                char json[256];
+
+                snprintf(id, sizeof id, "full%d", i);
+                snprintf(json, sizeof json, "{\"id\":\"%s\",\"type\":\"reclaimed\",\"pad\":\"%0100d\"}", id,
+                         i);
+                assert_int_equal(notify_queue_push(&q, id, json, i), 0);
+                n_full += q.write_error != 0;
+        }
+        assert_true(n_full > 0); /* the disk was full */
+        assert_true(q.behind);
+        assert_int_equal(unlink(filler), 0);
+        push(&q, "after", 99);
+        assert_false(q.behind);
+        assert_int_equal(q.write_error, 0);
+        notify_queue_close(&q);
+        /* a restart: every event, in order, and no unreadable line */
+        bad = notify_queue_open(&q, d.file, NULL);
+        assert_int_equal(bad, 0);
+        assert_int_equal(q.n, 42);
+        assert_string_equal(notify_queue_at(&q, 0)->id, "before");
+        assert_string_equal(notify_queue_at(&q, 41)->id, "after");
+        notify_queue_close(&q);
+        snprintf(cmd, sizeof cmd, "umount %s", d.path);
+        assert_int_equal(system(cmd), 0);
+        remove_dir(&d);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_signature_vector),
@@ -283,6 +339,7 @@ int main(void) {
                 cmocka_unit_test(test_queue_skips_torn_and_junk),
                 cmocka_unit_test(test_queue_compacts),
                 cmocka_unit_test(test_queue_unwritable),
+                cmocka_unit_test(test_queue_full_disk),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);
