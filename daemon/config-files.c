@@ -4,6 +4,7 @@
  * file) a state file or its lock. Paths are compared as the files they
  * name, through symbolic links, "." and "..". */
 #include "config-internal.h"
+#include "notify-queue.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -165,6 +166,45 @@ static void check_state_file(struct yaml_reader *p, const struct config *c, cons
                            c->metrics_file, state);
 }
 
+/* notify: the queue file (made from the state file's name) is written
+ * while the daemon runs, and the secret file must never be: neither may be
+ * another file of the daemon's. Errors point at the notify (else
+ * state_file) key. */
+static void check_notify_files(struct yaml_reader *p, yaml_node_t *root, const struct config *c) {
+        yaml_node_t *at = top_key_node(p, root, "notify");
+
+        if (at == root)
+                at = top_key_node(p, root, "state_file");
+        for (size_t i = 0; i < c->n_accounts && !p->stop; i++) {
+                const struct config *a = c->accounts[i];
+                char *queue;
+                const char *token, *secret = a->notify.secret_file;
+
+                if (!a->notify.url || !a->state_file)
+                        continue;
+                queue = notify_queue_path(a->state_file);
+                if (!queue) {
+                        p->oom = true;
+                        return;
+                }
+                if (same_file(p, queue, c->path) ||
+                    (c->metrics_file && same_file(p, queue, c->metrics_file)) ||
+                    (token = token_file_at(p, c, queue)) || (secret && same_file(p, queue, secret)))
+                        yaml_error(
+                                p, at,
+                                "notify: the queue file %s (made from state_file) is the policy, metrics, access token or notify secret file; choose another state_file",
+                                queue);
+                if (secret && (same_file(p, secret, c->path) ||
+                               (c->metrics_file && same_file(p, secret, c->metrics_file)) ||
+                               same_file(p, secret, a->state_file)))
+                        yaml_error(
+                                p, at,
+                                "notify.secret_file: '%s' is a file the daemon writes (state or metrics) or the policy file",
+                                secret);
+                free(queue);
+        }
+}
+
 /* The state and metrics files are replaced while the daemon runs: neither
  * may be the policy file itself or a token file, nor may the metrics file be
  * a state file (of any account) or its lock. */
@@ -195,4 +235,5 @@ void config_check_distinct_files(struct yaml_reader *p, yaml_node_t *root, const
         for (size_t i = 0; i < c->n_accounts; i++)
                 if (c->accounts[i]->account)
                         check_state_file(p, c, c->accounts[i]->state_file, i, state_at, metrics_at);
+        check_notify_files(p, root, c);
 }

@@ -72,7 +72,7 @@ bool config_host_is_loopback(const char *host) {
 }
 
 /* https://host[:port][/path], or http:// for loopback hosts only. */
-static void check_url(struct yaml_reader *p, yaml_node_t *n, const char *what, const char *url) {
+static void check_url(struct yaml_reader *p, yaml_node_t *n, const char *what, const char *url, bool show) {
         CURLU *u = curl_url();
         char *scheme = NULL, *host = NULL, *query = NULL, *fragment = NULL, *user = NULL;
 
@@ -81,7 +81,8 @@ static void check_url(struct yaml_reader *p, yaml_node_t *n, const char *what, c
                 return;
         }
         if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK) {
-                yaml_error(p, n, "%s: '%s' is not a valid URL", what, url);
+                yaml_error(p, n, "%s: '%s' is not a valid URL", what,
+                           show ? url : "(not shown: its path may hold a secret)");
                 goto out;
         }
         curl_url_get(u, CURLUPART_SCHEME, &scheme, 0);
@@ -92,7 +93,8 @@ static void check_url(struct yaml_reader *p, yaml_node_t *n, const char *what, c
         if (!scheme || (strcasecmp(scheme, "https") != 0 && strcasecmp(scheme, "http") != 0))
                 yaml_error(p, n, "%s: scheme must be https (http only for loopback)", what);
         else if (!host || !*host)
-                yaml_error(p, n, "%s: '%s' names no host", what, url);
+                yaml_error(p, n, "%s: '%s' names no host", what,
+                           show ? url : "(not shown: its path may hold a secret)");
         else if (strcasecmp(scheme, "http") == 0 && !config_host_is_loopback(host))
                 yaml_error(p, n, "%s: plain http is refused for non-loopback host '%s'; use https", what,
                            host);
@@ -116,7 +118,7 @@ static void check_gateway_url(struct yaml_reader *p, const char *where, yaml_nod
         (void) where;
         while (len > 0 && url[len - 1] == '/')
                 url[--len] = '\0';
-        check_url(p, v, "gateway.url", url);
+        check_url(p, v, "gateway.url", url, true);
 }
 
 static void check_appkey(struct yaml_reader *p, const char *where, yaml_node_t *v, void *field) {
@@ -269,7 +271,7 @@ static const struct yaml_key gateway_keys[] = {
 };
 
 static void check_notify_url(struct yaml_reader *p, const char *where, yaml_node_t *v, void *field) {
-        check_url(p, v, where, *(char **) field);
+        check_url(p, v, where, *(char **) field, false);
 }
 
 static void check_notify_format(struct yaml_reader *p, const char *where, yaml_node_t *v, void *field) {
@@ -441,7 +443,7 @@ static void check_endpoints(struct yaml_reader *p, const char *where, yaml_node_
 
                 while (len > 0 && l->items[i][len - 1] == '/')
                         l->items[i][--len] = '\0';
-                check_url(p, v, where, l->items[i]);
+                check_url(p, v, where, l->items[i], true);
         }
 }
 

@@ -42,6 +42,26 @@ int notify_new_id(char ret[NOTIFY_ID_LEN + 1]) {
         return 0;
 }
 
+int notify_stable_id(const char *account, const char *key, char ret[NOTIFY_ID_LEN + 1]) {
+        unsigned char md[EVP_MAX_MD_SIZE];
+        unsigned int n = 0;
+        EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+        sd_id128_t id;
+        bool ok = ctx && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) &&
+                  EVP_DigestUpdate(ctx, account, strlen(account) + 1) && /* with its NUL: a separator */
+                  EVP_DigestUpdate(ctx, key, strlen(key)) && EVP_DigestFinal_ex(ctx, md, &n) && n >= 16;
+
+        EVP_MD_CTX_free(ctx);
+        if (!ok)
+                return -EIO;
+        memcpy(id.bytes, md, 16);
+        /* A UUID of version 5's shape (name-based, SHA), variant RFC 4122. */
+        id.bytes[6] = (uint8_t) ((id.bytes[6] & 0x0f) | 0x50);
+        id.bytes[8] = (uint8_t) ((id.bytes[8] & 0x3f) | 0x80);
+        snprintf(ret, NOTIFY_ID_LEN + 1, SD_ID128_UUID_FORMAT_STR, SD_ID128_FORMAT_VAL(id));
+        return 0;
+}
+
 void notify_format_time(int64_t wall_ms, char buf[32]) {
         time_t t = (time_t) (wall_ms / 1000);
         struct tm tm;
@@ -171,9 +191,9 @@ static void slack_line(FILE *f, const cJSON *e) {
                 fputs("; it was already gone", f);
 }
 
-int notify_body_slack(char *const *events, size_t n, char **ret) {
+int notify_body_slack(char *const *events, size_t n, char **ret, size_t *ret_used) {
         char *text = NULL;
-        size_t len = 0;
+        size_t len = 0, used = 0;
         FILE *f = open_memstream(&text, &len);
         cJSON *body;
         int r = 0;
@@ -182,6 +202,7 @@ int notify_body_slack(char *const *events, size_t n, char **ret) {
                 return -ENOMEM;
         for (size_t i = 0; r == 0 && i < n; i++) {
                 cJSON *e = cJSON_Parse(events[i]);
+                long before = ftell(f);
 
                 if (!e) {
                         r = -EINVAL;
@@ -191,10 +212,20 @@ int notify_body_slack(char *const *events, size_t n, char **ret) {
                         fputc('\n', f);
                 slack_line(f, e);
                 cJSON_Delete(e);
+                /* Slack cuts a message's text at 40,000 characters: the
+                 * line that goes past the limit waits for the next one. */
+                if (i > 0 && ftell(f) > NOTIFY_SLACK_TEXT_MAX) {
+                        fflush(f);
+                        text[before] = '\0';
+                        break;
+                }
+                used = i + 1;
         }
         if (fclose(f) != 0 && r == 0)
                 r = -ENOMEM;
         body = r == 0 ? cJSON_CreateObject() : NULL;
+        if (ret_used)
+                *ret_used = used;
         if (r == 0 && (!body || !cJSON_AddStringToObject(body, "text", text)))
                 r = -ENOMEM;
         *ret = r == 0 ? cJSON_PrintUnformatted(body) : NULL;

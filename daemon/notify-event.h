@@ -42,6 +42,10 @@ struct notify_session {
 /* A new random event id (NOTIFY_ID_LEN characters and a NUL). */
 int notify_new_id(char ret[NOTIFY_ID_LEN + 1]);
 
+/* An id derived from the account and key (SHA-256, in a UUID's shape): the
+ * same for the same event after a restart. */
+int notify_stable_id(const char *account, const char *key, char ret[NOTIFY_ID_LEN + 1]);
+
 /* One event as compact JSON: id, type, time (RFC 3339, UTC), account, and
  * either the session's fields (s) or a reason (reclaiming_*). The caller
  * frees *ret. 0 or -ENOMEM. */
@@ -50,10 +54,13 @@ int notify_event_render(enum notify_type t, const char *id, int64_t wall_ms, con
 
 /* The body of one request for events[0..n), each as rendered above:
  * {"events": [...]} for format json, {"text": "..."} for slack (one line
- * per event, with Slack's control characters escaped). The caller frees
- * *ret. 0, -EINVAL for an event that is not valid JSON, or -ENOMEM. */
+ * per event, with Slack's control characters escaped; only as many events
+ * as fit in NOTIFY_SLACK_TEXT_MAX characters, at least one: *ret_used says
+ * how many). The caller frees *ret. 0, -EINVAL for an event that is not
+ * valid JSON, or -ENOMEM. */
 int notify_body_json(char *const *events, size_t n, char **ret);
-int notify_body_slack(char *const *events, size_t n, char **ret);
+#define NOTIFY_SLACK_TEXT_MAX 35000 /* Slack cuts a message at 40,000 characters */
+int notify_body_slack(char *const *events, size_t n, char **ret, size_t *ret_used);
 
 /* "sha256=" and the lowercase hex HMAC-SHA256 of timestamp + "." + body
  * keyed with secret: the X-Ivh-Reclaimd-Signature header's value. */

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "fileio.h"
@@ -146,17 +147,19 @@ static int compact(struct notify_queue *q) {
 
 /* Reads the file's lines: the ids taken out first, then the events still
  * in. Returns the number of lines that could not be read. */
-static int load(struct notify_queue *q, char *data) {
+static int load(struct notify_queue *q, const char *data, size_t size) {
         struct strmap *done = NULL;
         int bad = 0, r = strmap_new(&done);
 
         if (r < 0)
                 return r;
         for (int pass = 0; pass < 2 && r >= 0; pass++) {
-                char *line = data;
+                const char *line = data, *end = data + size;
 
-                while (line && *line && r >= 0) {
-                        char *eol = strchr(line, '\n');
+                /* By length, not by NUL: a NUL (what a power cut can leave)
+                 * spoils its line only. */
+                while (line < end && r >= 0) {
+                        const char *eol = memchr(line, '\n', (size_t) (end - line));
                         cJSON *rec, *ids, *event, *at, *id;
 
                         if (!eol) {
@@ -164,7 +167,9 @@ static int load(struct notify_queue *q, char *data) {
                                 bad += pass == 0;
                                 break;
                         }
-                        rec = cJSON_ParseWithLength(line, (size_t) (eol - line));
+                        rec = memchr(line, '\0', (size_t) (eol - line))
+                                      ? NULL
+                                      : cJSON_ParseWithLength(line, (size_t) (eol - line));
                         line = eol + 1;
                         ids = cJSON_GetObjectItemCaseSensitive(rec, "done");
                         event = cJSON_GetObjectItemCaseSensitive(rec, "event");
@@ -199,8 +204,34 @@ static int load(struct notify_queue *q, char *data) {
         return r < 0 ? r : bad;
 }
 
+/* A file with lines that cannot be read is kept beside, as PATH.corrupt-TIME,
+ * before the live events are written anew: nothing is thrown away unseen,
+ * and no torn line is left for the next line to run into. */
+static void keep_corrupt(struct notify_queue *q) {
+        char *copy = NULL;
+
+        if (asprintf(&copy, "%s.corrupt-%lld", q->path, (long long) time(NULL)) >= 0 &&
+            rename(q->path, copy) == 0)
+                q->corrupt_copy = copy;
+        else
+                free(copy);
+}
+
+char *notify_queue_path(const char *state_file) {
+        size_t len = strlen(state_file);
+        char *r = NULL;
+
+        if (len > 5 && strcmp(state_file + len - 5, ".json") == 0) {
+                if (asprintf(&r, "%.*s.notify.jsonl", (int) (len - 5), state_file) < 0)
+                        r = NULL;
+        } else if (asprintf(&r, "%s.notify.jsonl", state_file) < 0)
+                r = NULL;
+        return r;
+}
+
 int notify_queue_open(struct notify_queue *q, const char *path, struct error *err) {
         char *data = NULL;
+        size_t size = 0;
         int r, bad = 0;
 
         assert(q && path);
@@ -208,7 +239,7 @@ int notify_queue_open(struct notify_queue *q, const char *path, struct error *er
         q->path = strdup(path);
         if (!q->path)
                 return error_set(err, -ENOMEM, "out of memory");
-        r = read_file_full(path, QUEUE_FILE_MAX, &data, NULL);
+        r = read_file_full(path, QUEUE_FILE_MAX, &data, &size);
         if (r == -ENOENT)
                 r = 0;
         else if (r < 0) {
@@ -216,13 +247,15 @@ int notify_queue_open(struct notify_queue *q, const char *path, struct error *er
                 return error_set(err, r, "cannot read the notification queue %s: %s", path,
                                  r == -EFBIG ? "larger than 256 MiB" : file_strerror(r));
         } else {
-                bad = load(q, data);
+                bad = load(q, data, size);
                 free(data);
                 if (bad < 0)
                         return error_set(err, bad, "out of memory reading the notification queue %s", path);
+                if (bad > 0)
+                        keep_corrupt(q);
         }
         /* Start from a file of live events only. */
-        r = q->lines > q->n ? compact(q) : open_append(q);
+        r = q->lines > q->n || bad > 0 ? compact(q) : open_append(q);
         if (r < 0)
                 q->write_error = -r;
         if (r < 0)
@@ -236,6 +269,7 @@ void notify_queue_close(struct notify_queue *q) {
                 item_free(notify_queue_at(q, i));
         free(q->items);
         free(q->path);
+        free(q->corrupt_copy);
         if (q->fd >= 0)
                 close(q->fd);
         *q = (struct notify_queue){ .fd = -1 };

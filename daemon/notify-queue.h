@@ -8,7 +8,9 @@
  * journal hears of the event, and notify_queue_sync() (once per loop
  * iteration) makes it durable across a power loss. When most lines are
  * dead, the file is rewritten with the live events only, atomically (like
- * the state file). A torn last line (power loss mid-write) is skipped. */
+ * the state file). Lines that cannot be read (a torn last line, NULs after
+ * a power loss) are skipped; the file they were in is kept beside as
+ * PATH.corrupt-TIME and the live events are written anew. */
 #pragma once
 
 #include <stdbool.h>
@@ -27,12 +29,17 @@ struct notify_queue {
         struct notify_item *items; /* items[head .. head + n) */
         size_t head, n, cap;
         char *path;
-        int fd;          /* O_APPEND; -1 when the file cannot be written (events then live in memory) */
-        size_t lines;    /* in the file, live or dead */
-        bool unsynced;   /* written since the last notify_queue_sync() */
-        int write_error; /* the last failed write's errno, 0: none */
-        bool behind;     /* a write failed: the file lacks what memory has, and is rewritten whole next */
+        char *corrupt_copy; /* where a file with unreadable lines was kept at open; NULL: none */
+        int fd;             /* O_APPEND; -1 when the file cannot be written (events then live in memory) */
+        size_t lines;       /* in the file, live or dead */
+        bool unsynced;      /* written since the last notify_queue_sync() */
+        int write_error;    /* the last failed write's errno, 0: none */
+        bool behind;        /* a write failed: the file lacks what memory has, and is rewritten whole next */
 };
+
+/* The queue file of an account: its state file with ".json" replaced by
+ * ".notify.jsonl" (or ".notify.jsonl" appended). The caller frees it. */
+char *notify_queue_path(const char *state_file);
 
 /* Opens (creating) path and loads the events it holds. Returns the number
  * of unreadable lines skipped (>= 0), or a negative errno with err set; the

@@ -50,6 +50,7 @@ struct notifier {
         char **batch_ids;          /* the request in flight: its events' ids, in order */
         size_t batch_n;            /* 0: no request in flight */
         ev_timer timer;            /* the next attempt (now, or after a backoff) */
+        ev_timer failing_timer;    /* when the receiver will have failed for failing_after_ms */
         ev_prepare sync_watcher;   /* fdatasync of the queue file before the loop waits */
         unsigned failures;         /* consecutive failed deliveries */
         int64_t first_failure_ms;  /* monotonic; 0: the last delivery succeeded */
@@ -67,18 +68,7 @@ struct notifier {
 };
 
 static void arm(struct notifier *n, double delay);
-
-char *notify_queue_path(const char *state_file) {
-        size_t len = strlen(state_file);
-        char *r = NULL;
-
-        if (len > 5 && strcmp(state_file + len - 5, ".json") == 0) {
-                if (asprintf(&r, "%.*s.notify.jsonl", (int) (len - 5), state_file) < 0)
-                        r = NULL;
-        } else if (asprintf(&r, "%s.notify.jsonl", state_file) < 0)
-                r = NULL;
-        return r;
-}
+static void failing_cb(struct ev_loop *loop, ev_timer *w, int revents);
 
 static void nlog(const struct notifier *n, int priority, const char *fmt, ...)
         __attribute__((format(printf, 3, 4)));
@@ -100,6 +90,12 @@ static void sync_cb(struct ev_loop *loop, ev_prepare *w, int revents) {
 }
 
 static void warn_write(struct notifier *n) {
+        if (n->q.write_error == 0 && n->write_warned) {
+                n->write_warned = 0;
+                nlog(n, LOG_NOTICE,
+                     "The notification queue %s can be written again; it holds every event waiting",
+                     n->q.path);
+        }
         if (n->q.write_error == 0 || n->q.write_error == n->write_warned)
                 return;
         n->write_warned = n->q.write_error;
@@ -152,6 +148,8 @@ int notifier_new(struct ev_loop *loop, const char *account, const char *queue_pa
         n->metrics = metrics;
         n->q.fd = -1;
         ev_init(&n->timer, NULL);
+        ev_init(&n->failing_timer, failing_cb);
+        n->failing_timer.data = n;
         ev_prepare_init(&n->sync_watcher, sync_cb);
         n->sync_watcher.data = n;
         n->round = 1;
@@ -175,7 +173,9 @@ int notifier_new(struct ev_loop *loop, const char *account, const char *queue_pa
         }
         if (r > 0)
                 log_struct(LOG_WARNING, NULL, (struct log_field[]){ { "IVH_ACCOUNT", account } }, 1,
-                           "Skipped %d unreadable line(s) of the notification queue %s", r, queue_path);
+                           "Skipped %d unreadable line(s) of the notification queue %s%s%s", r, queue_path,
+                           n->q.corrupt_copy ? "; the file as it was is kept as " : "",
+                           n->q.corrupt_copy ? n->q.corrupt_copy : "");
         if (n->q.n > 0)
                 log_struct(LOG_INFO, NULL, (struct log_field[]){ { "IVH_ACCOUNT", account } }, 1,
                            "%zu notification event(s) from before the restart are waiting to be delivered",
@@ -196,6 +196,7 @@ void notifier_free(struct notifier *n) {
         if (!n)
                 return;
         ev_timer_stop(n->loop, &n->timer);
+        ev_timer_stop(n->loop, &n->failing_timer);
         ev_prepare_stop(n->loop, &n->sync_watcher);
         http_free(n->http);
         batch_forget(n);
@@ -287,7 +288,8 @@ int notifier_configure(struct notifier *n, const struct notify_config *cfg, cons
                 n->failures = 0;
                 n->first_failure_ms = 0;
                 n->failing_logged = false;
-                nlog(n, LOG_INFO, "Notifications now go to %s", n->shown);
+                ev_timer_stop(n->loop, &n->failing_timer);
+                nlog(n, LOG_INFO, "Notifications now go to %s, with the reloaded settings", n->shown);
         }
         n->configured = true;
         if (n->q.n > n->max_queue)
@@ -310,8 +312,11 @@ uint64_t notifier_due_soon_ms(const struct notifier *n) {
         return n && n->configured && n->wants[NOTIFY_DUE_SOON] ? n->due_soon_ms : 0;
 }
 
+/* stable: the event's id is derived from it and the account (the same
+ * after a restart, so that a receiver de-duplicates a repeat); NULL: a
+ * random id. */
 static void queue_event(struct notifier *n, enum notify_type t, const struct notify_session *s,
-                        const char *reason) {
+                        const char *reason, const char *stable) {
         char id[NOTIFY_ID_LEN + 1];
         char *json = NULL;
         int64_t now = now_wall_ms();
@@ -319,7 +324,7 @@ static void queue_event(struct notifier *n, enum notify_type t, const struct not
 
         if (!notifier_wants(n, t))
                 return;
-        r = notify_new_id(id);
+        r = stable ? notify_stable_id(n->account, stable, id) : notify_new_id(id);
         if (r >= 0)
                 r = notify_event_render(t, id, now, n->account, s, reason, &json);
         if (r >= 0 && n->q.n >= n->max_queue)
@@ -340,7 +345,7 @@ static void queue_event(struct notifier *n, enum notify_type t, const struct not
 
 void notify_session(struct notifier *n, enum notify_type t, const struct notify_session *s) {
         if (n)
-                queue_event(n, t, s, NULL);
+                queue_event(n, t, s, NULL, NULL);
 }
 
 static char *once_key(enum notify_type t, const struct notify_session *s) {
@@ -363,7 +368,7 @@ void notify_once(struct notifier *n, enum notify_type t, const struct notify_ses
                 strmap_remove(n->announced, key);
                 (void) strmap_put(n->announced, key, (void *) n->round);
         } else if (strmap_put(n->announced, key, (void *) n->round) >= 0)
-                queue_event(n, t, s, NULL);
+                queue_event(n, t, s, NULL, key);
         free(key);
 }
 
@@ -406,15 +411,52 @@ void notify_new_round(struct notifier *n) {
 void notify_reclaiming(struct notifier *n, const char *reason) {
         if (!n)
                 return;
-        if (reason && !n->stopped_reason) {
-                n->stopped_reason = strdup(reason);
-                if (n->stopped_reason)
-                        queue_event(n, NOTIFY_RECLAIMING_STOPPED, NULL, reason);
+        if (reason && (!n->stopped_reason || strcmp(reason, n->stopped_reason) != 0)) {
+                /* Stopped, or stopped now for another reason: STATUS=
+                 * names a new one, and so does the event. */
+                char *copy = strdup(reason);
+
+                if (!copy)
+                        return;
+                free(n->stopped_reason);
+                n->stopped_reason = copy;
+                queue_event(n, NOTIFY_RECLAIMING_STOPPED, NULL, reason, NULL);
         } else if (!reason && n->stopped_reason) {
-                queue_event(n, NOTIFY_RECLAIMING_RESUMED, NULL, n->stopped_reason);
+                queue_event(n, NOTIFY_RECLAIMING_RESUMED, NULL, n->stopped_reason, NULL);
                 free(n->stopped_reason);
                 n->stopped_reason = NULL;
         }
+}
+
+/* The receiver counts as failing once it has failed for failing_after_ms:
+ * said at warning and in STATUS= then, not only at the next attempt (which
+ * a backoff may put minutes later). Returns whether it said so now. */
+static bool failing_check(struct notifier *n, const char *wait) {
+        char failing[32];
+
+        if (n->failing_logged || n->first_failure_ms == 0 ||
+            now_mono_ms() - n->first_failure_ms < (int64_t) n->failing_after_ms)
+                return false;
+        n->failing_logged = true;
+        duration_format((uint64_t) (now_mono_ms() - n->first_failure_ms) / 1000 * 1000, failing,
+                        sizeof failing);
+        nlog(n, LOG_WARNING,
+             "Notifications to %s have failed for %s (%s); %zu event(s) wait in the queue; %s%s", n->shown,
+             failing, n->last_error, n->q.n, wait ? "retrying in " : "the next attempt follows its backoff",
+             wait ? wait : "");
+        return true;
+}
+
+static void failing_cb(struct ev_loop *loop, ev_timer *w, int revents) {
+        (void) loop;
+        (void) revents;
+        (void) failing_check(w->data, NULL);
+}
+
+static void arm_failing(struct notifier *n) {
+        ev_timer_stop(n->loop, &n->failing_timer);
+        ev_timer_set(&n->failing_timer, (double) n->failing_after_ms / 1000.0 + 0.001, 0.);
+        ev_timer_start(n->loop, &n->failing_timer);
 }
 
 /* The delivery of the batch in flight ended. */
@@ -447,6 +489,7 @@ static void on_reply(const struct http_response *resp, void *userdata) {
                 n->failures = 0;
                 n->first_failure_ms = 0;
                 n->failing_logged = false;
+                ev_timer_stop(n->loop, &n->failing_timer);
                 arm(n, 0);
                 return;
         }
@@ -465,18 +508,15 @@ static void on_reply(const struct http_response *resp, void *userdata) {
                 rnd = (uint32_t) now_mono_ms();
         if (retry_after > RETRY_AFTER_CAP_MS)
                 retry_after = RETRY_AFTER_CAP_MS;
-        delay = retry_delay_ms(n->failures, BACKOFF_BASE_MS, BACKOFF_CAP_MS, retry_after, rnd);
+        /* The backoff, or the receiver's Retry-After (up to an hour) when
+         * that is longer: retry_delay_ms() would cut it to the backoff's cap. */
+        delay = retry_delay_ms(n->failures, BACKOFF_BASE_MS, BACKOFF_CAP_MS, 0, rnd);
+        if (retry_after > delay)
+                delay = retry_after;
         duration_format(delay - delay % 1000 + 1000 * (delay % 1000 >= 500), wait, sizeof wait);
-        if (!n->failing_logged && now_mono_ms() - n->first_failure_ms >= (int64_t) n->failing_after_ms) {
-                char failing[32];
-
-                n->failing_logged = true;
-                duration_format((uint64_t) (now_mono_ms() - n->first_failure_ms) / 1000 * 1000, failing,
-                                sizeof failing);
-                nlog(n, LOG_WARNING,
-                     "Notifications to %s have failed for %s (%s); %zu event(s) wait in the queue; retrying in %s",
-                     n->shown, failing, n->last_error, n->q.n, wait);
-        } else
+        if (n->failures == 1)
+                arm_failing(n);
+        if (!failing_check(n, wait))
                 nlog(n, n->failures == 1 ? LOG_WARNING : LOG_DEBUG,
                      "Failed to deliver notification events to %s: %s; %zu event(s) wait in the queue; retrying in %s",
                      n->shown, n->last_error, n->q.n, wait);
@@ -518,8 +558,15 @@ static void send_batch(struct notifier *n) {
                 else
                         n->batch_n = i + 1;
         }
-        if (r == 0)
-                r = n->slack ? notify_body_slack(events, k, &body) : notify_body_json(events, k, &body);
+        if (r == 0 && n->slack) {
+                size_t used = k;
+
+                r = notify_body_slack(events, k, &body, &used);
+                /* What did not fit goes in the next request. */
+                while (r == 0 && n->batch_n > used)
+                        free(n->batch_ids[--n->batch_n]);
+        } else if (r == 0)
+                r = notify_body_json(events, k, &body);
         if (r == 0 && !n->slack) {
                 snprintf(stamp, sizeof stamp, "%lld", (long long) time(NULL));
                 r = notify_sign(n->secret ? n->secret : "", stamp, body, sig);

@@ -22,10 +22,6 @@
 
 struct notifier;
 
-/* The queue file of an account: its state file with ".json" replaced by
- * ".notify.jsonl" (or ".notify.jsonl" appended). The caller frees it. */
-char *notify_queue_path(const char *state_file);
-
 /* Creates the account's notifier and loads its queue (a queue file that
  * cannot be read or written is warned about, and the queue kept in
  * memory: -ENOMEM is the only failure). metrics may be NULL.

@@ -8,6 +8,7 @@
 #include "reclaimer-internal.h"
 
 #include "log.h"
+#include "notify-queue.h"
 #include "notify.h"
 #include "throttle.h"
 #include "util.h"

@@ -342,6 +342,25 @@ class DueSoon(NotifyTest):
         self.assertEqual({t for t, _ in arrivals}, {"due_soon", "reclaimed"})
 
 
+class OnceEvents(NotifyTest):
+    def test_due_soon_keeps_its_id_across_a_restart(self):
+        # Announced, then the daemon restarts before the close: announced
+        # again (its round starts over) with the same id, which a receiver
+        # de-duplicates.
+        sid = self.gw.add_session("user-a", IN_PROGRESS)
+        self.configure([("a-minute", "max_age", "1m")], notify=self.notify_yaml(due_soon="2m"))
+        for _ in range(2):
+            p = self.start_daemon()
+            self.receiver.wait_for_events(lambda evs, n=_: len(evs) >= n + 1, timeout=10, what="the due_soon")
+            time.sleep(3 * POLL)
+            run = self.stop_daemon(p)
+            self.assertEqual(run.returncode, 0, run)
+        evs = self.receiver.events_by_type("due_soon")
+        self.assertEqual([e["session_id"] for e in evs], [sid, sid], evs)
+        self.assertEqual(evs[0]["id"], evs[1]["id"])
+        self.assertEqual(self.gw.closed_ids(), [])
+
+
 class ReceiverAway(NotifyTest):
     def test_a_receiver_refusing_connections_for_10s_gets_every_event_afterwards(self):
         first = [self.gw.add_session("crash-%d" % i, STREAM_FAILED) for i in range(3)]
@@ -695,6 +714,29 @@ class ReclaimingStops(NotifyTest):
         evs = self.receiver.events()
         self.assertEqual([e["type"] for e in evs], ["reclaiming_stopped", "reclaiming_resumed"], evs)
         self.assertIn("credentials", evs[0]["reason"], evs)
+
+    def test_a_new_reason_while_stopped_is_a_new_reclaiming_stopped(self):
+        # Failing to list, then (still stopped) refused credentials, then
+        # well: stopped(list), stopped(credentials), resumed(credentials).
+        self.configure([("failed-streams", "failed", "0s")])
+        p = self.start_daemon()
+        wait_for(lambda: len(self.gw.calls_to("listsessionofuin")) >= 2, timeout=10, what="two cycles")
+        self.fail_lists()
+        self.receiver.wait_for_events(lambda evs: len(evs) >= 1, timeout=15, what="reclaiming_stopped")
+        self.heal_lists()
+        self.gw.auth_failure = "code"
+        self.receiver.wait_for_events(lambda evs: len(evs) >= 2, timeout=15, what="the second reclaiming_stopped")
+        self.gw.auth_failure = None
+        self.receiver.wait_for_events(lambda evs: len(evs) >= 3, timeout=15, what="reclaiming_resumed")
+        time.sleep(3 * POLL)
+        run = self.stop_daemon(p)
+        self.assertEqual(run.returncode, 0, run)
+        evs = self.receiver.events()
+        self.assertEqual([e["type"] for e in evs], ["reclaiming_stopped", "reclaiming_stopped", "reclaiming_resumed"],
+                         evs)
+        self.assertIn("list", evs[0]["reason"])
+        self.assertIn("credentials", evs[1]["reason"])
+        self.assertEqual(evs[2]["reason"], evs[1]["reason"])
 
     def test_events_filter_sends_only_the_types_asked_for(self):
         ok = self.gw.add_session("crash-ok", STREAM_FAILED)

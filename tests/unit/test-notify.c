@@ -113,7 +113,12 @@ static void test_bodies(void **state) {
         cJSON_Delete(b);
         free(body);
 
-        assert_int_equal(notify_body_slack(events, 2, &body), 0);
+        {
+                size_t used = 0;
+
+                assert_int_equal(notify_body_slack(events, 2, &body, &used), 0);
+                assert_int_equal(used, 2);
+        }
         b = cJSON_Parse(body);
         {
                 const char *text = cJSON_GetObjectItem(b, "text")->valuestring;
@@ -131,9 +136,56 @@ static void test_bodies(void **state) {
         free(events[1]);
         events[1] = strdup("{broken");
         assert_int_equal(notify_body_json(events, 2, &body), -EINVAL);
-        assert_int_equal(notify_body_slack(events, 2, &body), -EINVAL);
+        assert_int_equal(notify_body_slack(events, 2, &body, NULL), -EINVAL);
         free(events[0]);
         free(events[1]);
+}
+
+/* A batch whose text would pass Slack's limit is cut at an event's
+ * boundary; the rest goes in the next request. */
+static void test_slack_text_limit(void **state) {
+        char *events[100], *body = NULL, user[1001];
+        size_t used = 0;
+        cJSON *b;
+
+        (void) state;
+        memset(user, 'u', sizeof user - 1);
+        user[sizeof user - 1] = '\0';
+        for (int i = 0; i < 100; i++) {
+                struct notify_session s = { .session_id = "m1",
+                                            .user_id = user,
+                                            .policy = "p",
+                                            .policy_kind = "failed",
+                                            .outcome = "closed" };
+                char id[16];
+
+                snprintf(id, sizeof id, "id-%d", i);
+                assert_int_equal(
+                        notify_event_render(NOTIFY_RECLAIMED, id, 0, "default", &s, NULL, &events[i]), 0);
+        }
+        assert_int_equal(notify_body_slack(events, 100, &body, &used), 0);
+        assert_true(used >= 1 && used < 100);
+        b = cJSON_Parse(body);
+        assert_true(strlen(cJSON_GetObjectItem(b, "text")->valuestring) <= NOTIFY_SLACK_TEXT_MAX);
+        cJSON_Delete(b);
+        free(body);
+        for (int i = 0; i < 100; i++)
+                free(events[i]);
+}
+
+/* An event said once (due_soon, would_reclaim) keeps its id across a
+ * restart: the id comes from the account and what the event is about. */
+static void test_stable_ids(void **state) {
+        char a[NOTIFY_ID_LEN + 1], b[NOTIFY_ID_LEN + 1], c[NOTIFY_ID_LEN + 1];
+
+        (void) state;
+        assert_int_equal(notify_stable_id("default", "2\nm1\np", a), 0);
+        assert_int_equal(notify_stable_id("default", "2\nm1\np", b), 0);
+        assert_int_equal(notify_stable_id("prod", "2\nm1\np", c), 0);
+        assert_string_equal(a, b);
+        assert_string_not_equal(a, c);
+        assert_int_equal(strlen(a), NOTIFY_ID_LEN);
+        assert_int_equal(a[14], '5'); /* a version-5-shaped UUID */
 }
 
 struct dir {
@@ -219,6 +271,38 @@ static void test_queue_skips_torn_and_junk(void **state) {
         assert_int_equal(notify_queue_open(&q, d.file, NULL), 3);
         assert_int_equal(q.n, 1);
         assert_string_equal(notify_queue_at(&q, 0)->id, "x");
+        /* The file as it was is kept beside; the new one has no torn line
+         * for the next event to run into. */
+        assert_non_null(q.corrupt_copy);
+        assert_int_equal(access(q.corrupt_copy, F_OK), 0);
+        push(&q, "z", 5);
+        notify_queue_close(&q);
+        assert_int_equal(notify_queue_open(&q, d.file, NULL), 0);
+        assert_int_equal(q.n, 2);
+        assert_string_equal(notify_queue_at(&q, 1)->id, "z");
+        notify_queue_close(&q);
+        remove_dir(&d);
+}
+
+/* NULs (what a power cut can leave in place of data) spoil their line
+ * only: the events after them are read. */
+static void test_queue_reads_past_nuls(void **state) {
+        static const char text[] = "{\"at\":1,\"event\":{\"id\":\"a\",\"type\":\"reclaimed\"}}\n"
+                                   "\0\0\0\0\0\0\0\0\n"
+                                   "{\"at\":2,\"event\":{\"id\":\"b\",\"type\":\"reclaimed\"}}\n";
+        struct notify_queue q;
+        struct dir d;
+        FILE *f;
+
+        (void) state;
+        make_dir(&d);
+        f = fopen(d.file, "w");
+        assert_non_null(f);
+        assert_int_equal(fwrite(text, 1, sizeof text - 1, f), sizeof text - 1);
+        fclose(f);
+        assert_int_equal(notify_queue_open(&q, d.file, NULL), 1);
+        assert_int_equal(q.n, 2);
+        assert_string_equal(notify_queue_at(&q, 1)->id, "b");
         notify_queue_close(&q);
         remove_dir(&d);
 }
@@ -335,8 +419,11 @@ int main(void) {
                 cmocka_unit_test(test_types_round_trip),
                 cmocka_unit_test(test_event_fields),
                 cmocka_unit_test(test_bodies),
+                cmocka_unit_test(test_slack_text_limit),
+                cmocka_unit_test(test_stable_ids),
                 cmocka_unit_test(test_queue_survives_reopen),
                 cmocka_unit_test(test_queue_skips_torn_and_junk),
+                cmocka_unit_test(test_queue_reads_past_nuls),
                 cmocka_unit_test(test_queue_compacts),
                 cmocka_unit_test(test_queue_unwritable),
                 cmocka_unit_test(test_queue_full_disk),
