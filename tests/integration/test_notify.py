@@ -12,7 +12,7 @@ import signal
 import subprocess
 import time
 
-from harness import BINARY, DaemonTest, Run, wait_for
+from harness import BINARY, DaemonTest, wait_for
 from test_systemd import NotifySocket
 from gateway_sim import IN_PROGRESS, STREAM_FAILED, E_INTERNAL
 
@@ -95,15 +95,7 @@ class NotifyTest(DaemonTest):
 
     def kill9(self, p):
         """SIGKILL; the run as far as it got (its output checked like any other)."""
-        p.send_signal(signal.SIGKILL)
-        rc = p.wait(timeout=15)
-        p.stderr_file.seek(0)
-        err = p.stderr_file.read()
-        p.stderr_file.close()
-        run = Run(rc, p.stdout.read(), err)
-        p.stdout.close()
-        self.check_output(run)
-        return run
+        return self.stop_daemon(p, sig=signal.SIGKILL)
 
     def reclaim_logs(self, p, outcome=None):
         return [l for l in self.daemon_log(p) if l.get("message_id") == RECLAIM_MESSAGE_ID
