@@ -104,15 +104,16 @@ static void warn_write(struct notifier *n) {
              n->q.path, strerror(n->q.write_error));
 }
 
-static void report_drops(struct notifier *n, bool force) {
+/* At most once a minute; what is dropped meanwhile is in the next report. */
+static void report_drops(struct notifier *n) {
         int64_t now = now_mono_ms();
 
         if (n->dropped_unreported == 0 ||
-            (!force && n->drop_reported_ms && now - n->drop_reported_ms < DROP_REPORT_MS))
+            (n->drop_reported_ms && now - n->drop_reported_ms < DROP_REPORT_MS))
                 return;
         nlog(n, LOG_WARNING,
-             "Dropped %zu notification event(s) that could not be delivered (the queue is limited to %u events and %s); see ivh_notify_dropped_total",
-             n->dropped_unreported, n->max_queue, "notify.max_age");
+             "Dropped %zu notification event(s) that could not be delivered (notify.max_queue is %u; notify.max_age drops older ones); see ivh_notify_dropped_total",
+             n->dropped_unreported, n->max_queue);
         n->dropped_unreported = 0;
         n->drop_reported_ms = now;
 }
@@ -124,7 +125,7 @@ static void drop_front(struct notifier *n, size_t k) {
         metrics_notify_dropped(n->metrics, k);
         n->dropped_unreported += k;
         warn_write(n);
-        report_drops(n, false);
+        report_drops(n);
 }
 
 /* Events older than max_age go. */
@@ -544,7 +545,7 @@ static void send_batch(struct notifier *n) {
         int r;
 
         drop_expired(n);
-        report_drops(n, false);
+        report_drops(n);
         k = n->q.n < NOTIFY_BATCH_MAX ? n->q.n : NOTIFY_BATCH_MAX;
         if (k == 0)
                 return;

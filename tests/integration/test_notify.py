@@ -482,6 +482,25 @@ class ReceiverAway(NotifyTest):
         self.assertEqual(self.receiver.events(), [], "the old receiver never answered")
         self.assertCountEqual([e["session_id"] for e in other.events_by_type("reclaimed")], ids + [late])
 
+    def test_max_queue_drops_the_oldest_counts_and_warns(self):
+        ids = [self.gw.add_session("crash-%d" % i, STREAM_FAILED) for i in range(6)]
+        self.receiver.refuse()
+        self.configure([("failed-streams", "failed", "0s")], notify=self.notify_yaml(max_queue="3"))
+        p = self.start_daemon()
+        wait_for(lambda: set(ids) <= set(self.gw.closed_ids()), timeout=10, what="the closes")
+        wait_for(lambda: self.metric("ivh_notify_dropped_total") == 3, timeout=10, what="3 dropped in the metrics")
+        self.receiver.resume()
+        self.receiver.wait_for_events(lambda evs: len(evs) >= 3, timeout=20, what="the 3 kept events")
+        time.sleep(3 * POLL)
+        run = self.stop_daemon(p)
+        self.assertEqual(run.returncode, 0, run)
+        logged = [l["session_id"] for l in run.reclaims("closed")]
+        self.assertEqual(sorted(logged), sorted(ids))
+        # The newest three, in the order they were logged.
+        self.assertEqual(self.reclaimed_ids(), logged[3:])
+        self.assertTrue([l for l in run.logs if l.get("level") == "warning"
+                         and "Dropped 1 notification event" in l.get("msg", "")], run.stderr)
+
     def test_a_redirect_is_not_followed_and_the_events_stay_queued(self):
         ids = [self.gw.add_session("crash-%d" % i, STREAM_FAILED) for i in range(2)]
         self.receiver.redirect(self.receiver.url("/elsewhere"))
