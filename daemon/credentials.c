@@ -147,6 +147,27 @@ out:
         return r;
 }
 
+/* A token or secret from the environment variable name (value env, which
+ * the caller wipes): its rules are the file's. The message never holds it. */
+static int load_env(const char *name, const char *env, struct credentials *c, struct error *err) {
+        size_t len = strlen(env);
+        char *raw = strdup(env);
+        int r = raw ? token_take(raw, &c->token) : -ENOMEM;
+
+        if (raw) {
+                explicit_bzero(raw, len);
+                free(raw);
+        }
+        if (r < 0)
+                return error_set(err, r, "%s: %s", name,
+                                 r == -ENODATA  ? "is empty"
+                                 : r == -ENOMEM ? "out of memory"
+                                                : "contains white space or non-printable characters");
+        snprintf(c->source, sizeof c->source, "environment variable %s", name);
+        c->from_env = true;
+        return 0;
+}
+
 void credentials_name(const char *account, char *buf, size_t n) {
         snprintf(buf, n, "accesstoken%s%s", account ? "-" : "", account ? account : "");
 }
@@ -184,22 +205,7 @@ int credentials_load(const struct gateway_config *g, const struct credentials *p
         } else if (dir && *dir && access(path, F_OK) == 0) {
                 r = load_file(path, "access token", c, err);
         } else if (env) {
-                size_t len = strlen(env);
-                char *raw = strdup(env);
-
-                r = raw ? token_take(raw, &c->token) : -ENOMEM;
-                if (raw) {
-                        explicit_bzero(raw, len);
-                        free(raw);
-                }
-                if (r < 0)
-                        (void) error_set(err, 0, "%s: %s", env_name,
-                                         r == -ENODATA ? "is empty"
-                                                       : "contains white space or non-printable characters");
-                else {
-                        snprintf(c->source, sizeof c->source, "environment variable %s", env_name);
-                        c->from_env = true;
-                }
+                r = load_env(env_name, env, c, err);
         } else if (previous && previous->from_env) {
                 c->token = strdup(previous->token);
                 r = c->token ? 0 : -ENOMEM;
@@ -267,27 +273,16 @@ int credentials_load_notify_secret(const struct notify_config *n, struct credent
          * this one find it in *env_cache, since it is wiped now. */
         if (env && env_cache && !*env_cache) {
                 struct credentials *e = calloc(1, sizeof *e);
-                size_t len = strlen(env);
-                char *raw = strdup(env);
 
-                r = e && raw ? token_take(raw, &e->token) : -ENOMEM;
-                if (raw) {
-                        explicit_bzero(raw, len);
-                        free(raw);
-                }
-                explicit_bzero(env, len);
+                r = e ? load_env(NOTIFY_SECRET_ENV, env, e, err) : -ENOMEM;
+                explicit_bzero(env, strlen(env));
                 unsetenv(NOTIFY_SECRET_ENV);
                 if (r < 0) {
                         credentials_free(e);
                         credentials_free(c);
-                        return error_set(err, r == -ENOMEM ? r : -EINVAL, "%s: %s", NOTIFY_SECRET_ENV,
-                                         r == -ENODATA ? "is empty"
-                                         : r == -ENOMEM
-                                                 ? "out of memory"
-                                                 : "contains white space or non-printable characters");
+                        return r == -ENOMEM ? error_set(err, r, "%s: out of memory", NOTIFY_SECRET_ENV)
+                                            : -EINVAL;
                 }
-                snprintf(e->source, sizeof e->source, "environment variable %s", NOTIFY_SECRET_ENV);
-                e->from_env = true;
                 *env_cache = e;
         }
         if (n->secret_file)

@@ -12,10 +12,10 @@
 
 #include "duration.h"
 #include "http.h"
+#include "idset.h"
 #include "log.h"
 #include "notify-queue.h"
 #include "retry.h"
-#include "strmap.h"
 #include "util.h"
 
 #define BACKOFF_BASE_MS 1000
@@ -60,9 +60,9 @@ struct notifier {
         int64_t drop_reported_ms;  /* monotonic */
         int write_warned;          /* the queue file's errno last warned about */
 
-        /* notify_once(): "TYPE\nSESSION\nPOLICY" -> the round it was last seen in (from 1). */
-        struct strmap *announced;
-        uintptr_t round;
+        /* notify_once(): "TYPE\nSESSION\nPOLICY" of the events said, one
+         * round (a cycle's list) to the next. */
+        struct idset *announced;
 
         char *stopped_reason; /* the reason reclaiming_stopped named; NULL: reclaiming */
 };
@@ -153,8 +153,7 @@ int notifier_new(struct ev_loop *loop, const char *account, const char *queue_pa
         n->failing_timer.data = n;
         ev_prepare_init(&n->sync_watcher, sync_cb);
         n->sync_watcher.data = n;
-        n->round = 1;
-        if (!(n->account = strdup(account)) || strmap_new(&n->announced) < 0) {
+        if (!(n->account = strdup(account)) || idset_new(&n->announced) < 0) {
                 notifier_free(n);
                 return error_set(err, -ENOMEM, "out of memory");
         }
@@ -202,7 +201,7 @@ void notifier_free(struct notifier *n) {
         http_free(n->http);
         batch_forget(n);
         notify_queue_close(&n->q);
-        strmap_free(n->announced, NULL);
+        idset_free(n->announced);
         free(n->account);
         free(n->url);
         free(n->ca_file);
@@ -363,50 +362,15 @@ void notify_once(struct notifier *n, enum notify_type t, const struct notify_ses
         key = once_key(t, s);
         if (!key)
                 return;
-        /* Seen in this round: the entry says so, and the event went out
-         * when the entry was made. */
-        if (strmap_get(n->announced, key)) {
-                strmap_remove(n->announced, key);
-                (void) strmap_put(n->announced, key, (void *) n->round);
-        } else if (strmap_put(n->announced, key, (void *) n->round) >= 0)
+        /* New to this round and the last: said now, once. */
+        if (idset_mark(n->announced, key) == 1)
                 queue_event(n, t, s, NULL, key);
         free(key);
 }
 
-struct prune {
-        uintptr_t round;
-        char **stale;
-        size_t n_stale;
-};
-
-static void collect_stale(const char *key, void *value, void *userdata) {
-        struct prune *p = userdata;
-
-        /* A copy: the map's key goes with its entry. */
-        if ((uintptr_t) value != p->round)
-                p->stale[p->n_stale++] = strdup(key);
-}
-
 void notify_new_round(struct notifier *n) {
-        struct prune p = { 0 };
-        size_t size;
-
-        if (!n)
-                return;
-        p.round = n->round;
-        size = strmap_size(n->announced);
-        p.stale = size > 0 ? calloc(size, sizeof *p.stale) : NULL;
-        if (p.stale) {
-                strmap_foreach(n->announced, collect_stale, &p);
-                for (size_t i = 0; i < p.n_stale; i++)
-                        if (p.stale[i]) {
-                                strmap_remove(n->announced, p.stale[i]);
-                                free(p.stale[i]);
-                        }
-                free(p.stale);
-        }
-        /* (out of memory: the stale entries stay one more round) */
-        n->round++;
+        if (n)
+                idset_round_end(n->announced);
 }
 
 void notify_reclaiming(struct notifier *n, const char *reason) {
