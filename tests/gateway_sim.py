@@ -573,7 +573,9 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_POST
 
 
-class _Server(ThreadingHTTPServer):
+class QuietServer(ThreadingHTTPServer):
+    """A threading HTTP server for tests: clients that time out or reset
+    are not reported (tests/notify_receiver.py serves with it too)."""
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128
@@ -587,7 +589,7 @@ class _Server(ThreadingHTTPServer):
 
 def serve(gateway, host="127.0.0.1", port=0, cert=None, key=None):
     """Starts serving in a thread. Returns the server; server.server_address[1] is the port."""
-    server = _Server((host, port), _Handler)
+    server = QuietServer((host, port), _Handler)
     server.gateway = gateway
     if cert:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
