@@ -20,6 +20,7 @@ import base64
 import hashlib
 import hmac
 import json
+import random
 import re
 import socket
 import ssl
@@ -77,7 +78,8 @@ class Gateway:
     """Session store, request validation and the call log. Thread-safe."""
 
     def __init__(self, appkey, token, latency=0.0, list_closed=False, ready_delay=0.2,
-                 rate_limit=None, rate_limit_http=None, auth_failure=None):
+                 rate_limit=None, rate_limit_http=None, auth_failure=None, random_refusal=None,
+                 seed=1):
         self.appkey = appkey
         self.token = token
         self.ready_delay = ready_delay    # seconds from create until status 1 (or 4)
@@ -88,6 +90,10 @@ class Gateway:
         self.rate_limit = rate_limit
         self.rate_limit_http = rate_limit_http
         self._bucket = None
+        # Random-refusal mode: this share of closesession calls is refused
+        # with Code 100012 at random (a seeded generator), whatever the rate.
+        self.random_refusal = random_refusal
+        self._random = random.Random(seed)
         # Auth-failure mode: None, "code" (Code 100005) or an HTTP status (401, 403).
         self.auth_failure = auth_failure
         self.latency = latency            # seconds added to every call
@@ -293,7 +299,8 @@ class Gateway:
                 if self.auth_failure == "code":
                     return reply(E_UNAUTHORIZED, "unauthorized operation")
                 return reply(None, raw=b'{"error":"unauthorized"}', http_status=self.auth_failure)
-            if self._rate_limited():
+            if self._rate_limited() or (self.random_refusal and endpoint == "closesession" and
+                                        self._random.random() < self.random_refusal):
                 record["throttled"] = True
                 if self.rate_limit_http:
                     transport["headers"] = {"Retry-After": "1"}
