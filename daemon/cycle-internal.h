@@ -51,6 +51,7 @@ struct close_job {
         struct gateway_error close_err;
         unsigned requeues;
         int64_t sent_ms; /* when its last request went out */
+        uint64_t seq;    /* the account's pace numbered it (throttle_take()) */
         /* What a statsession reply said about the stream, for the log. */
         bool has_stream_error;
         int stream_error_code;
@@ -116,7 +117,7 @@ struct cycle {
         size_t n_jobs, next_job, in_flight;
         struct close_job **requeued; /* refused as too frequent: sent again after the pause */
         size_t n_requeued;
-        int64_t last_reaction_ms; /* the account last slowed down (a throttle) */
+        unsigned long pace_changes; /* the throttle's cuts and undos already logged */
         bool auth_logged;
         ev_timer resume_timer; /* dispatch paused (a Retry-After, the pace) */
         bool dispatching;
@@ -136,9 +137,16 @@ void cycle_note_progress(struct cycle *c);
 int cycle_post(struct cycle *c, const char *endpoint, const char *field, const char *value,
                http_done_fn done, void *userdata);
 
-/* Counts one API call in the metrics and the account's pacing. */
-void cycle_record_call(struct cycle *c, const char *endpoint, const struct http_response *resp, int parsed,
-                       const struct gateway_error *err);
+/* Sends a call about the job's session (closesession, statsession): paced,
+ * numbered by the account's throttle, its time noted. Returns 0 or a
+ * negative errno. */
+int cycle_post_job(struct close_job *job, const char *endpoint, http_done_fn done);
+
+/* Counts one API call in the metrics and, for a job's call (job not NULL),
+ * its reply in the account's pace, unless it was throttled: job_throttled()
+ * tells the pace that. */
+void cycle_record_call(struct cycle *c, struct close_job *job, const char *endpoint,
+                       const struct http_response *resp, int parsed, const struct gateway_error *err);
 
 /* The account's credentials were refused: logged once per cycle. */
 void cycle_auth_refused(struct cycle *c, const char *endpoint, const char *detail);

@@ -46,9 +46,8 @@ void cycle_log(struct cycle *c, int priority, const char *message_id, const stru
 }
 
 /* Sends one call. field/value: the Payload field besides ReqId ("SessionId",
- * "VirtualmanProjectId", "AssetVirtualmanKey"), or NULL. Every call about a
- * session takes a token of the account's pace; cycle_dispatch() waits for one
- * before sending a new close, follow-up calls go at once and leave a debt. */
+ * "VirtualmanProjectId", "AssetVirtualmanKey"), or NULL. Not paced: list
+ * calls are paced by poll_interval (see cycle_post_job()). */
 int cycle_post(struct cycle *c, const char *endpoint, const char *field, const char *value,
                http_done_fn done, void *userdata) {
         const struct config *cfg = c->env.config;
@@ -64,11 +63,6 @@ int cycle_post(struct cycle *c, const char *endpoint, const char *field, const c
                 ret = gateway_build_body(reqid, field, value, &body);
         if (ret >= 0)
                 ret = http_post_json(c->env.http, url, body, done, userdata);
-        /* Closes and their re-checks are paced; the list calls are paced by
-         * poll_interval, and never wait for a token (or starve the closes of
-         * one when poll_interval is short). */
-        if (ret >= 0 && c->env.throttle && field && strcmp(field, "SessionId") == 0)
-                throttle_take(c->env.throttle, now_mono_ms());
         /* The URL carries a signature derived from the token: wipe it. */
         if (url)
                 explicit_bzero(url, strlen(url));
@@ -77,10 +71,25 @@ int cycle_post(struct cycle *c, const char *endpoint, const char *field, const c
         return ret;
 }
 
+/* Closes and their re-checks take a token of the account's pace;
+ * cycle_dispatch() waits for one before sending a new close, follow-up calls
+ * go at once and leave a debt. The list calls never wait for a token (or
+ * starve the closes of one when poll_interval is short). */
+int cycle_post_job(struct close_job *job, const char *endpoint, http_done_fn done) {
+        struct cycle *c = job->cycle;
+        int ret;
+
+        job->sent_ms = now_mono_ms();
+        ret = cycle_post(c, endpoint, "SessionId", job->session->session_id, done, job);
+        if (ret >= 0 && c->env.throttle)
+                job->seq = throttle_take(c->env.throttle, job->sent_ms);
+        return ret;
+}
+
 /* Counts one API call in the metrics. parsed: the gateway_parse_*() result
  * (ignored when the transport failed). */
-void cycle_record_call(struct cycle *c, const char *endpoint, const struct http_response *resp, int parsed,
-                       const struct gateway_error *err) {
+void cycle_record_call(struct cycle *c, struct close_job *job, const char *endpoint,
+                       const struct http_response *resp, int parsed, const struct gateway_error *err) {
         enum verdict v = reply_http_verdict(resp);
         enum metrics_result result;
 
@@ -99,8 +108,15 @@ void cycle_record_call(struct cycle *c, const char *endpoint, const struct http_
         else
                 result = err->kind == GATEWAY_API_ERROR ? METRICS_API_ERROR : METRICS_BAD_RESPONSE;
         metrics_api_call(c->env.metrics, endpoint, result, resp->total_s);
-        if (c->env.throttle && v != VERDICT_THROTTLED && v != VERDICT_AUTH && resp->result == CURLE_OK)
-                throttle_ok(c->env.throttle, now_mono_ms());
+        if (job && c->env.throttle && v != VERDICT_THROTTLED) {
+                int64_t now = now_mono_ms();
+
+                /* Any answer but a throttle passed the gateway's limit. */
+                if (v != VERDICT_AUTH && resp->result == CURLE_OK)
+                        throttle_ok(c->env.throttle, job->seq, now - job->sent_ms, now);
+                else
+                        throttle_other(c->env.throttle, job->seq, now);
+        }
 }
 
 /* The account's credentials were refused: logged once per cycle with its

@@ -29,7 +29,7 @@ static int read_list(struct cycle *c, const char *endpoint, const struct http_re
                  * after the cycle has decided. */
                 http_response_drop_body(resp);
         }
-        cycle_record_call(c, endpoint, resp, r, &err);
+        cycle_record_call(c, NULL, endpoint, resp, r, &err);
         if (r >= 0)
                 return 0;
         if (!reply_transport_failed(resp, buf, n))

@@ -270,30 +270,26 @@ static void close_failed(struct close_job *job, const char *what, const char *de
 }
 
 /* The gateway said "too frequent" (100012, HTTP 429 or 503) to this close
- * or its re-check: the account slows down (a smaller window, a pause) and
- * the close is sent again after the pause, in this cycle. It is no failure
- * of the session: no backoff, no reclaim entry. */
+ * or its re-check: the account's pace learns from it (throttle.h: once per
+ * round trip, however many replies say so), and the close is sent again in
+ * this cycle, after the gateway's Retry-After or a 503's pause. It is no
+ * failure of the session: no backoff, no reclaim entry. */
 static void job_throttled(struct close_job *job, const struct http_response *resp) {
         struct cycle *c = job->cycle;
         const struct config *cfg = c->env.config;
         int64_t now = now_mono_ms();
-        /* Replies to calls sent before the account last slowed down come in
-         * a burst: the account reacts once to them, not once per reply. The
-         * gateway's Retry-After is honoured either way. Dispatch stops at a
-         * reaction, so a call sent in its millisecond went out before it. */
-        bool stale = c->last_reaction_ms > 0 && job->sent_ms <= c->last_reaction_ms;
         uint64_t pause_ms = account_pause_ms(c, resp->retry_after_s);
+        /* A refusal of a call sent after the pace last changed: the pace
+         * was wrong for it. Only these count towards giving the session up
+         * for the cycle; a burst sent at the old pace does not. */
+        bool fresh = !c->env.throttle || job->seq >= c->env.throttle->cut_seq;
         char why[200];
 
-        if (!stale) {
-                c->last_reaction_ms = now;
-                pause_ms = c->env.throttle ? throttle_refused(c->env.throttle, reply_teaches_pace(resp),
-                                                              pause_ms, now)
-                                           : (pause_ms > 0 ? pause_ms : 1000);
-        } else if (pause_ms > 0 && c->env.throttle)
-                throttle_hold(c->env.throttle, pause_ms, now);
         if (c->env.throttle)
-                pause_ms = throttle_paused_ms(c->env.throttle, now);
+                pause_ms = throttle_refused(c->env.throttle, job->seq, reply_teaches_pace(resp), pause_ms,
+                                            now - job->sent_ms, now);
+        else if (pause_ms == 0)
+                pause_ms = 1000;
         c->res.throttled++;
         /* The gateway refused the close: the session is not going after all. */
         if (c->sent[job->index]) {
@@ -304,7 +300,7 @@ static void job_throttled(struct close_job *job, const struct http_response *res
         if (c->halt == HALT_FENCED) {
                 job_set_state(job, JOB_DONE); /* left to the leader */
                 c->res.standby++;
-        } else if (c->halt != HALT_NONE || ++job->requeues > MAX_REQUEUES) {
+        } else if (c->halt != HALT_NONE || (fresh && ++job->requeues > MAX_REQUEUES)) {
                 /* Deferred to a later cycle, still without a backoff. */
                 job_set_state(job, JOB_DONE);
                 c->res.deferred++;
@@ -390,7 +386,7 @@ static void on_postcheck_reply(const struct http_response *resp, void *userdata)
                 r = gateway_parse_stat(resp->body, resp->body_len, &st, &err);
                 v = reply_api_verdict(r, &err);
         }
-        cycle_record_call(job->cycle, "statsession", resp, r, &err);
+        cycle_record_call(job->cycle, job, "statsession", resp, r, &err);
         if (r >= 0)
                 note_stream(job, &st);
         /* Throttled or unauthorized: a problem of the account, as on any
@@ -426,7 +422,7 @@ static void on_close_reply(const struct http_response *resp, void *userdata) {
                 parsed = gateway_parse_ack(resp->body, resp->body_len, &job->close_err);
                 v = reply_api_verdict(parsed, &job->close_err);
         }
-        cycle_record_call(c, "closesession", resp, parsed, &job->close_err);
+        cycle_record_call(c, job, "closesession", resp, parsed, &job->close_err);
         switch (v) {
         case VERDICT_OK:
                 job_finish(job, OUTCOME_CLOSED, NULL, 0);
@@ -455,8 +451,7 @@ static void on_close_reply(const struct http_response *resp, void *userdata) {
                 }
                 /* An error the daemon does not know: maybe the session went
                  * away between the list and now. statsession says. */
-                if (cycle_post(c, "statsession", "SessionId", job->session->session_id, on_postcheck_reply,
-                               job) >= 0)
+                if (cycle_post_job(job, "statsession", on_postcheck_reply) >= 0)
                         return;
         }
         reply_describe_parse_error(parsed, &job->close_err, buf, sizeof buf);
@@ -469,8 +464,7 @@ static void start_close(struct close_job *job) {
 
         if (!job_prepare_send(job))
                 return;
-        job->sent_ms = now_mono_ms();
-        ret = cycle_post(c, "closesession", "SessionId", job->session->session_id, on_close_reply, job);
+        ret = cycle_post_job(job, "closesession", on_close_reply);
         if (ret < 0) {
                 close_failed(job, "closesession", strerror(-ret), 0);
                 return;
@@ -498,7 +492,7 @@ static void on_precheck_reply(const struct http_response *resp, void *userdata) 
                 parsed = gateway_parse_stat(resp->body, resp->body_len, &st, &err);
                 v = reply_api_verdict(parsed, &err);
         }
-        cycle_record_call(c, "statsession", resp, parsed, &err);
+        cycle_record_call(c, job, "statsession", resp, parsed, &err);
         switch (v) {
         case VERDICT_OK:
                 break;
@@ -529,6 +523,30 @@ static void on_precheck_reply(const struct http_response *resp, void *userdata) 
         start_close(job);
 }
 
+/* Logs a change of the account's pace (a cut, or a cut undone). */
+static void note_pace(struct cycle *c) {
+        const struct throttle *t = c->env.throttle;
+
+        if (!t || t->cuts + t->undone == c->pace_changes)
+                return;
+        c->pace_changes = t->cuts + t->undone;
+        if (!t->last_undone)
+                cycle_log(
+                        c, LOG_INFO, NULL, NULL, 0,
+                        "The gateway says the account calls too often (%.0f %% of the last %u replies refused): the pace is now %.1f calls/s",
+                        100 * t->cut_share, t->n_recent, throttle_rate(t));
+        else if (throttle_rate(t) > 0)
+                cycle_log(
+                        c, LOG_INFO, NULL, NULL, 0,
+                        "Refusals as too frequent stayed at about %.0f %% of calls after the pace was cut: taken as noise, the pace is back to %.1f calls/s",
+                        100 * t->noise, throttle_rate(t));
+        else
+                cycle_log(
+                        c, LOG_INFO, NULL, NULL, 0,
+                        "Refusals as too frequent stayed at about %.0f %% of calls after the pace was cut: taken as noise, the pace no longer limits",
+                        100 * t->noise);
+}
+
 static bool needs_precheck(const struct cycle *c, const struct close_job *job) {
         return c->in_force->recheck_before_close &&
                (job->policy->kind == POLICY_NOT_STARTED || job->policy->kind == POLICY_MAX_AGE);
@@ -544,6 +562,7 @@ static void cycle_dispatch(struct cycle *c) {
         if (c->dispatching || c->phase != CYCLE_CLOSING)
                 return;
         c->dispatching = true;
+        note_pace(c);
         if (c->env.throttle && c->env.throttle->window < window)
                 window = c->env.throttle->window;
         while (c->halt == HALT_NONE && !ev_is_active(&c->resume_timer) && jobs_left(c) &&
@@ -551,6 +570,10 @@ static void cycle_dispatch(struct cycle *c) {
                 struct close_job *job;
                 uint64_t wait = c->env.throttle ? throttle_ready(c->env.throttle, now_mono_ms()) : 0;
 
+                /* The gentle start sends a round trip's calls, then waits
+                 * for their replies, each of which comes back here. */
+                if (wait > 0 && c->in_flight > 0 && throttle_awaits_replies(c->env.throttle, now_mono_ms()))
+                        break;
                 if (wait > 0) {
                         /* The account's pace (learnt, or gateway.max_rate)
                          * holds the next close back. In the daemon, not past
@@ -568,7 +591,11 @@ static void cycle_dispatch(struct cycle *c) {
                         ev_timer_start(c->env.loop, &c->resume_timer);
                         break;
                 }
-                job = c->n_requeued > 0 ? c->requeued[--c->n_requeued] : &c->jobs[c->next_job++];
+                if (c->n_requeued > 0) { /* the one refused longest ago first */
+                        job = c->requeued[0];
+                        memmove(c->requeued, c->requeued + 1, --c->n_requeued * sizeof *c->requeued);
+                } else
+                        job = &c->jobs[c->next_job++];
                 if (job->state == JOB_DONE)
                         continue; /* skipped after a reload */
                 job_set_state(job, JOB_IN_FLIGHT);
@@ -577,9 +604,7 @@ static void cycle_dispatch(struct cycle *c) {
                 else if (job_prepare_send(job)) {
                         int ret;
 
-                        job->sent_ms = now_mono_ms();
-                        ret = cycle_post(c, "statsession", "SessionId", job->session->session_id,
-                                         on_precheck_reply, job);
+                        ret = cycle_post_job(job, "statsession", on_precheck_reply);
                         if (ret < 0)
                                 close_failed(job, "statsession before closing", strerror(-ret), 0);
                 }
@@ -674,6 +699,8 @@ int cycle_start(const struct cycle_env *env, cycle_phase_fn phase, void *userdat
         c->userdata = userdata;
         c->phase = CYCLE_LISTING;
         c->res.started_ms = c->last_progress_ms = now_mono_ms();
+        if (env->throttle)
+                c->pace_changes = env->throttle->cuts + env->throttle->undone;
         ev_init(&c->resume_timer, resume_cb);
         c->resume_timer.data = c;
         r = cycle_list_start(c, on_listed);

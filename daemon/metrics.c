@@ -55,6 +55,9 @@ struct metrics {
         uint64_t state_writes_ok, state_writes_failed;
         uint64_t fused, deferred; /* in the last cycle */
         bool held_known;
+        bool pace_known;
+        double pace;
+        uint64_t pace_cuts, pace_undone;
         /* notify: (rendered once the account has a notifier) */
         bool notify_known;
         uint64_t notify_events[NOTIFY_TYPES];
@@ -164,6 +167,40 @@ void metrics_held(struct metrics *m, size_t fused, size_t deferred) {
         m->fused = fused;
         m->deferred = deferred;
         m->held_known = true;
+}
+
+void metrics_pace(struct metrics *m, double rate, unsigned long cuts, unsigned long undone) {
+        if (!m)
+                return;
+        m->pace_known = true;
+        m->pace = rate;
+        m->pace_cuts = cuts;
+        m->pace_undone = undone;
+}
+
+/* The pace's families, once an account has ended a cycle. */
+static void render_pace(FILE *f, const struct metrics *const *ms, const char *const *accounts, size_t n) {
+        fprintf(f,
+                "# HELP ivh_pace_calls_per_second The account's pace of closes at the end of the last cycle, learnt or gateway.max_rate; 0 when none limits.\n"
+                "# TYPE ivh_pace_calls_per_second gauge\n");
+        for (size_t a = 0; a < n; a++)
+                if (ms[a]->pace_known)
+                        fprintf(f, "ivh_pace_calls_per_second{account=\"%s\"} %.1f\n", accounts[a],
+                                ms[a]->pace);
+        fprintf(f,
+                "# HELP ivh_pace_cuts_total Times the gateway's \"too frequent\" answers cut the account's pace.\n"
+                "# TYPE ivh_pace_cuts_total counter\n");
+        for (size_t a = 0; a < n; a++)
+                if (ms[a]->pace_known)
+                        fprintf(f, "ivh_pace_cuts_total{account=\"%s\"} %llu\n", accounts[a],
+                                (unsigned long long) ms[a]->pace_cuts);
+        fprintf(f,
+                "# HELP ivh_pace_cuts_undone_total Cuts undone because the refusals stayed as frequent: taken as noise.\n"
+                "# TYPE ivh_pace_cuts_undone_total counter\n");
+        for (size_t a = 0; a < n; a++)
+                if (ms[a]->pace_known)
+                        fprintf(f, "ivh_pace_cuts_undone_total{account=\"%s\"} %llu\n", accounts[a],
+                                (unsigned long long) ms[a]->pace_undone);
 }
 
 void metrics_state_write(struct metrics *m, bool ok) {
@@ -324,6 +361,8 @@ int metrics_render(const struct metrics_process *proc, const struct metrics *con
                 f, "ivh_sessions_deferred",
                 "Due sessions the last cycle left for later cycles (max_closes_per_cycle, a Retry-After, a stop).",
                 ms, accounts, n, offsetof(struct metrics, deferred));
+
+        render_pace(f, ms, accounts, n);
 
         fprintf(f, "# HELP ivh_reclaims_total Reclaim decisions, by policy and outcome.\n"
                    "# TYPE ivh_reclaims_total counter\n");

@@ -34,6 +34,9 @@ void metrics_cycle(struct metrics *m, bool list_ok, int64_t now_wall_ms);
 /* Due sessions the last cycle held back: by the share fuse, and left for
  * later cycles (max_closes_per_cycle, a Retry-After, a stop). */
 void metrics_held(struct metrics *m, size_t fused, size_t deferred);
+/* The account's pace at the end of a cycle (calls/s, 0: none), and how
+ * often it was cut and a cut undone since the daemon started. */
+void metrics_pace(struct metrics *m, double rate, unsigned long cuts, unsigned long undone);
 
 /* notify: one event queued (by type), one delivery attempt (by result),
  * events dropped undelivered, and the queue as it stands. */

@@ -308,7 +308,7 @@ static void start_cycle(struct runner *u) {
         if (r->opt.mode != RECLAIMER_PLAN)
                 check_clock(u);
         u->last_cycle_started_ms = now_mono_ms();
-        throttle_new_cycle(&u->throttle);
+        throttle_new_cycle(&u->throttle, now_mono_ms());
         ret = cycle_start(&env, cycle_phase_changed, u, &u->cycle);
         if (ret >= 0)
                 runner_set_state(u, RUNNER_CYCLING);
@@ -392,6 +392,8 @@ static void finish_cycle(struct runner *u) {
                 metrics_cycle(u->metrics, !u->last.list_failed, now_wall_ms());
         if (r->opt.mode != RECLAIMER_PLAN && !u->last.list_failed)
                 metrics_held(u->metrics, u->last.fused, u->last.deferred);
+        if (r->opt.mode != RECLAIMER_PLAN)
+                metrics_pace(u->metrics, throttle_rate(&u->throttle), u->throttle.cuts, u->throttle.undone);
         if (r->opt.mode != RECLAIMER_PLAN)
                 check_clock(u);
         if (!u->last.list_failed)

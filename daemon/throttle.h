@@ -1,49 +1,96 @@
-/* Account-wide pacing of gateway calls. Three limits act together:
- *  - a window of calls in flight, which halves when the gateway says "too
- *    frequent" (or is overloaded) and grows back by one per round that was
- *    not throttled;
- *  - a pace in calls per second, learnt from the gateway. It starts at 10
- *    calls/s (when the daemon starts, and again after 10 s without a call)
- *    and doubles every 500 ms until the gateway first objects or it no
- *    longer limits. When a close or its re-check is answered "too frequent"
- *    (100012 or HTTP 429), the pace is cut to what the gateway accepted in
- *    the last second: half of it the first time (it may include a burst the
- *    gateway had saved up), 90 % of it later, and never more than that share
- *    of the pace refused. It then grows by one call per second for each
- *    second's worth of accepted calls (1/pace per call). HTTP
- *    503 (overloaded) pauses the account and shrinks the window but
- *    teaches no pace: it says nothing about the rate of the account's
- *    closes. A throttled list call does not touch the pace either: it
- *    fails its cycle, and the next list waits for its Retry-After;
- *  - gateway.max_rate, a ceiling for operators who know their limit; the
+/* Account-wide pacing of gateway calls: how many closes (and their
+ * re-checks) go out, and how fast. It grows with the replies the gateway
+ * accepts, per round trip, not with the clock; it cuts once per round trip
+ * of refusals, to what the gateway was measured to accept; and it lives with
+ * a low, steady share of refusals instead of collapsing on it.
+ *
+ *  - Gentle start: the first round trip sends 8 calls; the next round goes
+ *    when their replies are back, each accepted reply adding half a call
+ *    (x1.5 per round trip). A whole round at gateway.max_parallel without a
+ *    refusal ends the start: from then on the calls go as replies come back,
+ *    with no pace (only the window of calls in flight).
+ *  - A round with refusals ("too frequent": 100012 or HTTP 429) is followed
+ *    by a check round of 4 calls. If the gateway refuses some of them too,
+ *    the pace becomes 90 % of what it accepted in that round trip; if not,
+ *    the larger of the check's rate and 90 % of what the gateway accepted in
+ *    the refused round trip (never more than it accepted in the last second).
+ *  - Later, every round trip (at least one smoothed round-trip time and 8
+ *    replies) is judged by its share of refusals. Above the share learnt as
+ *    noise, the pace is cut once, to 90 % of the rate the gateway accepted in
+ *    that round trip (or in the last second, if lower), never below 1 call/s.
+ *    The round trip after a cut shows whether it helped: when the share of
+ *    refusals stays about the same (between half and twice), the refusals
+ *    were not about the pace: the cut is undone and that share is noise from
+ *    then on (a round trip must exceed twice it plus 5 %, at most 50 %, to
+ *    cut). Each accepted reply raises the pace by 1/pace calls/s (one call
+ *    per second more for each second's worth of calls).
+ *  - HTTP 503 (overloaded) teaches no pace: it halves the window of calls in
+ *    flight and pauses 250 ms, doubling while 503s keep coming, up to 16 s;
+ *    the window grows back by one per window of accepted calls. A throttled
+ *    list call does not touch the pace either.
+ *  - The gateway's Retry-After pauses the account, whatever it came with.
+ *  - gateway.max_rate is a ceiling for operators who know their limit; the
  *    pace starts there, without the gentle start.
- * The account shares its limit with the operator's own application, so the
- * pace is a guess that is kept up to date, not a constant. Pure: the caller
- * passes the time. */
+ *  - After 10 s without a call the pace starts over.
+ * Pure: the caller passes the time; every paced call gets a sequence number
+ * from throttle_take() and reports its reply with it exactly once. */
 #pragma once
 
 #include <stdbool.h>
 #include <stdint.h>
 
-#define THROTTLE_START_RATE 10.0   /* calls/s at a gentle start */
-#define THROTTLE_MIN_RATE   1.0    /* the pace never goes below this */
-#define THROTTLE_FREE_RATE  1000.0 /* a pace grown past this no longer limits */
-#define THROTTLE_IDLE_MS    10000  /* no call for this long: start gently again */
-#define THROTTLE_SLOTS      10     /* accepted calls are counted per 100 ms */
+#define THROTTLE_START_WINDOW 6      /* calls in the first round trip */
+#define THROTTLE_CHECK_CALLS  4      /* calls in the round trip after the first refused one */
+#define THROTTLE_MIN_RATE     1.0    /* the pace never goes below this */
+#define THROTTLE_FREE_RATE    1000.0 /* a pace grown past this no longer limits */
+#define THROTTLE_IDLE_MS      10000  /* no call for this long: start gently again */
+#define THROTTLE_SLOTS        10     /* accepted calls are counted per 100 ms */
+
+enum throttle_phase {
+        THROTTLE_STARTING, /* round trips of growing size */
+        THROTTLE_CHECKING, /* one small round trip after the first refused one */
+        THROTTLE_PACING,   /* calls go as the pace (if any) and the window allow */
+};
+
+/* Calls sent from sequence number `first` on, and what came back for them. */
+struct throttle_round {
+        uint64_t first;
+        int64_t started_ms;
+        unsigned quota; /* starting or checking: calls it may send */
+        unsigned sent, replied, accepted, refused;
+        int64_t first_sent_ms, last_sent_ms; /* of the calls that replied; 0: none */
+};
 
 struct throttle {
         unsigned max_window; /* gateway.max_parallel */
         unsigned window;     /* calls allowed in flight now, 1..max_window */
-        unsigned ok_in_round;
-        unsigned consecutive;    /* throttles without a success between them */
-        double max_rate;         /* gateway.max_rate; 0: none */
-        double pace;             /* learnt; 0: none */
-        bool slow_start;         /* no "too frequent" yet: the pace doubles */
-        int64_t grown_ms;        /* when the pace last doubled */
+        unsigned ok_in_window;
+        unsigned overloaded; /* 503s without an accepted call between them */
+        double max_rate;     /* gateway.max_rate; 0: none */
+        enum throttle_phase phase;
+        double start_size; /* starting: calls in this round trip */
+        double pace;       /* learnt calls/s; 0: none */
+        double noise;      /* a share of refusals learnt to be noise */
+        bool judging;      /* the round trip after a cut shows whether it helped */
+        bool probing;      /* a cut was undone: the pace doubles per round trip */
+        double undo_pace;  /* the pace before the last cut */
+        double cut_share;  /* the share of refusals in the last 32 replies before it */
+        uint32_t recent;   /* the last 32 replies: a bit set for each refused */
+        unsigned n_recent;
+        unsigned long cuts;   /* the pace was cut (counted for the log) */
+        unsigned long undone; /* a cut was undone */
+        bool last_undone;     /* the last change of the pace was an undo */
+        uint64_t next_seq;    /* of the next call; starts at 1 */
+        uint64_t cut_seq;     /* calls before this one went before the last cut */
+        struct throttle_round round;
+        /* the previous round trip, kept while checking */
+        double refused_round_rate;
+        int64_t srtt_ms;         /* smoothed reply time; 0: none yet */
+        int64_t started_ms;      /* the pace started (over) */
         int64_t last_call_ms;    /* when a call last went out; 0: never */
         int64_t paused_until_ms; /* no close before this (a pause, a Retry-After) */
         int64_t held_until_ms;   /* the gateway's Retry-After: the next list waits for it too */
-        /* token bucket at the lower of max_rate and pace; rate 0 = unlimited */
+        /* token bucket at the lower of max_rate and the pace; rate 0 = unlimited */
         double rate, tokens;
         int64_t refilled_ms;
         /* calls accepted per 100 ms slot, over the last second */
@@ -57,30 +104,43 @@ void throttle_init(struct throttle *t, unsigned max_parallel, double max_rate, i
  * max_rate starts the pace over. */
 void throttle_configure(struct throttle *t, unsigned max_parallel, double max_rate, int64_t now_ms);
 
-/* A call was refused as too frequent, or the gateway was overloaded.
- * Halves the window and returns how long to pause dispatch: the gateway's
- * Retry-After when it gave one, else 250 ms, doubling for each throttle in a
- * row, up to 16 s. The pause never shortens one already running, and no
- * tokens pile up during it. With `learn` (a close
- * or re-check answered 100012 or HTTP 429), the pace is cut too. */
-uint64_t throttle_refused(struct throttle *t, bool learn, uint64_t retry_after_ms, int64_t now_ms);
+/* A paced call goes now: returns its sequence number, which its reply
+ * reports. Takes a token, even when none is left. */
+uint64_t throttle_take(struct throttle *t, int64_t now_ms);
 
-/* A call completed without being throttled: it counts as accepted, raises a
- * pace that was cut by 1/pace calls/s, and after a whole window of them in a
- * row the window grows by one, up to max_window. */
-void throttle_ok(struct throttle *t, int64_t now_ms);
+/* The gateway accepted call seq (any reply but a throttle or an
+ * authentication refusal), rtt_ms after it went. */
+void throttle_ok(struct throttle *t, uint64_t seq, int64_t rtt_ms, int64_t now_ms);
 
-/* How many ms until a call may go (0: now): the pause after a refusal, then
- * a token. Takes nothing. */
+/* Call seq came back neither accepted nor refused as too frequent (the
+ * transport failed, the credentials were refused). */
+void throttle_other(struct throttle *t, uint64_t seq, int64_t now_ms);
+
+/* Call seq was refused as too frequent (learn: 100012 or HTTP 429), or the
+ * gateway was overloaded (!learn: HTTP 503), rtt_ms after it went. Returns
+ * how long to pause dispatch (0: none): the gateway's Retry-After when it
+ * gave one; after a 503 also 250 ms, doubling for each 503 in a row, up to
+ * 16 s. A pause never shortens one already running. */
+uint64_t throttle_refused(struct throttle *t, uint64_t seq, bool learn, uint64_t retry_after_ms,
+                          int64_t rtt_ms, int64_t now_ms);
+
+/* How many ms until a call may go (0: now): a pause, the end of a round
+ * trip (see throttle_awaits_replies()), then a token. Takes nothing. */
 uint64_t throttle_ready(struct throttle *t, int64_t now_ms);
+
+/* Whether the next call waits for the replies of this round trip rather
+ * than for the clock (throttle_ready() then gives how long it waits at
+ * most, should they never come). */
+bool throttle_awaits_replies(const struct throttle *t, int64_t now_ms);
 
 /* The gateway asked for a pause (a Retry-After on a reply that teaches
  * nothing else): no call goes for ms from now, unless a longer pause runs. */
 void throttle_hold(struct throttle *t, uint64_t ms, int64_t now_ms);
 
-/* A cycle begins: a pause of the daemon's own (after a refusal without a
- * Retry-After) ends here; the gateway's Retry-After does not. */
-void throttle_new_cycle(struct throttle *t);
+/* A cycle begins: a pause of the daemon's own (after a 503) ends here; the
+ * gateway's Retry-After does not. A round trip cut short by the last cycle
+ * is forgotten. */
+void throttle_new_cycle(struct throttle *t, int64_t now_ms);
 
 /* How many ms the account's pause still runs (0: none). */
 uint64_t throttle_paused_ms(const struct throttle *t, int64_t now_ms);
@@ -89,12 +149,8 @@ uint64_t throttle_paused_ms(const struct throttle *t, int64_t now_ms);
  * that ends before it does not cut it short: the next one waits for it. */
 uint64_t throttle_held_ms(const struct throttle *t, int64_t now_ms);
 
-/* A call goes now: takes a token, even when none is left (the list call of a
- * cycle must go). */
-void throttle_take(struct throttle *t, int64_t now_ms);
-
 /* Calls the gateway accepted in the last second. */
 unsigned throttle_accepted_last_second(const struct throttle *t, int64_t now_ms);
 
-/* The pace in force in calls/s (0: unlimited). */
+/* The pace in force in calls/s (0: unlimited, or still starting). */
 double throttle_rate(const struct throttle *t);

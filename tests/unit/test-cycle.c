@@ -573,7 +573,7 @@ static const struct cycle_result *start_and_run(int *ret_start) {
         T.n_phases = 0;
         memset(F.replies, 0, sizeof F.replies);
         if (T.use_throttle)
-                throttle_new_cycle(&T.throttle);
+                throttle_new_cycle(&T.throttle, now_mono_ms());
 
         /* The cycle's journal entries go to a file the test can read. */
         fflush(stderr);
@@ -993,8 +993,8 @@ static void script_100012_once(const struct sent *s, unsigned attempt, struct an
 }
 
 /* A close refused as too frequent (Code 100012) is sent again in the same
- * cycle, after a pause; the account learns a pace; the session does not
- * back off. */
+ * cycle, once the account's pace (cut at the refusal) allows; the session
+ * does not back off. */
 static void test_throttled_close_is_sent_again(void **state) {
         const struct cycle_result *r;
         int64_t gap;
@@ -1009,11 +1009,13 @@ static void test_throttled_close_is_sent_again(void **state) {
         r = run_cycle();
         assert_string_equal(closes(), "f1 f2 f2 f3");
         assert_counts(r, 3, 0, 0, 0, 0, 1, 0);
+        assert_int_equal(T.throttle.cuts, 1); /* 100012 teaches a pace */
+        assert_true(throttle_rate(&T.throttle) > 0);
         gap = sent_at("closesession", "f2", 1) - sent_at("closesession", "f2", 0);
-        assert_true(gap >= 240);             /* the first pause: 250 ms */
-        assert_false(T.throttle.slow_start); /* 100012 teaches a pace */
+        assert_true(gap >= (int64_t) (1000 / throttle_rate(&T.throttle)) - 1); /* one call at the new pace */
         assert_int_equal(retry_size(T.retries), 0);
-        assert_int_equal(log_lines("calls too often", "pausing", NULL), 1);
+        assert_int_equal(log_lines("calls too often", "the pace is now", NULL), 1);
+        assert_int_equal(log_lines("pausing", NULL), 0);
         assert_int_equal(log_lines("outcome=", "session_id=f2", NULL), 1); /* one reclaim entry */
 }
 
@@ -1084,7 +1086,8 @@ static void test_http_503_teaches_no_pace(void **state) {
         r = run_cycle();
         assert_string_equal(closes(), "f1 f1 f2");
         assert_counts(r, 2, 0, 0, 0, 0, 1, 0);
-        assert_true(T.throttle.slow_start);
+        assert_int_equal(T.throttle.cuts, 0); /* 503 teaches no pace */
+        assert_true(throttle_rate(&T.throttle) == 0);
         assert_int_equal(log_lines("overloaded (HTTP 503)", NULL), 1);
 }
 
@@ -1293,8 +1296,10 @@ static void test_reload_while_listing(void **state) {
 static void script_throttle_f1_then_slow_f2(const struct sent *s, unsigned attempt, struct answer *a) {
         if (strcmp(s->endpoint, "closesession") != 0)
                 return;
-        if (strcmp(s->id, "f1") == 0 && attempt == 0)
+        if (strcmp(s->id, "f1") == 0 && attempt == 0) {
                 a->code = 100012;
+                a->retry_after_s = 1; /* a pause */
+        }
         if (strcmp(s->id, "f2") == 0)
                 a->delay_s = 0.1; /* answered during f1's pause */
 }
