@@ -2,38 +2,33 @@
  * re-checks) go out, and how fast. It grows with the replies the gateway
  * accepts, per round trip, not with the clock; it cuts once per round trip
  * of refusals, to what the gateway was measured to accept; and it lives with
- * a low, steady share of refusals instead of collapsing on it.
+ * a low, steady share of refusals instead of collapsing on it. The rules,
+ * with their figures, are in ivh-reclaimd(8), "Throttling is account-wide":
  *
- *  - Gentle start: the first round trip sends 8 calls; the next round goes
- *    when their replies are back, each accepted reply adding half a call
- *    (x1.5 per round trip). A whole round at gateway.max_parallel without a
- *    refusal ends the start: from then on the calls go as replies come back,
- *    with no pace (only the window of calls in flight).
- *  - A round with refusals ("too frequent": 100012 or HTTP 429) is followed
- *    by a check round of 4 calls. If the gateway refuses some of them too,
- *    the pace becomes 90 % of what it accepted in that round trip; if not,
- *    the larger of the check's rate and 90 % of what the gateway accepted in
- *    the refused round trip (never more than it accepted in the last second).
- *  - Later, every round trip (at least one smoothed round-trip time and 8
- *    replies) is judged by its share of refusals. Above the share learnt as
- *    noise, the pace is cut once, to 90 % of the rate the gateway accepted in
- *    that round trip (or in the last second, if lower), never below 1 call/s.
- *    The round trip after a cut shows whether it helped: when the share of
- *    refusals stays about the same (between half and twice), the refusals
- *    were not about the pace: the cut is undone and that share is noise from
- *    then on (a round trip must exceed twice it plus 5 %, at most 50 %, to
- *    cut). Each accepted reply raises the pace by 1/pace calls/s (one call
- *    per second more for each second's worth of calls).
- *  - HTTP 503 (overloaded) teaches no pace: it halves the window of calls in
- *    flight and pauses 250 ms, doubling while 503s keep coming, up to 16 s;
- *    the window grows back by one per window of accepted calls. A throttled
- *    list call does not touch the pace either.
- *  - The gateway's Retry-After pauses the account, whatever it came with.
- *  - gateway.max_rate is a ceiling for operators who know their limit; the
- *    pace starts there, without the gentle start.
+ *  - Starting: round trips. The first sends 6 calls; the next goes when its
+ *    replies are back, each accepted reply adding half a call (x1.5 per
+ *    round trip). A whole round at max_parallel without a refusal ends the
+ *    start: calls then go as replies come back, with no pace.
+ *  - Checking: a round trip with refusals is followed by 4 calls, whose
+ *    replies set the first pace (not judged: a guess).
+ *  - Pacing: round trips of at least one smoothed reply time and 8 replies
+ *    (32 once noise is known; the first refusal ends one while none is).
+ *    A share of refusals above the noise cuts the pace once, to 90 % of
+ *    what the gateway accepted, never below 1 call/s. The 64 replies after
+ *    a cut judge it: refusals about as frequent as before say noise, and
+ *    the cut is undone (to at most twice it) and the pace probes upwards,
+ *    doubling per round trip; otherwise it grows by 1/pace per accepted
+ *    reply (one call/s more per second's worth of calls).
+ *  - HTTP 503 teaches no pace: it halves the window of calls in flight and
+ *    pauses, 250 ms doubling while they keep coming, up to 16 s. The
+ *    gateway's Retry-After pauses the account, whatever it came with.
+ *  - gateway.max_rate is a ceiling; with it there is no gentle start.
  *  - After 10 s without a call the pace starts over.
- * Pure: the caller passes the time; every paced call gets a sequence number
- * from throttle_take() and reports its reply with it exactly once. */
+ *
+ * Pure: the caller passes the time. Every paced call gets a sequence number
+ * from throttle_take() and reports its reply with it exactly once; replies
+ * to calls sent before the last cut teach nothing. tests/unit/test-throttle.c
+ * drives it in simulated time against scripted gateways. */
 #pragma once
 
 #include <stdbool.h>
