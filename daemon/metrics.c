@@ -178,29 +178,40 @@ void metrics_pace(struct metrics *m, double rate, unsigned long cuts, unsigned l
         m->pace_undone = undone;
 }
 
+/* A family with one sample per account whose flag at known_off is set: the
+ * uint64_t field at off, or with decimals >= 0 the double there. */
+static void render_per_account(FILE *f, const char *name, const char *type, const char *help,
+                               const struct metrics *const *ms, const char *const *accounts, size_t n,
+                               size_t known_off, size_t off, int decimals) {
+        fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+        for (size_t a = 0; a < n; a++) {
+                const char *base = (const char *) ms[a];
+
+                if (!*(const bool *) (base + known_off))
+                        continue;
+                fprintf(f, "%s{account=\"%s\"} ", name, accounts[a]);
+                if (decimals >= 0)
+                        fprintf(f, "%.*f", decimals, *(const double *) (base + off));
+                else
+                        fprintf(f, "%llu", (unsigned long long) *(const uint64_t *) (base + off));
+                fputc('\n', f);
+        }
+}
+
 /* The pace's families, once an account has ended a cycle. */
 static void render_pace(FILE *f, const struct metrics *const *ms, const char *const *accounts, size_t n) {
-        fprintf(f,
-                "# HELP ivh_pace_calls_per_second The account's pace of closes at the end of the last cycle, learnt or gateway.max_rate; 0 when none limits.\n"
-                "# TYPE ivh_pace_calls_per_second gauge\n");
-        for (size_t a = 0; a < n; a++)
-                if (ms[a]->pace_known)
-                        fprintf(f, "ivh_pace_calls_per_second{account=\"%s\"} %.1f\n", accounts[a],
-                                ms[a]->pace);
-        fprintf(f,
-                "# HELP ivh_pace_cuts_total Times the gateway's \"too frequent\" answers cut the account's pace.\n"
-                "# TYPE ivh_pace_cuts_total counter\n");
-        for (size_t a = 0; a < n; a++)
-                if (ms[a]->pace_known)
-                        fprintf(f, "ivh_pace_cuts_total{account=\"%s\"} %llu\n", accounts[a],
-                                (unsigned long long) ms[a]->pace_cuts);
-        fprintf(f,
-                "# HELP ivh_pace_cuts_undone_total Cuts undone because the refusals stayed as frequent: taken as noise.\n"
-                "# TYPE ivh_pace_cuts_undone_total counter\n");
-        for (size_t a = 0; a < n; a++)
-                if (ms[a]->pace_known)
-                        fprintf(f, "ivh_pace_cuts_undone_total{account=\"%s\"} %llu\n", accounts[a],
-                                (unsigned long long) ms[a]->pace_undone);
+        size_t known = offsetof(struct metrics, pace_known);
+
+        render_per_account(
+                f, "ivh_pace_calls_per_second", "gauge",
+                "The account's pace of closes at the end of the last cycle, learnt or gateway.max_rate; 0 when none limits.",
+                ms, accounts, n, known, offsetof(struct metrics, pace), 1);
+        render_per_account(f, "ivh_pace_cuts_total", "counter",
+                           "Times the gateway's \"too frequent\" answers cut the account's pace.", ms,
+                           accounts, n, known, offsetof(struct metrics, pace_cuts), -1);
+        render_per_account(f, "ivh_pace_cuts_undone_total", "counter",
+                           "Cuts undone because the refusals stayed as frequent: taken as noise.", ms,
+                           accounts, n, known, offsetof(struct metrics, pace_undone), -1);
 }
 
 void metrics_state_write(struct metrics *m, bool ok) {
@@ -258,26 +269,17 @@ static void render_notify(FILE *f, const struct metrics *const *ms, const char *
                         fprintf(f, "ivh_notify_deliveries_total{account=\"%s\",result=\"%s\"} %llu\n",
                                 accounts[a], delivery_names[r],
                                 (unsigned long long) ms[a]->notify_deliveries[r]);
-        fprintf(f, "# HELP ivh_notify_queue_events Webhook events waiting to be delivered.\n"
-                   "# TYPE ivh_notify_queue_events gauge\n");
-        for (size_t a = 0; a < n; a++)
-                if (ms[a]->notify_known)
-                        fprintf(f, "ivh_notify_queue_events{account=\"%s\"} %llu\n", accounts[a],
-                                (unsigned long long) ms[a]->notify_queue);
-        fprintf(f,
-                "# HELP ivh_notify_oldest_event_age_seconds Age of the oldest webhook event waiting; 0 when none waits.\n"
-                "# TYPE ivh_notify_oldest_event_age_seconds gauge\n");
-        for (size_t a = 0; a < n; a++)
-                if (ms[a]->notify_known)
-                        fprintf(f, "ivh_notify_oldest_event_age_seconds{account=\"%s\"} %.3f\n", accounts[a],
-                                ms[a]->notify_oldest_s);
-        fprintf(f,
-                "# HELP ivh_notify_dropped_total Webhook events dropped undelivered (notify.max_queue, notify.max_age).\n"
-                "# TYPE ivh_notify_dropped_total counter\n");
-        for (size_t a = 0; a < n; a++)
-                if (ms[a]->notify_known)
-                        fprintf(f, "ivh_notify_dropped_total{account=\"%s\"} %llu\n", accounts[a],
-                                (unsigned long long) ms[a]->notify_dropped);
+        render_per_account(f, "ivh_notify_queue_events", "gauge", "Webhook events waiting to be delivered.",
+                           ms, accounts, n, offsetof(struct metrics, notify_known),
+                           offsetof(struct metrics, notify_queue), -1);
+        render_per_account(f, "ivh_notify_oldest_event_age_seconds", "gauge",
+                           "Age of the oldest webhook event waiting; 0 when none waits.", ms, accounts, n,
+                           offsetof(struct metrics, notify_known), offsetof(struct metrics, notify_oldest_s),
+                           3);
+        render_per_account(f, "ivh_notify_dropped_total", "counter",
+                           "Webhook events dropped undelivered (notify.max_queue, notify.max_age).", ms,
+                           accounts, n, offsetof(struct metrics, notify_known),
+                           offsetof(struct metrics, notify_dropped), -1);
 }
 
 /* The two samples of a counter split by result="ok" / result=failed_label. */
@@ -286,16 +288,6 @@ static void render_ok_failed(FILE *f, const char *name, const char *account, con
         fprintf(f, "%s{account=\"%s\",result=\"ok\"} %llu\n", name, account, (unsigned long long) ok);
         fprintf(f, "%s{account=\"%s\",result=\"%s\"} %llu\n", name, account, failed_label,
                 (unsigned long long) failed);
-}
-
-/* A per-account gauge of the last cycle (a uint64_t field at offset). */
-static void render_held(FILE *f, const char *name, const char *help, const struct metrics *const *ms,
-                        const char *const *accounts, size_t n, size_t offset) {
-        fprintf(f, "# HELP %s %s\n# TYPE %s gauge\n", name, help, name);
-        for (size_t a = 0; a < n; a++)
-                if (ms[a]->held_known)
-                        fprintf(f, "%s{account=\"%s\"} %llu\n", name, accounts[a],
-                                (unsigned long long) *(const uint64_t *) ((const char *) ms[a] + offset));
 }
 
 /* The process's own families: build, and loads of the policy file. */
@@ -355,12 +347,14 @@ int metrics_render(const struct metrics_process *proc, const struct metrics *con
                         fprintf(f, "ivh_sessions_malformed{account=\"%s\"} %llu\n", accounts[a],
                                 (unsigned long long) ms[a]->malformed);
 
-        render_held(f, "ivh_sessions_fused", "Due live sessions the share fuse held back in the last cycle.",
-                    ms, accounts, n, offsetof(struct metrics, fused));
-        render_held(
-                f, "ivh_sessions_deferred",
+        render_per_account(f, "ivh_sessions_fused", "gauge",
+                           "Due live sessions the share fuse held back in the last cycle.", ms, accounts, n,
+                           offsetof(struct metrics, held_known), offsetof(struct metrics, fused), -1);
+        render_per_account(
+                f, "ivh_sessions_deferred", "gauge",
                 "Due sessions the last cycle left for later cycles (max_closes_per_cycle, a Retry-After, a stop).",
-                ms, accounts, n, offsetof(struct metrics, deferred));
+                ms, accounts, n, offsetof(struct metrics, held_known), offsetof(struct metrics, deferred),
+                -1);
 
         render_pace(f, ms, accounts, n);
 
