@@ -95,6 +95,51 @@ class Metrics(DaemonTest):
         self.assertGreaterEqual(get(m, "ivh_api_calls_total", endpoint="listsessionofuin", result="throttled"), 3)
 
 
+class Pace(DaemonTest):
+    """Issue 24: the pace is visible in the metrics and the journal, and an
+    operator can check it against the throttled calls."""
+
+    def test_the_pace_shows_what_the_gateway_accepts(self):
+        self.gw.rate_limit = 10           # 10 calls/s, one second of burst
+        self.gw.latency = 0.05
+        ids = [self.gw.add_session("u%d" % i, STREAM_FAILED) for i in range(60)]
+        path = os.path.join(self.dir, "ivh.prom")
+        self.write_config([("failed-streams", "failed", "0s")],
+                          extra="metrics_file: %s\nmax_closes_per_cycle: 1000\n" % path,
+                          poll_interval="10m", max_parallel=32, timeout="5s")
+        run = self.run_daemon("--once", "-v")
+        self.assertEqual(run.returncode, 0, run)
+        self.assertEqual(sorted(self.gw.closed_ids()), sorted(ids))
+        with open(path) as f:
+            m = parse_prometheus(f.read())
+        refused = len(self.gw.throttled_calls())
+        self.assertEqual(get(m, "ivh_api_calls_total", endpoint="closesession", result="throttled"), refused)
+        self.assertLessEqual(refused, 0.15 * len(self.gw.calls), "at most 15 % of the calls refused")
+        self.assertGreaterEqual(get(m, "ivh_pace_cuts_total"), 1)
+        pace = get(m, "ivh_pace_calls_per_second")
+        self.assertTrue(1 <= pace <= 12, "the pace settles at the gateway's 10 calls/s: %r" % pace)
+        cuts = [l["msg"] for l in run.logs if "the pace is now" in l.get("msg", "")]
+        self.assertEqual(len(cuts), get(m, "ivh_pace_cuts_total"), "every cut logged once")
+
+    def test_random_refusals_do_not_bring_the_pace_down(self):
+        self.gw.random_refusal = 0.1      # 1 close in 10, at any rate
+        self.gw.latency = 0.05
+        ids = [self.gw.add_session("u%d" % i, STREAM_FAILED) for i in range(200)]
+        path = os.path.join(self.dir, "ivh.prom")
+        self.write_config([("failed-streams", "failed", "0s")],
+                          extra="metrics_file: %s\nmax_closes_per_cycle: 1000\n" % path,
+                          poll_interval="10m", max_parallel=32, timeout="5s")
+        start = time.monotonic()
+        run = self.run_daemon("--once")
+        took = time.monotonic() - start
+        self.assertEqual(run.returncode, 0, run)
+        self.assertEqual(sorted(self.gw.closed_ids()), sorted(ids))
+        self.assertLess(took, 200 / 30.0, "at least 30 closes a second")
+        with open(path) as f:
+            m = parse_prometheus(f.read())
+        self.assertGreaterEqual(get(m, "ivh_pace_cuts_undone_total"), 1, "the refusals were taken as noise")
+
+
 class QuietCycles(DaemonTest):
     """A cycle that changes nothing is counted in the metrics, not logged at
     info: the journal gets a summary when something was decided or changed."""
