@@ -120,6 +120,7 @@ struct cycle {
         unsigned long pace_changes; /* the throttle's cuts and undos already logged */
         bool auth_logged;
         ev_timer resume_timer; /* dispatch paused (a Retry-After, the pace) */
+        bool round_wait;       /* ... or only waiting for a round trip's replies, at most until it fires */
         bool dispatching;
         struct cycle_result res;
 };

@@ -207,9 +207,10 @@ static void pause_dispatch(struct cycle *c, uint64_t pause_ms, const char *why) 
                 give_up(c);
                 return;
         }
-        if (ev_is_active(&c->resume_timer) &&
+        if (ev_is_active(&c->resume_timer) && !c->round_wait &&
             ev_timer_remaining(c->env.loop, &c->resume_timer) * 1000.0 >= (double) pause_ms)
                 return;
+        c->round_wait = false;
         cycle_log(c, LOG_INFO, NULL, NULL, 0, "%s: pausing %" PRIu64 " ms before sending more", why,
                   pause_ms);
         ev_timer_stop(c->env.loop, &c->resume_timer);
@@ -565,15 +566,24 @@ static void cycle_dispatch(struct cycle *c) {
         note_pace(c);
         if (c->env.throttle && c->env.throttle->window < window)
                 window = c->env.throttle->window;
-        while (c->halt == HALT_NONE && !ev_is_active(&c->resume_timer) && jobs_left(c) &&
+        while (c->halt == HALT_NONE && (!ev_is_active(&c->resume_timer) || c->round_wait) && jobs_left(c) &&
                c->in_flight < window) {
                 struct close_job *job;
                 uint64_t wait = c->env.throttle ? throttle_ready(c->env.throttle, now_mono_ms()) : 0;
 
                 /* The gentle start sends a round trip's calls, then waits
-                 * for their replies, each of which comes back here. */
-                if (wait > 0 && c->in_flight > 0 && throttle_awaits_replies(c->env.throttle, now_mono_ms()))
+                 * for their replies, each of which comes back here; a
+                 * reply that never comes ends the round trip on the timer
+                 * (a wait that replies do not hold up). */
+                if (wait > 0 && c->in_flight > 0 &&
+                    throttle_awaits_replies(c->env.throttle, now_mono_ms())) {
+                        if (!ev_is_active(&c->resume_timer)) {
+                                ev_timer_set(&c->resume_timer, (double) wait / 1000.0, 0.);
+                                ev_timer_start(c->env.loop, &c->resume_timer);
+                                c->round_wait = true;
+                        }
                         break;
+                }
                 if (wait > 0) {
                         /* The account's pace (learnt, or gateway.max_rate)
                          * holds the next close back. In the daemon, not past
@@ -587,8 +597,10 @@ static void cycle_dispatch(struct cycle *c) {
                                 give_up(c);
                                 break;
                         }
+                        ev_timer_stop(c->env.loop, &c->resume_timer);
                         ev_timer_set(&c->resume_timer, (double) wait / 1000.0, 0.);
                         ev_timer_start(c->env.loop, &c->resume_timer);
+                        c->round_wait = false;
                         break;
                 }
                 if (c->n_requeued > 0) { /* the one refused longest ago first */
@@ -617,8 +629,11 @@ static void cycle_dispatch(struct cycle *c) {
 }
 
 static void resume_cb(struct ev_loop *loop, ev_timer *w, int revents) {
+        struct cycle *c = w->data;
+
         (void) loop;
         (void) revents;
+        c->round_wait = false;
         cycle_note_progress(w->data);
         cycle_dispatch(w->data);
 }
@@ -767,7 +782,8 @@ void cycle_get_activity(struct cycle *c, struct cycle_activity *ret) {
         *ret = (struct cycle_activity){
                 .last_progress_ms = c->last_progress_ms,
                 /* Pending counts too: the timer has fired, its callback comes in this loop iteration. */
-                .paused = ev_is_active(&c->resume_timer) || ev_is_pending(&c->resume_timer),
+                .paused = (ev_is_active(&c->resume_timer) || ev_is_pending(&c->resume_timer)) &&
+                          !c->round_wait,
                 .in_flight = c->in_flight,
         };
 }

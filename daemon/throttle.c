@@ -14,7 +14,9 @@
 #define ROUND_MAX_MS        1000 /* a round trip whose replies do not all come back ends after this */
 #define DEFAULT_RTT_MS      100  /* until a reply has been timed */
 #define MIN_SPAN_MS         50   /* a rate is never measured over less (a fast loopback) */
-#define NOISE_MAX           0.45 /* a larger share of refusals is never noise */
+#define NOISE_MAX           0.4  /* a larger share of refusals is never noise */
+#define NOISE_DRIFT         0.1  /* noise already known does not grow by more at once */
+#define LIMIT_MAX           0.5  /* a round trip with more refused always cuts */
 
 /* The lower of max_rate and the pace, 0 when neither limits. */
 static void set_rate(struct throttle *t) {
@@ -204,7 +206,7 @@ static double refused_share(const struct throttle_round *r) {
 static double noise_limit(const struct throttle *t) {
         double limit = 2 * t->noise + 0.05;
 
-        return t->noise <= 0 ? 0 : (limit < NOISE_MAX ? limit : NOISE_MAX);
+        return t->noise <= 0 ? 0 : (limit < LIMIT_MAX ? limit : LIMIT_MAX);
 }
 
 /* The pace becomes `pace` (at least 1 call/s). The 32 replies after it show
@@ -290,7 +292,7 @@ static void end_pacing_round(struct throttle *t, int64_t now_ms) {
                  * refusal in 32 before the cut is too few to compare with
                  * (a cut that was not quite deep enough leaves more). */
                 if (r->refused >= JUDGE_NOISE_MIN && t->cut_share >= 2.0 / 32 && share >= t->cut_share / 4 &&
-                    share < NOISE_MAX) {
+                    share < NOISE_MAX && (t->noise <= 0 || share <= t->noise + NOISE_DRIFT)) {
                         if (share > t->noise)
                                 t->noise = share;
                         /* At most twice the cut, probing up from there: a
@@ -458,10 +460,15 @@ uint64_t throttle_refused(struct throttle *t, uint64_t seq, bool learn, uint64_t
                 /* Overloaded: fewer calls in flight and a pause, no pace. */
                 uint64_t pause = OVERLOAD_PAUSE_MS;
 
-                t->window = t->window > 1 ? t->window / 2 : 1;
-                t->ok_in_window = 0;
-                if (t->overloaded < 16)
-                        t->overloaded++;
+                /* Once per round trip: 503s to calls sent before the last
+                 * one was acted on are the same overload. */
+                if (seq >= t->overload_seq) {
+                        t->window = t->window > 1 ? t->window / 2 : 1;
+                        t->ok_in_window = 0;
+                        if (t->overloaded < 16)
+                                t->overloaded++;
+                        t->overload_seq = t->next_seq;
+                }
                 for (unsigned i = 1; i < t->overloaded && pause < PAUSE_MAX_MS; i++)
                         pause *= 2;
                 extend(&t->paused_until_ms,
@@ -492,7 +499,11 @@ void throttle_new_cycle(struct throttle *t, int64_t now_ms) {
         assert(t);
         if (t->paused_until_ms > t->held_until_ms)
                 t->paused_until_ms = t->held_until_ms;
-        new_round(t, now_ms);
+        /* A round trip of the start cut short is begun again; one of the
+         * pace (and the judgement of a cut) goes on over the cycles, or a
+         * short poll_interval would never let it end. */
+        if (t->phase != THROTTLE_PACING)
+                new_round(t, now_ms);
 }
 
 uint64_t throttle_held_ms(const struct throttle *t, int64_t now_ms) {

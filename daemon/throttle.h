@@ -60,8 +60,9 @@ struct throttle {
         unsigned max_window; /* gateway.max_parallel */
         unsigned window;     /* calls allowed in flight now, 1..max_window */
         unsigned ok_in_window;
-        unsigned overloaded; /* 503s without an accepted call between them */
-        double max_rate;     /* gateway.max_rate; 0: none */
+        unsigned overloaded;   /* 503s without an accepted call between them, once per round trip */
+        uint64_t overload_seq; /* calls before this one went before the last 503 was acted on */
+        double max_rate;       /* gateway.max_rate; 0: none */
         enum throttle_phase phase;
         double start_size; /* starting: calls in this round trip */
         double pace;       /* learnt calls/s; 0: none */
