@@ -535,6 +535,11 @@ class FailingReceiver(NotifyTest):
     def test_a_receiver_failing_past_the_threshold_shows_in_status_and_at_warning(self):
         if not os.path.exists(FAKETIME_LIB):
             self.skipTest("libfaketime is not installed (Debian package faketime)")
+        if os.environ.get("IVH_SANITIZE") == "1":
+            # With ASan's interceptors under libfaketime, after the clock's
+            # jump the daemon sometimes stops answering, SIGTERM included
+            # (1 run in 8 of d977886's build too); the plain build runs it.
+            self.skipTest("libfaketime's jump under ASan: see RELIABILITY.md, issue 24")
         clock = os.path.join(self.dir, "faketime")
         with open(clock, "w") as f:
             f.write("+0\n")
